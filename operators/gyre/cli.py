@@ -1,0 +1,79 @@
+"""The `gyre` command: operator, local control plane, manifests, demo and benchmarks."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+USAGE = """usage: gyre <command> [options]
+
+commands:
+  operator            run the operator (--runtime local|kubernetes)
+  cluster up|down|status
+                      a real local control plane (etcd, kube-apiserver, controller-manager,
+                      scheduler, kwok nodes) on loopback
+  manifests [--check] generate the CRDs from the API models
+  demo                set up everything and run the example system on the embedded default
+  bench operator|stream|train
+                      benchmarks; each prints one JSON object
+"""
+
+
+def _operator(argv: list[str]) -> int:
+    from gyre.operator.main import main
+
+    return main(argv)
+
+
+def _cluster(argv: list[str]) -> int:
+    from gyre.controlplane.cli import main
+
+    return main(argv)
+
+
+def _manifests(argv: list[str]) -> int:
+    from gyre.manifests import main
+
+    return main(argv)
+
+
+def _demo(argv: list[str]) -> int:
+    from gyre.demo import main
+
+    return main(argv)
+
+
+def _bench(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("operator", "stream", "train"):
+        print("usage: gyre bench operator|stream|train [options]", file=sys.stderr)
+        return 2
+    import importlib
+
+    module = importlib.import_module(f"gyre.bench.{argv[0]}")
+    rc: int = module.main(argv[1:])
+    return rc
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "operator": _operator,
+    "cluster": _cluster,
+    "manifests": _manifests,
+    "demo": _demo,
+    "bench": _bench,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command = COMMANDS.get(args[0])
+    if command is None:
+        print(f"gyre: unknown command {args[0]!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    return command(args[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,283 @@
+"""One reconcile pass, the same for every kind.
+
+parse the spec into its typed model → resolve references to other Gyre objects → check
+cross-resource rules → build the desired workloads (pure) → apply them through the runtime →
+observe → compute status. The caller (the kopf layer) writes the status once, if it changed.
+Level-triggered: every trigger (create, update, resume, timer) runs this same pass, and it is
+safe to repeat after a crash because every child has a deterministic name.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+from pydantic import ValidationError
+
+from gyre.api._base import Kind
+from gyre.core import conditions as C
+from gyre.core.workload import Owner, Workload, WorkloadPhase, WorkloadStatus
+from gyre.runtimes.base import Runtime
+
+log = logging.getLogger("gyre.controllers")
+
+S = TypeVar("S", bound=Kind)
+
+
+@dataclass(frozen=True)
+class ObjectMeta:
+    kind: str
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def owner(self) -> Owner:
+        return Owner(kind=self.kind, namespace=self.namespace, name=self.name, uid=self.uid)
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A reference from one Gyre object to another in the same namespace."""
+
+    kind: str
+    name: str
+    field: str  # the spec path that names it, for messages: "spec.source.stream"
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A reference and what the lookup found (``None`` when the object does not exist)."""
+
+    ref: Ref
+    body: Mapping[str, Any] | None
+
+    @property
+    def found(self) -> bool:
+        return self.body is not None
+
+    @property
+    def status(self) -> Mapping[str, Any]:
+        return (self.body or {}).get("status") or {}
+
+    @property
+    def spec(self) -> Mapping[str, Any]:
+        return (self.body or {}).get("spec") or {}
+
+    @property
+    def ready(self) -> bool:
+        return C.is_true(self.status.get("conditions"), C.READY)
+
+    def describe(self) -> str:
+        return f"{self.ref.kind} {self.ref.name!r} ({self.ref.field})"
+
+
+class Lookup(Protocol):
+    def __call__(self, kind: str, namespace: str, name: str) -> Mapping[str, Any] | None: ...
+
+
+@dataclass(frozen=True)
+class StatusInput:
+    """Everything `compute_status` may look at."""
+
+    meta: ObjectMeta
+    old_status: Mapping[str, Any]
+    deps: Mapping[str, Resolved]
+    workloads: Sequence[Workload]
+    observed: Mapping[str, WorkloadStatus]
+    facts: Mapping[str, Any]  # what `converge` learned (e.g. a topic's partitions)
+
+
+@dataclass(frozen=True)
+class StatusOutput:
+    fields: Mapping[str, Any]  # kind-specific status fields (wire names)
+    conditions: Sequence[C.Cond]
+    phase: str
+    requeue_after: float | None = None  # look again soon (work in progress)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: dict[str, Any]
+    retry_after: float | None = None  # waiting on something outside this object
+    permanent_error: str | None = None  # the spec cannot work as written
+    workloads: int = 0
+
+
+class Controller(abc.ABC, Generic[S]):
+    """What a kind adds to the shared reconcile pass."""
+
+    kind: ClassVar[str]
+    spec_model: ClassVar[type[Kind]]
+
+    def references(self, spec: S) -> list[Ref]:
+        return []
+
+    def check(self, meta: ObjectMeta, spec: S, deps: Mapping[str, Resolved]) -> list[str]:
+        """Cross-resource rules the API server cannot check; each problem is one sentence."""
+        return []
+
+    def build(self, meta: ObjectMeta, spec: S, deps: Mapping[str, Resolved]) -> list[Workload]:
+        return []
+
+    async def converge(
+        self, meta: ObjectMeta, spec: S, deps: Mapping[str, Resolved], runtime: Runtime
+    ) -> Mapping[str, Any]:
+        """I/O beyond workloads (e.g. Kafka topics). Returns facts for `compute_status`."""
+        return {}
+
+    @abc.abstractmethod
+    def compute_status(self, spec: S, inp: StatusInput) -> StatusOutput: ...
+
+    async def finalize(self, meta: ObjectMeta, runtime: Runtime) -> None:
+        """Release what lives outside the cluster when the object is deleted."""
+        await runtime.delete(meta.owner)
+
+
+def workloads_summary(
+    workloads: Sequence[Workload], observed: Mapping[str, WorkloadStatus]
+) -> tuple[bool, list[str], list[str]]:
+    """(all ready, names not ready yet, failure messages) over long-running workloads."""
+    pending: list[str] = []
+    failed: list[str] = []
+    for w in workloads:
+        st = observed.get(w.name)
+        if st is None or st.phase in (WorkloadPhase.MISSING, WorkloadPhase.PENDING, WorkloadPhase.RUNNING):
+            pending.append(w.name)
+        elif st.phase == WorkloadPhase.FAILED:
+            failed.append(f"{w.name}: {st.message or 'failed'}")
+    return (not pending and not failed), pending, failed
+
+
+def _backoff(retry: int) -> float:
+    return float(min(2 ** min(retry, 6), 10))
+
+
+async def reconcile(
+    controller: Controller[Any],
+    meta: ObjectMeta,
+    raw_spec: Mapping[str, Any],
+    old_status: Mapping[str, Any],
+    lookup: Lookup,
+    runtime: Runtime,
+    retry: int = 0,
+) -> Outcome:
+    """One pass; returns the status to write and whether to come back."""
+    old_conditions = old_status.get("conditions")
+    base = {k: v for k, v in old_status.items() if k not in ("conditions",)}
+
+    def finish(
+        fields: Mapping[str, Any], conds: Sequence[C.Cond], phase: str, **kw: Any
+    ) -> Outcome:
+        status = {**base, **fields, "observedGeneration": meta.generation, "phase": phase}
+        status["conditions"] = C.merge_conditions(old_conditions, conds, meta.generation)
+        return Outcome(status=status, **kw)
+
+    try:
+        spec = controller.spec_model.model_validate(dict(raw_spec))
+    except ValidationError as exc:
+        message = "; ".join(
+            f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        return finish(
+            {},
+            [
+                C.Cond(C.READY, False, C.INVALID_SPEC, message),
+                C.Cond(C.DEGRADED, True, C.INVALID_SPEC, message),
+            ],
+            "Invalid",
+            permanent_error=message,
+        )
+
+    resolved: dict[str, Resolved] = {}
+    for ref in controller.references(spec):
+        resolved[ref.field] = Resolved(ref, lookup(ref.kind, meta.namespace, ref.name))
+    missing = [d for d in resolved.values() if not d.found]
+    unready = [d for d in resolved.values() if d.found and not d.ready]
+    if missing or unready:
+        parts = [f"{d.describe()} does not exist in namespace {meta.namespace}" for d in missing]
+        parts += [
+            f"{d.describe()} is not Ready"
+            + (f": {_ready_message(d)}" if _ready_message(d) else "")
+            for d in unready
+        ]
+        reason = C.DEPENDENCY_MISSING if missing else C.DEPENDENCY_NOT_READY
+        message = "; ".join(parts)
+        return finish(
+            {},
+            [
+                C.Cond(C.DEPENDENCIES_READY, False, reason, message),
+                C.Cond(C.READY, False, reason, f"waiting for {message}"),
+                C.Cond(C.PROGRESSING, True, reason, "retrying until dependencies are ready"),
+            ],
+            "Waiting",
+            retry_after=_backoff(retry),
+        )
+    deps_cond = C.Cond(
+        C.DEPENDENCIES_READY,
+        True,
+        C.DEPENDENCIES_RESOLVED,
+        ", ".join(f"{d.ref.kind} {d.ref.name} Ready" for d in resolved.values()) or "none",
+    )
+
+    problems = controller.check(meta, spec, resolved)
+    if problems:
+        message = "; ".join(problems)
+        return finish(
+            {},
+            [
+                deps_cond,
+                C.Cond(C.READY, False, C.INVALID_SPEC, message),
+                C.Cond(C.DEGRADED, True, C.INVALID_SPEC, message),
+            ],
+            "Invalid",
+            # Another object may change and make this valid; look again, slowly.
+            retry_after=30.0,
+        )
+
+    workloads = controller.build(meta, spec, resolved)
+    try:
+        await runtime.apply(meta.owner, workloads)
+        facts = await controller.converge(meta, spec, resolved, runtime)
+        observed = await runtime.observe(meta.owner)
+    except Exception as exc:  # the runtime or an external system failed: retried
+        log.warning("Reconcile of %s %s/%s failed: %s", meta.kind, meta.namespace, meta.name, exc)
+        message = f"{type(exc).__name__}: {exc}"
+        return finish(
+            {},
+            [
+                deps_cond,
+                C.Cond(C.READY, False, C.RUNTIME_ERROR, message),
+                C.Cond(C.DEGRADED, True, C.RUNTIME_ERROR, message),
+            ],
+            "Error",
+            retry_after=_backoff(retry),
+        )
+    out = controller.compute_status(
+        spec,
+        StatusInput(
+            meta=meta,
+            old_status=old_status,
+            deps=resolved,
+            workloads=workloads,
+            observed=observed,
+            facts=facts,
+        ),
+    )
+    conds = [deps_cond, *out.conditions]
+    if not any(c.type == C.DEGRADED for c in out.conditions):
+        conds.append(C.Cond(C.DEGRADED, False, C.AS_EXPECTED))
+    return finish(out.fields, conds, out.phase, retry_after=out.requeue_after, workloads=len(workloads))
+
+
+def _ready_message(dep: Resolved) -> str:
+    cond = C.condition(dep.status.get("conditions"), C.READY)
+    if cond is None:
+        return "it has no status yet"
+    return f"{cond.get('reason', '')}: {cond.get('message', '')}".strip(": ")

@@ -1,0 +1,151 @@
+"""The `Workload`: what a reconcile asks a runtime to run, independent of where it runs.
+
+Builders turn a typed resource into a list of workloads; a runtime (``kubernetes`` or
+``local``) makes them real and reports their state back as `WorkloadStatus`. Nothing here
+does I/O.
+
+Conventions shared by both runtimes:
+
+* ``command`` starts with ``python`` for Gyre's own entrypoints (``python -m gyre.pipelines.X``);
+  the local runtime substitutes the operator's interpreter, images put ``python`` on ``PATH``.
+* ``command`` arguments may contain ``$(VAR)`` and are expanded from ``env`` (Kubernetes does
+  this natively; the local runtime does the same).
+* An env value is a plain string or a reference the runtime resolves: `EndpointRef` (the
+  ``host:port`` of another workload's port, or this one's), `VolumePathRef` (where a volume is
+  mounted), `ConfigDirRef` (the directory holding ``config_files``).
+* Every replica gets ``GYRE_REPLICA_INDEX`` (0-based) and ``GYRE_REPLICAS`` in its environment.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+class WorkloadKind(enum.StrEnum):
+    """How a workload runs: long-lived and stateless, long-lived with identity, or to completion."""
+
+    SERVICE = "Service"  # Kubernetes: Deployment + Service
+    STATEFUL = "Stateful"  # Kubernetes: StatefulSet + headless Service (+ PVCs)
+    BATCH = "Batch"  # Kubernetes: (indexed) Job
+
+
+class RestartPolicy(enum.StrEnum):
+    ALWAYS = "Always"
+    ON_FAILURE = "OnFailure"
+    NEVER = "Never"
+
+
+class WorkloadPhase(enum.StrEnum):
+    PENDING = "Pending"  # not started, or not all replicas scheduled
+    RUNNING = "Running"  # started, not (yet) ready
+    READY = "Ready"  # every replica passes its readiness check
+    SUCCEEDED = "Succeeded"  # batch: every replica exited 0
+    FAILED = "Failed"  # batch: a replica failed past the restart budget
+    MISSING = "Missing"  # the runtime has no such workload
+
+
+@dataclass(frozen=True)
+class Port:
+    name: str
+    port: int  # the container port on Kubernetes; the local runtime allocates a free loopback port
+    protocol: str = "TCP"
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu: str | None = None  # Kubernetes quantity, e.g. "500m"
+    memory: str | None = None  # e.g. "1Gi"
+    gpu: int = 0  # becomes nvidia.com/gpu on Kubernetes
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """A workload is ready when the port accepts TCP connections, or the HTTP path answers 2xx."""
+
+    port: str  # a Port.name of this workload
+    http_path: str | None = None
+    initial_delay_s: float = 0.0
+    period_s: float = 2.0
+
+
+@dataclass(frozen=True)
+class Volume:
+    name: str
+    mount_path: str
+    size: str = "1Gi"  # persistent (a PVC per replica) for STATEFUL workloads, emptyDir otherwise
+
+
+@dataclass(frozen=True)
+class EndpointRef:
+    """``host:port`` of a port of a workload of the same owner (``workload`` None: this one)."""
+
+    port: str
+    workload: str | None = None
+
+
+@dataclass(frozen=True)
+class VolumePathRef:
+    volume: str
+
+
+@dataclass(frozen=True)
+class ConfigDirRef:
+    """The directory in which ``config_files`` are found."""
+
+
+EnvValue = str | EndpointRef | VolumePathRef | ConfigDirRef
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str  # deterministic; unique within its owner; a DNS-1123 label
+    role: str  # what it is for: "broker", "collector", "sink", "launcher", "worker", ...
+    kind: WorkloadKind
+    command: tuple[str, ...]
+    image: str = "ghcr.io/gyre-ml/gyre-runtime:0.1.0"
+    replicas: int = 1
+    env: Mapping[str, EnvValue] = field(default_factory=dict)
+    ports: tuple[Port, ...] = ()
+    resources: Resources = field(default_factory=Resources)
+    restart_policy: RestartPolicy = RestartPolicy.ALWAYS
+    readiness: Readiness | None = None
+    volumes: tuple[Volume, ...] = ()
+    config_files: Mapping[str, str] = field(default_factory=dict)
+    backoff_limit: int = 6  # batch: restarts of a failing replica before the workload fails
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def port(self, name: str) -> Port:
+        for p in self.ports:
+            if p.name == name:
+                return p
+        raise KeyError(f"workload {self.name} has no port {name!r}")
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The custom resource that owns a set of workloads."""
+
+    kind: str
+    namespace: str
+    name: str
+    uid: str
+    api_version: str = "gyre.dev/v1alpha1"
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind.lower()}/{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class WorkloadStatus:
+    name: str
+    phase: WorkloadPhase
+    replicas: int = 0
+    ready_replicas: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    restarts: int = 0
+    message: str = ""
+    exit_codes: tuple[int | None, ...] = ()

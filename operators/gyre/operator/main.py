@@ -1,0 +1,121 @@
+"""`gyre operator`: one process that reconciles all five kinds.
+
+Configures kopf (standalone, annotations for its bookkeeping, no framework events), serves
+Prometheus metrics and a health endpoint, picks the runtime, and runs until stopped. On stop,
+the runtime is closed: the local runtime's processes end with the operator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import kopf
+from prometheus_client import start_http_server
+
+from gyre.operator.handlers import register
+from gyre.runtimes.base import Runtime
+
+log = logging.getLogger("gyre.operator")
+
+
+def configure_kopf(settings: kopf.OperatorSettings, *, workers: int = 100) -> None:
+    """Settings shared by Gyre's operator and the framework-floor operator of the benchmark."""
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="gyre.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="gyre.dev", key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = "gyre.dev/finalizer"
+    settings.posting.enabled = False  # Gyre reports through conditions, metrics and logs
+    settings.batching.worker_limit = workers
+    settings.batching.idle_timeout = 60.0
+    settings.batching.batch_window = 0.02
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 30
+    settings.execution.max_workers = 8
+
+
+def make_runtime(name: str, state_dir: Path | None) -> Runtime:
+    if name == "local":
+        from gyre.runtimes.local import LocalRuntime
+
+        return LocalRuntime(state_dir or default_state_dir())
+    if name == "kubernetes":
+        from gyre.runtimes.kubernetes import KubernetesRuntime, load_api_client
+
+        return KubernetesRuntime(load_api_client())
+    raise SystemExit(f"unknown runtime {name!r}: use local or kubernetes")
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("GYRE_LOCAL_STATE") or os.path.expanduser("~/.local/share/gyre/local")
+    return Path(base)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="gyre operator", description=__doc__.splitlines()[0])
+    p.add_argument("--runtime", choices=["local", "kubernetes"], default=os.environ.get("GYRE_RUNTIME", "local"))
+    p.add_argument("--namespace", "-n", action="append", default=[], help="watch only these (default: all)")
+    p.add_argument("--metrics-port", type=int, default=int(os.environ.get("GYRE_METRICS_PORT", "8080")))
+    p.add_argument("--health-port", type=int, default=int(os.environ.get("GYRE_HEALTH_PORT", "8081")))
+    p.add_argument("--state-dir", type=Path, default=None, help="local runtime: logs and data")
+    p.add_argument("--log-format", choices=["text", "json"], default=os.environ.get("GYRE_LOG_FORMAT", "text"))
+    p.add_argument("--verbose", "-v", action="store_true")
+    return p.parse_args(argv)
+
+
+async def run_operator(args: argparse.Namespace, stop: asyncio.Event | None = None) -> None:
+    runtime = make_runtime(args.runtime, args.state_dir)
+    registry = kopf.OperatorRegistry()
+    register(registry, runtime, finalizers=args.runtime == "local")
+
+    @kopf.on.login(registry=registry)
+    def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+    @kopf.on.startup(registry=registry)
+    def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        configure_kopf(settings)
+
+    if args.metrics_port:
+        start_http_server(args.metrics_port, addr="0.0.0.0")
+    stop_flag = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop_flag.set)
+    log.info(
+        "Started the Gyre operator: runtime=%s namespaces=%s metrics=:%s health=:%s",
+        args.runtime,
+        ",".join(args.namespace) or "all",
+        args.metrics_port,
+        args.health_port,
+    )
+    try:
+        await kopf.operator(
+            registry=registry,
+            standalone=True,
+            clusterwide=not args.namespace,
+            namespaces=args.namespace,
+            liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None,
+            stop_flag=stop_flag,
+        )
+    finally:
+        await runtime.close()
+        log.info("Stopped the Gyre operator")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    kopf.configure(
+        verbose=args.verbose,
+        log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL,
+        log_prefix=True,
+    )
+    asyncio.run(run_operator(args))
+    return 0

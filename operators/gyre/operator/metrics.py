@@ -1,0 +1,19 @@
+"""Prometheus metrics of the operator: reconciles, errors and durations per kind."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RECONCILES = Counter(
+    "gyre_reconciles_total", "Reconcile passes, by kind, trigger and result", ["kind", "trigger", "result"]
+)
+ERRORS = Counter("gyre_reconcile_errors_total", "Reconcile passes that raised or failed, by kind", ["kind"])
+DURATION = Histogram(
+    "gyre_reconcile_duration_seconds",
+    "Wall time of one reconcile pass, by kind",
+    ["kind"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+STATUS_WRITES = Counter("gyre_status_writes_total", "Status patches written, by kind", ["kind"])
+OBJECTS = Gauge("gyre_objects", "Objects of each kind the operator knows", ["kind"])
+WORKLOADS = Gauge("gyre_workloads", "Workloads the operator last applied, by kind", ["kind"])

@@ -1,0 +1,1 @@
+"""Runtimes make workloads real: on Kubernetes, or as processes on this host."""

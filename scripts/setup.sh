@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs everything Gyre needs on a fresh machine, reusing caches under ~/.cache/gyre:
+# a Python virtual environment with pinned dependencies, the control-plane binaries (built
+# from the Go module proxy), the Kafka jars (Maven Central) and torch + a Horovod wheel.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+GYRE_CACHE="${GYRE_CACHE:-$HOME/.cache/gyre}"
+VENV="${VENV:-$GYRE_CACHE/venv/py311-v1}"
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "Python environment ($VENV)"
+if [[ ! -x "$VENV/bin/python" ]]; then
+  mkdir -p "$(dirname "$VENV")"
+  python3 -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --upgrade pip
+"$VENV/bin/python" -m pip install -q -e '.[dev,stream]'
+
+step "Control-plane binaries (first build takes a while; cached afterwards)"
+bash operators/gyre/controlplane/build-binaries.sh
