@@ -26,9 +26,13 @@ def _operator(argv: list[str]) -> int:
 
 
 def _cluster(argv: list[str]) -> int:
-    from gyre.controlplane.cli import main
+    from gyre.controlplane import cli
 
-    return main(argv)
+    verbs = {"up": cli.cli_up, "down": cli.cli_down, "status": cli.cli_status}
+    if not argv or argv[0] not in verbs:
+        print("usage: gyre cluster up|down|status [options]", file=sys.stderr)
+        return 2
+    return verbs[argv[0]](argv[1:])
 
 
 def _manifests(argv: list[str]) -> int:

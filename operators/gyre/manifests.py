@@ -38,9 +38,7 @@ def stale_files(root: Path) -> list[str]:
             if not path.exists() or path.read_text() != text:
                 out.append(str(path.relative_to(root)))
         if d.exists():
-            out += [
-                str(p.relative_to(root)) for p in d.glob("gyre.dev_*.yaml") if p.name not in rendered
-            ]
+            out += [str(p.relative_to(root)) for p in d.glob("gyre.dev_*.yaml") if p.name not in rendered]
     return out
 
 

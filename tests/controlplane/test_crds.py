@@ -7,7 +7,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from gyre.controlplane.testing import Cluster, eventually
 from gyre.manifests import repo_root
 
@@ -89,9 +88,7 @@ def test_status_subresource_is_separate_from_spec(crds: Cluster) -> None:
     """Users cannot write status through the main resource; the operator writes it through /status."""
     ns = fresh_namespace(crds, "status-check")
     crds.kubectl("apply", "-n", ns, "-f", str(ROOT / "manifests/examples/03-trainingjob.yaml"))
-    crds.kubectl(
-        "patch", "gtj", "churn-v1", "-n", ns, "--type=merge", "-p", '{"status":{"phase":"Hacked"}}'
-    )
+    crds.kubectl("patch", "gtj", "churn-v1", "-n", ns, "--type=merge", "-p", '{"status":{"phase":"Hacked"}}')
     assert crds.get_json("gtj", "churn-v1", "-n", ns).get("status", {}).get("phase") != "Hacked"
     crds.kubectl(
         "patch",

@@ -7,17 +7,26 @@ from typing import Any
 
 import pytest
 import yaml
-from pydantic import ValidationError
-
 from gyre.api import KINDS, StreamSpec, TrainingJobSpec
 from gyre.api.crd import build_all, openapi_schema
 from gyre.manifests import repo_root, stale_files
+from pydantic import ValidationError
 
 ROOT = repo_root()
 EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml"))
 # Short names of kinds that live beside Gyre's in real clusters (KServe, Katib, Kubeflow
 # training, Strimzi, Spark operator); Gyre's must not shadow them.
-FOREIGN_SHORT_NAMES = {"isvc", "inferenceservice", "exp", "trial", "tj", "pytorchjob", "kt", "k", "sparkapp"}
+FOREIGN_SHORT_NAMES = {
+    "isvc",
+    "inferenceservice",
+    "exp",
+    "trial",
+    "tj",
+    "pytorchjob",
+    "kt",
+    "k",
+    "sparkapp",
+}
 
 
 def _walk(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
@@ -94,7 +103,8 @@ def test_schema_carries_bounds_enums_defaults_and_cel() -> None:
     rules = [r["rule"] for r in schema["properties"]["kafka"]["x-kubernetes-validations"]]
     assert any("has(self.managed)" in r and "has(self.external)" in r for r in rules)
     lr = openapi_schema(TrainingJobSpec)["properties"]["hyperparameters"]["properties"]["learningRate"]
-    assert lr["exclusiveMinimum"] is True and lr["minimum"] == 0
+    assert lr["exclusiveMinimum"] is True
+    assert lr["minimum"] == 0
 
 
 def test_models_reject_what_the_api_server_rejects() -> None:

@@ -25,7 +25,11 @@ CAMEL_REASON = r"^[A-Z][A-Za-z0-9]*$"
 DnsName = Annotated[str, Field(pattern=DNS_LABEL, min_length=1, max_length=63)]
 Duration = Annotated[
     str,
-    Field(pattern=DURATION, max_length=32, description='A duration such as "500ms", "30s", "15m", "24h", "7d", "2w".'),
+    Field(
+        pattern=DURATION,
+        max_length=32,
+        description='A duration such as "500ms", "30s", "15m", "24h", "7d", "2w".',
+    ),
 ]
 Quantity = Annotated[str, Field(pattern=QUANTITY, max_length=32)]
 Uri = Annotated[

@@ -1,4 +1,7 @@
-"""`Experiment`: hyperparameter search over TrainingJobs, or an online A/B or bandit test over InferenceServices."""
+"""`Experiment`: hyperparameter search over TrainingJobs, or an online A/B or bandit test.
+
+The online form allocates traffic across InferenceServices and promotes the winner.
+"""
 
 from __future__ import annotations
 
@@ -45,7 +48,8 @@ class Parameter(ApiModel):
     model_config = ConfigDict(
         json_schema_extra=validations(
             cel(
-                "self.type == 'categorical' ? has(self.values) : (has(self.min) && has(self.max) && self.min < self.max)",
+                "self.type == 'categorical' ? has(self.values)"
+                " : (has(self.min) && has(self.max) && self.min < self.max)",
                 "numeric parameters need min < max; categorical parameters need values",
             ),
             cel(
@@ -66,7 +70,9 @@ class Parameter(ApiModel):
     max: float | None = None
     log: bool | None = None
     step: Annotated[float, Field(gt=0)] | None = None
-    values: Annotated[list[Annotated[str, Field(max_length=256)]], Field(min_length=1, max_length=256)] | None = None
+    values: (
+        Annotated[list[Annotated[str, Field(max_length=256)]], Field(min_length=1, max_length=256)] | None
+    ) = None
 
 
 class SearchSpec(ApiModel):

@@ -85,7 +85,9 @@ class Expectation(ApiModel):
     not_null: bool = False
     min: float | None = None
     max: float | None = None
-    allowed_values: Annotated[list[Annotated[str, Field(max_length=256)]], Field(max_length=256)] | None = None
+    allowed_values: Annotated[list[Annotated[str, Field(max_length=256)]], Field(max_length=256)] | None = (
+        None
+    )
 
 
 class DriftBaseline(ApiModel):
@@ -148,7 +150,9 @@ class FeatureJobSpec(Kind):
     features: Annotated[list[FeatureSpec], Field(min_length=1, max_length=256)]
     labels: Annotated[list[LabelSpec], Field(max_length=16)] = []
     mode: Literal["batch", "streaming"] = "batch"
-    schedule: Annotated[str, Field(pattern=r"^(@(hourly|daily|weekly)|(\S+\s+){4}\S+)$", max_length=128)] | None = None
+    schedule: (
+        Annotated[str, Field(pattern=r"^(@(hourly|daily|weekly)|(\S+\s+){4}\S+)$", max_length=128)] | None
+    ) = None
     """Cron schedule for batch mode; unset runs once per spec change."""
     offline: OfflineStore
     online: OnlineStore | None = None

@@ -45,7 +45,11 @@ class FeatureLookup(ApiModel):
 class Autoscaling(ApiModel):
     model_config = ConfigDict(
         json_schema_extra=validations(
-            cel("self.minReplicas <= self.maxReplicas", "minReplicas cannot exceed maxReplicas", ".minReplicas"),
+            cel(
+                "self.minReplicas <= self.maxReplicas",
+                "minReplicas cannot exceed maxReplicas",
+                ".minReplicas",
+            ),
         )
     )
 

@@ -100,7 +100,9 @@ class SchemaField(ApiModel):
     name: FieldName
     type: FieldType
     required: bool = False
-    enum: Annotated[list[Annotated[str, Field(max_length=256)]], Field(min_length=1, max_length=256)] | None = None
+    enum: (
+        Annotated[list[Annotated[str, Field(max_length=256)]], Field(min_length=1, max_length=256)] | None
+    ) = None
     """Allowed values (string fields)."""
     description: Annotated[str, Field(max_length=1024)] | None = None
 

@@ -64,7 +64,10 @@ class ModelSpec(ApiModel):
 
     architecture: Literal["mlp"] | None = None
     """A built-in model."""
-    module: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$", max_length=256)] | None = None
+    module: (
+        Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$", max_length=256)]
+        | None
+    ) = None
     """User code: "package.module:build_model"."""
     task: Literal["binary", "multiclass", "regression"] = "binary"
     params: Annotated[dict[str, Any], Field(json_schema_extra=PRESERVE)] = {}

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 from pydantic import ValidationError
 
 from gyre.api._base import Kind
-from gyre.core import conditions as C
+from gyre.core import conditions as cnd
 from gyre.core.workload import Owner, Workload, WorkloadPhase, WorkloadStatus
 from gyre.runtimes.base import Runtime
 
@@ -72,7 +72,7 @@ class Resolved:
 
     @property
     def ready(self) -> bool:
-        return C.is_true(self.status.get("conditions"), C.READY)
+        return cnd.is_true(self.status.get("conditions"), cnd.READY)
 
     def describe(self) -> str:
         return f"{self.ref.kind} {self.ref.name!r} ({self.ref.field})"
@@ -97,7 +97,7 @@ class StatusInput:
 @dataclass(frozen=True)
 class StatusOutput:
     fields: Mapping[str, Any]  # kind-specific status fields (wire names)
-    conditions: Sequence[C.Cond]
+    conditions: Sequence[cnd.Cond]
     phase: str
     requeue_after: float | None = None  # look again soon (work in progress)
 
@@ -155,6 +155,9 @@ def workloads_summary(
     return (not pending and not failed), pending, failed
 
 
+INVALID_RECHECK_S = 10.0
+
+
 def _backoff(retry: int) -> float:
     return float(min(2 ** min(retry, 6), 10))
 
@@ -172,24 +175,20 @@ async def reconcile(
     old_conditions = old_status.get("conditions")
     base = {k: v for k, v in old_status.items() if k not in ("conditions",)}
 
-    def finish(
-        fields: Mapping[str, Any], conds: Sequence[C.Cond], phase: str, **kw: Any
-    ) -> Outcome:
+    def finish(fields: Mapping[str, Any], conds: Sequence[cnd.Cond], phase: str, **kw: Any) -> Outcome:
         status = {**base, **fields, "observedGeneration": meta.generation, "phase": phase}
-        status["conditions"] = C.merge_conditions(old_conditions, conds, meta.generation)
+        status["conditions"] = cnd.merge_conditions(old_conditions, conds, meta.generation)
         return Outcome(status=status, **kw)
 
     try:
         spec = controller.spec_model.model_validate(dict(raw_spec))
     except ValidationError as exc:
-        message = "; ".join(
-            f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
+        message = "; ".join(f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         return finish(
             {},
             [
-                C.Cond(C.READY, False, C.INVALID_SPEC, message),
-                C.Cond(C.DEGRADED, True, C.INVALID_SPEC, message),
+                cnd.Cond(cnd.READY, False, cnd.INVALID_SPEC, message),
+                cnd.Cond(cnd.DEGRADED, True, cnd.INVALID_SPEC, message),
             ],
             "Invalid",
             permanent_error=message,
@@ -200,46 +199,47 @@ async def reconcile(
         resolved[ref.field] = Resolved(ref, lookup(ref.kind, meta.namespace, ref.name))
     missing = [d for d in resolved.values() if not d.found]
     unready = [d for d in resolved.values() if d.found and not d.ready]
-    if missing or unready:
-        parts = [f"{d.describe()} does not exist in namespace {meta.namespace}" for d in missing]
-        parts += [
-            f"{d.describe()} is not Ready"
-            + (f": {_ready_message(d)}" if _ready_message(d) else "")
-            for d in unready
-        ]
-        reason = C.DEPENDENCY_MISSING if missing else C.DEPENDENCY_NOT_READY
-        message = "; ".join(parts)
-        return finish(
-            {},
-            [
-                C.Cond(C.DEPENDENCIES_READY, False, reason, message),
-                C.Cond(C.READY, False, reason, f"waiting for {message}"),
-                C.Cond(C.PROGRESSING, True, reason, "retrying until dependencies are ready"),
-            ],
-            "Waiting",
-            retry_after=_backoff(retry),
-        )
-    deps_cond = C.Cond(
-        C.DEPENDENCIES_READY,
-        True,
-        C.DEPENDENCIES_RESOLVED,
-        ", ".join(f"{d.ref.kind} {d.ref.name} Ready" for d in resolved.values()) or "none",
-    )
 
-    problems = controller.check(meta, spec, resolved)
+    # Cross-resource rules are checked as soon as the other objects exist, ready or not, so a
+    # spec that can never work is reported without waiting.
+    problems = [] if missing else controller.check(meta, spec, resolved)
     if problems:
         message = "; ".join(problems)
         return finish(
             {},
             [
-                deps_cond,
-                C.Cond(C.READY, False, C.INVALID_SPEC, message),
-                C.Cond(C.DEGRADED, True, C.INVALID_SPEC, message),
+                cnd.Cond(cnd.READY, False, cnd.INVALID_SPEC, message),
+                cnd.Cond(cnd.DEGRADED, True, cnd.INVALID_SPEC, message),
+                cnd.Cond(
+                    cnd.PROGRESSING, False, cnd.INVALID_SPEC, "fix the spec (or the object it refers to)"
+                ),
             ],
             "Invalid",
-            # Another object may change and make this valid; look again, slowly.
-            retry_after=30.0,
+            # Another object may change and make this valid: look again, unhurried.
+            retry_after=INVALID_RECHECK_S,
         )
+    if missing or unready:
+        parts = [f"{d.describe()} does not exist in namespace {meta.namespace}" for d in missing]
+        parts += [f"{d.describe()} is not Ready ({_ready_reason(d)})" for d in unready]
+        reason = cnd.DEPENDENCY_MISSING if missing else cnd.DEPENDENCY_NOT_READY
+        message = "; ".join(parts)
+        return finish(
+            {},
+            [
+                cnd.Cond(cnd.DEPENDENCIES_READY, False, reason, message),
+                cnd.Cond(cnd.READY, False, reason, f"waiting for dependencies: {message}"),
+                cnd.Cond(cnd.PROGRESSING, True, reason, "retrying until dependencies are ready"),
+                cnd.Cond(cnd.DEGRADED, False, cnd.AS_EXPECTED),
+            ],
+            "Waiting",
+            retry_after=_backoff(retry),
+        )
+    deps_cond = cnd.Cond(
+        cnd.DEPENDENCIES_READY,
+        True,
+        cnd.DEPENDENCIES_RESOLVED,
+        ", ".join(f"{d.ref.kind} {d.ref.name} Ready" for d in resolved.values()) or "none",
+    )
 
     workloads = controller.build(meta, spec, resolved)
     try:
@@ -253,8 +253,8 @@ async def reconcile(
             {},
             [
                 deps_cond,
-                C.Cond(C.READY, False, C.RUNTIME_ERROR, message),
-                C.Cond(C.DEGRADED, True, C.RUNTIME_ERROR, message),
+                cnd.Cond(cnd.READY, False, cnd.RUNTIME_ERROR, message),
+                cnd.Cond(cnd.DEGRADED, True, cnd.RUNTIME_ERROR, message),
             ],
             "Error",
             retry_after=_backoff(retry),
@@ -271,13 +271,11 @@ async def reconcile(
         ),
     )
     conds = [deps_cond, *out.conditions]
-    if not any(c.type == C.DEGRADED for c in out.conditions):
-        conds.append(C.Cond(C.DEGRADED, False, C.AS_EXPECTED))
+    if not any(c.type == cnd.DEGRADED for c in out.conditions):
+        conds.append(cnd.Cond(cnd.DEGRADED, False, cnd.AS_EXPECTED))
     return finish(out.fields, conds, out.phase, retry_after=out.requeue_after, workloads=len(workloads))
 
 
-def _ready_message(dep: Resolved) -> str:
-    cond = C.condition(dep.status.get("conditions"), C.READY)
-    if cond is None:
-        return "it has no status yet"
-    return f"{cond.get('reason', '')}: {cond.get('message', '')}".strip(": ")
+def _ready_reason(dep: Resolved) -> str:
+    cond = cnd.condition(dep.status.get("conditions"), cnd.READY)
+    return str(cond.get("reason", "Unknown")) if cond else "no status yet"

@@ -20,7 +20,9 @@ class ExperimentController(PendingDataPlane):
         if spec.online:
             for i, v in enumerate(spec.online.variants):
                 refs.append(
-                    Ref("InferenceService", v.inference_service, f"spec.online.variants[{i}].inferenceService")
+                    Ref(
+                        "InferenceService", v.inference_service, f"spec.online.variants[{i}].inferenceService"
+                    )
                 )
             if spec.online.feedback_stream:
                 refs.append(Ref("Stream", spec.online.feedback_stream, "spec.online.feedbackStream"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from gyre.controllers.base import Controller, StatusInput, StatusOutput
-from gyre.core import conditions as C
+from gyre.core import conditions as cnd
 
 
 class PendingDataPlane(Controller[Any]):
@@ -26,8 +26,8 @@ class PendingDataPlane(Controller[Any]):
         return StatusOutput(
             fields={},
             conditions=[
-                C.Cond(C.READY, False, C.NOT_SUPPORTED, message),
-                C.Cond(C.PROGRESSING, False, C.NOT_SUPPORTED, message),
+                cnd.Cond(cnd.READY, False, cnd.NOT_SUPPORTED, message),
+                cnd.Cond(cnd.PROGRESSING, False, cnd.NOT_SUPPORTED, message),
             ],
             phase="Accepted",
         )

@@ -135,9 +135,7 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime, *, finalizers: b
 def _register_kind(
     registry: kopf.OperatorRegistry, handlers: Handlers, kind: str, plural: str, finalizers: bool
 ) -> None:
-    async def on_change(
-        body: kopf.Body, patch: kopf.Patch, retry: int, reason: str, **kwargs: Any
-    ) -> None:
+    async def on_change(body: kopf.Body, patch: kopf.Patch, retry: int, reason: str, **kwargs: Any) -> None:
         outcome = await handlers.run(kind, str(reason), body, patch, retry, kwargs)
         if outcome.permanent_error:
             raise kopf.PermanentError(outcome.permanent_error)
@@ -165,7 +163,11 @@ def _register_kind(
     kopf.on.create(*res, id=hid, registry=registry)(on_change)
     kopf.on.update(*res, id=hid, registry=registry, field="spec")(on_change)
     kopf.timer(
-        *res, id=f"timer-{plural}", interval=TIMER_INTERVAL_S, initial_delay=TIMER_INTERVAL_S, registry=registry
+        *res,
+        id=f"timer-{plural}",
+        interval=TIMER_INTERVAL_S,
+        initial_delay=TIMER_INTERVAL_S,
+        registry=registry,
     )(on_timer)
     if finalizers:
 

@@ -47,9 +47,15 @@ def make_runtime(name: str, state_dir: Path | None) -> Runtime:
 
         return LocalRuntime(state_dir or default_state_dir())
     if name == "kubernetes":
-        from gyre.runtimes.kubernetes import KubernetesRuntime, load_api_client
+        from kubernetes import client, config
 
-        return KubernetesRuntime(load_api_client())
+        from gyre.runtimes.kubernetes import KubernetesRuntime
+
+        try:
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
+        except config.ConfigException:
+            config.load_kube_config()  # type: ignore[no-untyped-call]
+        return KubernetesRuntime(client.ApiClient())
     raise SystemExit(f"unknown runtime {name!r}: use local or kubernetes")
 
 
@@ -60,12 +66,16 @@ def default_state_dir() -> Path:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="gyre operator", description=__doc__.splitlines()[0])
-    p.add_argument("--runtime", choices=["local", "kubernetes"], default=os.environ.get("GYRE_RUNTIME", "local"))
+    p.add_argument(
+        "--runtime", choices=["local", "kubernetes"], default=os.environ.get("GYRE_RUNTIME", "local")
+    )
     p.add_argument("--namespace", "-n", action="append", default=[], help="watch only these (default: all)")
     p.add_argument("--metrics-port", type=int, default=int(os.environ.get("GYRE_METRICS_PORT", "8080")))
     p.add_argument("--health-port", type=int, default=int(os.environ.get("GYRE_HEALTH_PORT", "8081")))
     p.add_argument("--state-dir", type=Path, default=None, help="local runtime: logs and data")
-    p.add_argument("--log-format", choices=["text", "json"], default=os.environ.get("GYRE_LOG_FORMAT", "text"))
+    p.add_argument(
+        "--log-format", choices=["text", "json"], default=os.environ.get("GYRE_LOG_FORMAT", "text")
+    )
     p.add_argument("--verbose", "-v", action="store_true")
     return p.parse_args(argv)
 

@@ -1,0 +1,44 @@
+"""The framework floor: a kopf operator that does nothing but set status.observedGeneration.
+
+It runs with the same kopf settings as Gyre's operator, so the benchmark's ratio measures
+what Gyre adds on top of the framework.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+import kopf
+
+from gyre.api import GROUP, VERSION
+from gyre.operator.main import configure_kopf
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m gyre.bench.floor")
+    p.add_argument("--namespace", "-n", required=True)
+    p.add_argument("--plural", default="trainingjobs")
+    args = p.parse_args(argv)
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_with_kubeconfig(**kwargs)
+
+    @kopf.on.startup(registry=registry)
+    def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        configure_kopf(settings)
+
+    @kopf.on.create(GROUP, VERSION, args.plural, registry=registry)
+    async def _noop(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+        patch.status["observedGeneration"] = body["metadata"]["generation"]
+
+    kopf.configure(verbose=False)
+    asyncio.run(kopf.operator(registry=registry, standalone=True, namespaces=[args.namespace]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

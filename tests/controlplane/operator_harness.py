@@ -1,0 +1,117 @@
+"""A Gyre operator process for tests: started against the test cluster, stopped after."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from gyre.controlplane.testing import Cluster
+from gyre.manifests import repo_root
+
+ROOT = repo_root()
+PLURALS = ["streams", "featurejobs", "trainingjobs", "experiments", "inferenceservices"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def install_crds(cluster: Cluster) -> None:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "manifests/crds"))
+    for plural in PLURALS:
+        cluster.kubectl("wait", "--for=condition=Established", f"crd/{plural}.gyre.dev", "--timeout=60s")
+
+
+def fresh_namespace(cluster: Cluster, prefix: str) -> str:
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", name)
+    return name
+
+
+class OperatorProcess:
+    """`gyre operator` as a child process, watching one namespace."""
+
+    def __init__(self, cluster: Cluster, namespace: str, runtime: str, workdir: Path) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+        self.runtime = runtime
+        self.workdir = workdir
+        self.metrics_port = free_port()
+        self.health_port = free_port()
+        self.log_path = workdir / f"operator-{namespace}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> OperatorProcess:
+        env = {**self.cluster.env, "PYTHONUNBUFFERED": "1"}
+        cmd = [
+            sys.executable, "-m", "gyre.cli", "operator", "--runtime", self.runtime,
+            "-n", self.namespace, "--metrics-port", str(self.metrics_port),
+            "--health-port", str(self.health_port), "--state-dir", str(self.workdir / "local"),
+        ]  # fmt: skip
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup of any kind runs."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def log(self, lines: int = 80) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def get(self, kind: str, name: str) -> Mapping[str, Any]:
+        out = self.cluster.kubectl("get", kind, name, "-n", self.namespace, "-o", "json").stdout
+        obj: Mapping[str, Any] = json.loads(out)
+        return obj
+
+    def condition(self, kind: str, name: str, type_: str) -> Mapping[str, Any]:
+        for c in (self.get(kind, name).get("status") or {}).get("conditions", []):
+            if c["type"] == type_:
+                return c  # type: ignore[no-any-return]
+        raise AssertionError(
+            f"{kind}/{name} has no {type_} condition yet: {self.get(kind, name).get('status')}"
+        )
+
+    def apply(self, manifest: str) -> None:
+        self.cluster.kubectl("apply", "-n", self.namespace, "-f", "-", input=manifest)
+
+
+def running_pids_under(path: Path) -> list[int]:
+    """Processes whose command line mentions ``path`` (workloads of a local runtime state dir)."""
+    needle = str(path)
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if needle in cmd and int(entry) != os.getpid():
+            pids.append(int(entry))
+    return pids
