@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m gyre.bench.floor")
     p.add_argument("--namespace", "-n", required=True)
     p.add_argument("--plural", default="trainingjobs")
+    p.add_argument("--health-port", type=int, default=0)
     args = p.parse_args(argv)
     registry = kopf.OperatorRegistry()
 
@@ -36,7 +37,12 @@ def main(argv: list[str] | None = None) -> int:
         patch.status["observedGeneration"] = body["metadata"]["generation"]
 
     kopf.configure(verbose=False)
-    asyncio.run(kopf.operator(registry=registry, standalone=True, namespaces=[args.namespace]))
+    liveness = f"http://127.0.0.1:{args.health_port}/healthz" if args.health_port else None
+    asyncio.run(
+        kopf.operator(
+            registry=registry, standalone=True, namespaces=[args.namespace], liveness_endpoint=liveness
+        )
+    )
     return 0
 
 

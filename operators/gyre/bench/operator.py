@@ -15,9 +15,11 @@ import os
 import statistics
 import subprocess
 import sys
+import socket
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -52,8 +54,34 @@ def _percentile(values: Sequence[float], q: float) -> float:
     return ordered[k]
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _wait_healthy(port: int, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"operator exited {proc.returncode}; log: {log_path}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"operator not healthy within 120 s; log: {log_path}")
+
+
 def _run_phase(
-    label: str, api: client.ApiClient, namespace: str, operator_cmd: list[str], env: dict[str, str], n: int
+    label: str,
+    api: client.ApiClient,
+    namespace: str,
+    operator_cmd: list[str],
+    env: dict[str, str],
+    n: int,
+    health_port: int,
 ) -> dict[str, float]:
     custom = client.CustomObjectsApi(api)
     core = client.CoreV1Api(api)
@@ -79,7 +107,7 @@ def _run_phase(
     with log_path.open("w") as log:
         proc = subprocess.Popen(operator_cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        time.sleep(3.0)  # the operator connects and starts its watches before the clock starts
+        _wait_healthy(health_port, proc, log_path)  # the clock starts once the operator is up
         threading.Thread(target=watcher, daemon=True).start()
         time.sleep(0.5)
 
@@ -139,37 +167,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         api = plane.api_client()
         py = sys.executable
-        floor = _run_phase(
-            "floor",
-            api,
-            "bench-floor",
-            [py, "-m", "gyre.bench.floor", "-n", "bench-floor"],
-            env,
-            args.resources,
-        )
-        gyre = _run_phase(
-            "gyre",
-            api,
-            "bench-gyre",
-            [
-                py,
-                "-m",
-                "gyre.cli",
-                "operator",
-                "--runtime",
-                "local",
-                "-n",
-                "bench-gyre",
-                "--metrics-port",
-                "0",
-                "--health-port",
-                "0",
-                "--state-dir",
-                str(Path(tmp.name) / "local"),
-            ],
-            env,
-            args.resources,
-        )
+        floor_port, gyre_port = _free_port(), _free_port()
+        floor_cmd = [py, "-m", "gyre.bench.floor", "-n", "bench-floor", "--health-port", str(floor_port)]
+        floor = _run_phase("floor", api, "bench-floor", floor_cmd, env, args.resources, floor_port)
+        gyre_cmd = [
+            py, "-m", "gyre.cli", "operator", "--runtime", "local", "-n", "bench-gyre",
+            "--metrics-port", "0", "--health-port", str(gyre_port),
+            "--state-dir", str(Path(tmp.name) / "local"),
+        ]  # fmt: skip
+        gyre = _run_phase("gyre", api, "bench-gyre", gyre_cmd, env, args.resources, gyre_port)
     finally:
         plane.down()
         tmp.cleanup()

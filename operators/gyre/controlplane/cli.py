@@ -1,0 +1,81 @@
+"""``gyre cluster up|down|status``: the local control plane from the command line.
+
+Each function takes the arguments after the subcommand and returns the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gyre.controlplane.plane import (
+    K8S_VERSION,
+    ControlPlane,
+    ControlPlaneError,
+    default_state_dir,
+)
+
+
+def _parser(prog: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help=f"where the plane keeps its data, logs and pids (default: {default_state_dir()})",
+    )
+    return p
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="[gyre cluster] %(message)s", stream=sys.stderr)
+
+
+def cli_up(argv: Sequence[str] | None = None) -> int:
+    p = _parser("gyre cluster up", "Start (or reuse) a local Kubernetes control plane.")
+    p.add_argument("--port", type=int, default=None, help="kube-apiserver port (default: free)")
+    p.add_argument("--kubeconfig", type=Path, default=None, help="where to write the kubeconfig")
+    p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
+    args = p.parse_args(argv)
+    _setup_logging()
+    plane = ControlPlane(args.state_dir, apiserver_port=args.port, kubeconfig=args.kubeconfig)
+    try:
+        plane.up(args.timeout)
+    except ControlPlaneError as e:
+        print(f"gyre cluster up: {e}", file=sys.stderr)
+        print(f"logs: {plane.state_dir / 'logs'}", file=sys.stderr)
+        return 1
+    print(f"Kubernetes {K8S_VERSION} is up at {plane.server} ({len(plane.nodes)} kwok nodes).")
+    print("Use it with:")
+    print(f"  export KUBECONFIG={plane.kubeconfig}")
+    print(f"  export PATH={plane.bin_dir}:$PATH   # kubectl and helm of the same version")
+    print("  kubectl get nodes")
+    print(f"Stop it with: gyre cluster down --state-dir {plane.state_dir}")
+    return 0
+
+
+def cli_down(argv: Sequence[str] | None = None) -> int:
+    p = _parser("gyre cluster down", "Stop the local control plane (its data is kept).")
+    args = p.parse_args(argv)
+    _setup_logging()
+    plane = ControlPlane(args.state_dir)
+    plane.down()
+    print(f"Control plane in {plane.state_dir} is stopped.")
+    return 0
+
+
+def cli_status(argv: Sequence[str] | None = None) -> int:
+    """Exit status 0 when every component runs and the API server is ready, else 1."""
+    p = _parser("gyre cluster status", "Show the local control plane's components.")
+    args = p.parse_args(argv)
+    st = ControlPlane(args.state_dir).status()
+    print(f"state dir:  {st.state_dir}")
+    print(f"kubeconfig: {st.kubeconfig}")
+    print(f"server:     {st.server or '-'} ({'ready' if st.ready else 'not ready'})")
+    for c in st.components:
+        state = f"running (pid {c.pid})" if c.running else "stopped"
+        print(f"  {c.name:<24} {state:<22} {c.log}")
+    return 0 if st.running and st.ready else 1

@@ -1,0 +1,446 @@
+"""Render `Workload`s into Kubernetes manifests: pure functions, no I/O, no client.
+
+One owner's workloads become, per workload:
+
+* SERVICE  -> Deployment, plus a ClusterIP Service when it has ports;
+* STATEFUL -> StatefulSet with a headless Service (stable pod DNS) and one PVC per volume;
+* BATCH    -> Indexed Job (completions = parallelism = replicas), plus a headless Service
+  when it has ports so replicas find each other at ``<job>-<index>.<svc>``;
+* ``config_files`` -> a ConfigMap mounted read-only at `CONFIG_DIR`.
+
+Every object carries the Gyre labels (`LABEL_*`) that the runtime prunes and deletes by,
+and a controller owner reference to the owning custom resource, so deleting the owner
+garbage-collects its children even when the operator is down.
+
+Object names are ``<owner>-<workload>``: workload names are unique only within an owner.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from gyre.core.workload import (
+    ConfigDirRef,
+    EndpointRef,
+    EnvValue,
+    Owner,
+    Readiness,
+    RestartPolicy,
+    VolumePathRef,
+    Workload,
+    WorkloadKind,
+)
+
+Manifest = dict[str, Any]
+
+CONFIG_DIR = "/etc/gyre/config"
+"""Where ``config_files`` are mounted; what `ConfigDirRef` resolves to."""
+
+TMP_DIR = "/tmp"  # a writable emptyDir: the root filesystem is read-only
+
+FIELD_MANAGER = "gyre"
+
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_OWNER_KIND = "gyre.dev/owner-kind"
+LABEL_OWNER_NAME = "gyre.dev/owner-name"
+LABEL_WORKLOAD = "gyre.dev/workload"
+LABEL_ROLE = "gyre.dev/role"
+MANAGED_BY = "gyre"
+
+ANNOTATION_CONFIG_HASH = "gyre.dev/config-hash"
+JOB_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+POD_INDEX_LABEL = "apps.kubernetes.io/pod-index"
+GPU_RESOURCE = "nvidia.com/gpu"
+
+RUN_AS_USER = 1000  # the runtime image's non-root user
+
+# A StatefulSet's pods carry a ``controller-revision-hash`` label ``<name>-<hash>`` that must
+# fit in 63 characters, which leaves 52 for the StatefulSet's own name.
+MAX_NAME = 52
+MAX_LABEL = 63
+CONTAINER_NAME = "main"
+
+
+def child_name(owner: Owner, workload: str) -> str:
+    """The Kubernetes name of a workload's objects: ``<owner>-<workload>``, at most 52 chars.
+
+    Longer names are cut and suffixed with a hash of the full name, so they stay unique
+    and deterministic.
+    """
+    name = f"{owner.name}-{workload}"
+    if len(name) <= MAX_NAME:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[: MAX_NAME - 9].rstrip('-')}-{digest}"
+
+
+def config_map_name(owner: Owner, workload: str) -> str:
+    return f"{child_name(owner, workload)}-config"
+
+
+def label_value(value: str) -> str:
+    """``value`` if it fits a label (63 chars), else a cut of it with a hash of the whole."""
+    if len(value) <= MAX_LABEL:
+        return value
+    digest = hashlib.sha256(value.encode()).hexdigest()[:8]
+    return f"{value[: MAX_LABEL - 9].rstrip('-._')}-{digest}"
+
+
+def owner_labels(owner: Owner) -> dict[str, str]:
+    """The labels every child of ``owner`` carries; a selector for all of them."""
+    return {
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_OWNER_KIND: label_value(owner.kind),
+        # Resource names may be 253 characters long, label values only 63.
+        LABEL_OWNER_NAME: label_value(owner.name),
+    }
+
+
+def owner_selector(owner: Owner) -> str:
+    """``owner_labels`` as a label selector string."""
+    return ",".join(f"{k}={v}" for k, v in owner_labels(owner).items())
+
+
+def selector_labels(owner: Owner, workload: Workload) -> dict[str, str]:
+    """The immutable pod selector of a workload's controller (role is left out on purpose)."""
+    return {**owner_labels(owner), LABEL_WORKLOAD: workload.name}
+
+
+def workload_labels(owner: Owner, workload: Workload) -> dict[str, str]:
+    return {**workload.labels, **selector_labels(owner, workload), LABEL_ROLE: workload.role}
+
+
+def owner_reference(owner: Owner) -> dict[str, Any]:
+    return {
+        "apiVersion": owner.api_version,
+        "kind": owner.kind,
+        "name": owner.name,
+        "uid": owner.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def service_host(owner: Owner, workload: str, namespace: str) -> str:
+    """The in-cluster DNS name of a workload's Service."""
+    return f"{child_name(owner, workload)}.{namespace}.svc"
+
+
+def endpoint(owner: Owner, workload: Workload, port: str, namespace: str) -> str:
+    """``host:port`` of a workload's port through its Service."""
+    return f"{service_host(owner, workload.name, namespace)}:{workload.port(port).port}"
+
+
+def render(owner: Owner, workloads: Sequence[Workload], namespace: str) -> list[Manifest]:
+    """Every object the owner's workloads need, ConfigMaps and Services before controllers."""
+    by_name = {w.name: w for w in workloads}
+    if len(by_name) != len(workloads):
+        raise ValueError(f"{owner.key}: workload names are not unique")
+    config_maps: list[Manifest] = []
+    services: list[Manifest] = []
+    controllers: list[Manifest] = []
+    for w in workloads:
+        if w.config_files:
+            config_maps.append(build_config_map(owner, w, namespace))
+        service = build_service(owner, w, namespace)
+        if service is not None:
+            services.append(service)
+        controllers.append(build_controller(owner, w, namespace, by_name))
+    return config_maps + services + controllers
+
+
+def _metadata(owner: Owner, workload: Workload, name: str, namespace: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": namespace,
+        "labels": workload_labels(owner, workload),
+        "ownerReferences": [owner_reference(owner)],
+    }
+
+
+def build_config_map(owner: Owner, workload: Workload, namespace: str) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(owner, workload, config_map_name(owner, workload.name), namespace),
+        "data": dict(sorted(workload.config_files.items())),
+    }
+
+
+def build_service(owner: Owner, workload: Workload, namespace: str) -> Manifest | None:
+    """ClusterIP for SERVICE; headless for STATEFUL (always) and BATCH (with ports).
+
+    Headless Services publish not-ready addresses: peers (Kafka controllers, Horovod ranks)
+    must resolve each other before any of them is ready.
+    """
+    headless = workload.kind in (WorkloadKind.STATEFUL, WorkloadKind.BATCH)
+    if not workload.ports and workload.kind is not WorkloadKind.STATEFUL:
+        return None
+    spec: dict[str, Any] = {
+        "selector": selector_labels(owner, workload),
+        "ports": [
+            {"name": p.name, "port": p.port, "targetPort": p.name, "protocol": p.protocol}
+            for p in workload.ports
+        ],
+    }
+    if headless:
+        spec["clusterIP"] = "None"
+        spec["publishNotReadyAddresses"] = True
+    else:
+        spec["type"] = "ClusterIP"
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(owner, workload, child_name(owner, workload.name), namespace),
+        "spec": spec,
+    }
+
+
+def build_controller(
+    owner: Owner, workload: Workload, namespace: str, peers: Mapping[str, Workload]
+) -> Manifest:
+    match workload.kind:
+        case WorkloadKind.SERVICE:
+            return build_deployment(owner, workload, namespace, peers)
+        case WorkloadKind.STATEFUL:
+            return build_stateful_set(owner, workload, namespace, peers)
+        case WorkloadKind.BATCH:
+            return build_job(owner, workload, namespace, peers)
+
+
+def build_deployment(
+    owner: Owner, workload: Workload, namespace: str, peers: Mapping[str, Workload]
+) -> Manifest:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(owner, workload, child_name(owner, workload.name), namespace),
+        "spec": {
+            "replicas": workload.replicas,
+            "selector": {"matchLabels": selector_labels(owner, workload)},
+            "template": build_pod_template(owner, workload, namespace, peers),
+        },
+    }
+
+
+def build_stateful_set(
+    owner: Owner, workload: Workload, namespace: str, peers: Mapping[str, Workload]
+) -> Manifest:
+    name = child_name(owner, workload.name)
+    claim_labels = workload_labels(owner, workload)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": _metadata(owner, workload, name, namespace),
+        "spec": {
+            "replicas": workload.replicas,
+            "serviceName": name,
+            # Peers start together (a Kafka quorum needs all of them to elect a leader).
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": selector_labels(owner, workload)},
+            "template": build_pod_template(owner, workload, namespace, peers),
+            "volumeClaimTemplates": [
+                {
+                    "apiVersion": "v1",
+                    "kind": "PersistentVolumeClaim",
+                    "metadata": {"name": v.name, "labels": claim_labels},
+                    "spec": {
+                        "accessModes": ["ReadWriteOnce"],
+                        "resources": {"requests": {"storage": v.size}},
+                    },
+                }
+                for v in workload.volumes
+            ],
+            # Data lives as long as the workload: removing it (or its owner) removes the PVCs;
+            # scaling down keeps them for when it scales back up.
+            "persistentVolumeClaimRetentionPolicy": {
+                "whenDeleted": "Delete",
+                "whenScaled": "Retain",
+            },
+        },
+    }
+
+
+def build_job(owner: Owner, workload: Workload, namespace: str, peers: Mapping[str, Workload]) -> Manifest:
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _metadata(owner, workload, child_name(owner, workload.name), namespace),
+        "spec": {
+            "completionMode": "Indexed",
+            "completions": workload.replicas,
+            "parallelism": workload.replicas,
+            "backoffLimit": workload.backoff_limit,
+            "template": build_pod_template(owner, workload, namespace, peers),
+        },
+    }
+
+
+def _pod_restart_policy(workload: Workload) -> str:
+    # Deployments and StatefulSets accept only Always; Jobs accept only OnFailure and Never.
+    if workload.kind is not WorkloadKind.BATCH:
+        return RestartPolicy.ALWAYS.value
+    if workload.restart_policy is RestartPolicy.NEVER:
+        return RestartPolicy.NEVER.value
+    return RestartPolicy.ON_FAILURE.value
+
+
+def build_pod_template(
+    owner: Owner, workload: Workload, namespace: str, peers: Mapping[str, Workload]
+) -> Manifest:
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": TMP_DIR}]
+    for v in workload.volumes:
+        if workload.kind is not WorkloadKind.STATEFUL:  # STATEFUL: from volumeClaimTemplates
+            volumes.append({"name": v.name, "emptyDir": {"sizeLimit": v.size}})
+        mounts.append({"name": v.name, "mountPath": v.mount_path})
+    annotations: dict[str, str] = {}
+    if workload.config_files:
+        volumes.append({"name": "gyre-config", "configMap": {"name": config_map_name(owner, workload.name)}})
+        mounts.append({"name": "gyre-config", "mountPath": CONFIG_DIR, "readOnly": True})
+        # ConfigMap changes do not restart pods by themselves; a changed hash rolls them.
+        annotations[ANNOTATION_CONFIG_HASH] = config_hash(workload.config_files)
+
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": workload.image,
+        "command": list(workload.command),
+        "env": build_env(owner, workload, namespace, peers),
+        "ports": [{"name": p.name, "containerPort": p.port, "protocol": p.protocol} for p in workload.ports],
+        "resources": build_resources(workload),
+        "volumeMounts": mounts,
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    if workload.readiness is not None:
+        container["readinessProbe"] = build_probe(workload.readiness)
+
+    spec: dict[str, Any] = {
+        "restartPolicy": _pod_restart_policy(workload),
+        # Service links would flood the env with other Services' variables and could shadow
+        # the $(VAR) names the command refers to.
+        "enableServiceLinks": False,
+        "automountServiceAccountToken": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "fsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if workload.kind is WorkloadKind.BATCH and workload.ports:
+        # Indexed Job pods are named <job>-<index>; with a subdomain they resolve as
+        # <job>-<index>.<svc>.<ns>.svc through the headless Service of the same name.
+        spec["subdomain"] = child_name(owner, workload.name)
+    metadata: dict[str, Any] = {"labels": workload_labels(owner, workload)}
+    if annotations:
+        metadata["annotations"] = annotations
+    return {"metadata": metadata, "spec": spec}
+
+
+def config_hash(files: Mapping[str, str]) -> str:
+    return hashlib.sha256(json.dumps(dict(sorted(files.items()))).encode()).hexdigest()[:16]
+
+
+def build_resources(workload: Workload) -> dict[str, Any]:
+    r = workload.resources
+    requests: dict[str, Any] = {}
+    limits: dict[str, Any] = {}
+    if r.cpu is not None:
+        requests["cpu"] = r.cpu  # no CPU limit: throttling hurts more than it protects
+    if r.memory is not None:
+        requests["memory"] = r.memory
+        limits["memory"] = r.memory
+    if r.gpu:
+        # Extended resources are set as limits; the request defaults to the same value.
+        limits[GPU_RESOURCE] = r.gpu
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def build_probe(readiness: Readiness) -> dict[str, Any]:
+    handler: dict[str, Any]
+    if readiness.http_path is not None:
+        handler = {"httpGet": {"path": readiness.http_path, "port": readiness.port}}
+    else:
+        handler = {"tcpSocket": {"port": readiness.port}}
+    return {
+        **handler,
+        "initialDelaySeconds": math.ceil(readiness.initial_delay_s),
+        "periodSeconds": max(1, math.ceil(readiness.period_s)),
+    }
+
+
+def _index_env(workload: Workload) -> dict[str, Any]:
+    match workload.kind:
+        case WorkloadKind.BATCH:
+            path = f"metadata.annotations['{JOB_INDEX_ANNOTATION}']"
+        case WorkloadKind.STATEFUL:
+            path = f"metadata.labels['{POD_INDEX_LABEL}']"
+        case WorkloadKind.SERVICE:
+            # Deployment replicas are interchangeable and have no ordinal; workloads that need
+            # one are STATEFUL or BATCH.
+            return {"name": "GYRE_REPLICA_INDEX", "value": "0"}
+    return {"name": "GYRE_REPLICA_INDEX", "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+
+def resolve_env_value(
+    owner: Owner,
+    workload: Workload,
+    value: EnvValue,
+    namespace: str,
+    peers: Mapping[str, Workload],
+) -> str:
+    """The string an env reference stands for inside a pod of ``workload``."""
+    match value:
+        case str():
+            return value
+        case EndpointRef(port=port, workload=target):
+            other = workload if target is None else peers.get(target)
+            if other is None:
+                raise ValueError(
+                    f"{owner.key}: workload {workload.name} refers to unknown workload {target!r}"
+                )
+            return endpoint(owner, other, port, namespace)
+        case VolumePathRef(volume=volume):
+            for v in workload.volumes:
+                if v.name == volume:
+                    return v.mount_path
+            raise ValueError(f"{owner.key}: workload {workload.name} has no volume {volume!r}")
+        case ConfigDirRef():
+            return CONFIG_DIR
+    raise TypeError(f"unsupported env value {value!r}")
+
+
+def build_env(
+    owner: Owner, workload: Workload, namespace: str, peers: Mapping[str, Workload]
+) -> list[dict[str, Any]]:
+    # The index and count come first so that later values and the command may use $(VAR).
+    env: list[dict[str, Any]] = [
+        entry
+        for entry in (
+            _index_env(workload),
+            {"name": "GYRE_REPLICAS", "value": str(workload.replicas)},
+        )
+        # Server-side apply keys env by name: a duplicate name is rejected, so an explicit
+        # value replaces the default.
+        if entry["name"] not in workload.env
+    ]
+    for key, value in workload.env.items():
+        env.append({"name": key, "value": resolve_env_value(owner, workload, value, namespace, peers)})
+    return env

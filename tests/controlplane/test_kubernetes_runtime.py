@@ -1,0 +1,265 @@
+"""The kubernetes runtime against a real API server with kwok nodes: apply, observe, prune,
+idempotence, GPU placement, recreation on immutable changes, delete."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from gyre.controlplane.testing import Cluster, eventually
+from gyre.core.workload import (
+    ConfigDirRef,
+    EndpointRef,
+    Owner,
+    Port,
+    Readiness,
+    Resources,
+    Volume,
+    VolumePathRef,
+    Workload,
+    WorkloadKind,
+    WorkloadPhase,
+    WorkloadStatus,
+)
+from gyre.runtimes import k8s_render
+from gyre.runtimes.kubernetes import KubernetesRuntime
+from kubernetes.client import ApiClient
+
+pytestmark = [pytest.mark.integration, pytest.mark.controlplane]
+
+KINDS = "configmaps,services,deployments,statefulsets,jobs"
+GPU_NODE = "kwok-node-2"
+
+
+@pytest.fixture(scope="module")
+def api(cluster: Cluster) -> Iterator[ApiClient]:
+    client = cluster.api_client()
+    yield client
+    client.close()  # type: ignore[no-untyped-call]
+
+
+@pytest.fixture(scope="module")
+def runtime(api: ApiClient) -> KubernetesRuntime:
+    return KubernetesRuntime(api)
+
+
+@pytest.fixture(scope="module")
+def namespace(cluster: Cluster) -> Iterator[str]:
+    name = f"rt-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", name)
+    eventually(lambda: cluster.kubectl("get", "serviceaccount", "default", "-n", name))
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false")
+
+
+@pytest.fixture
+def owner(cluster: Cluster, namespace: str) -> Owner:
+    """A ConfigMap stands in for the owning custom resource: any object with a uid will do."""
+    name = f"owner-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "configmap", name, "-n", namespace)
+    uid = cluster.get_json("configmap", name, "-n", namespace)["metadata"]["uid"]
+    return Owner(kind="ConfigMap", api_version="v1", namespace=namespace, name=name, uid=uid)
+
+
+def objects(cluster: Cluster, owner: Owner, kinds: str = KINDS) -> dict[tuple[str, str], Any]:
+    items = cluster.get_json(kinds, "-n", owner.namespace, "-l", k8s_render.owner_selector(owner))["items"]
+    return {(i["kind"], i["metadata"]["name"]): i for i in items}
+
+
+def pods(cluster: Cluster, owner: Owner, workload: str) -> list[dict[str, Any]]:
+    selector = f"{k8s_render.owner_selector(owner)},{k8s_render.LABEL_WORKLOAD}={workload}"
+    items: list[dict[str, Any]] = cluster.get_json("pods", "-n", owner.namespace, "-l", selector)["items"]
+    return items
+
+
+def observe(runtime: KubernetesRuntime, owner: Owner) -> dict[str, WorkloadStatus]:
+    return asyncio.run(runtime.observe(owner))
+
+
+def web(replicas: int = 2, kafka: bool = True) -> Workload:
+    return Workload(
+        name="web",
+        role="collector",
+        kind=WorkloadKind.SERVICE,
+        command=("python", "-m", "gyre.pipelines.collector"),
+        replicas=replicas,
+        ports=(Port("http", 8080),),
+        readiness=Readiness(port="http", http_path="/healthz"),
+        env={"KAFKA": EndpointRef("kafka", workload="kafka")} if kafka else {},
+        resources=Resources(cpu="100m", memory="128Mi"),
+    )
+
+
+def kafka() -> Workload:
+    return Workload(
+        name="kafka",
+        role="broker",
+        kind=WorkloadKind.STATEFUL,
+        command=("kafka-server-start.sh", "$(CONFIG)/server.properties"),
+        replicas=2,
+        ports=(Port("kafka", 9092),),
+        volumes=(Volume("data", "/var/lib/kafka", size="1Gi"),),
+        config_files={"server.properties": "process.roles=broker,controller\n"},
+        env={"CONFIG": ConfigDirRef(), "DATA": VolumePathRef("data")},
+    )
+
+
+def train(command: tuple[str, ...] = ("python", "-m", "gyre.pipelines.train")) -> Workload:
+    return Workload(
+        name="train",
+        role="worker",
+        kind=WorkloadKind.BATCH,
+        command=command,
+        replicas=2,
+        ports=(Port("rdzv", 29500),),
+        backoff_limit=1,
+    )
+
+
+def test_apply_observe_prune_and_delete(cluster: Cluster, runtime: KubernetesRuntime, owner: Owner) -> None:
+    asyncio.run(runtime.apply(owner, [web(), kafka(), train()]))
+
+    def converged() -> dict[str, WorkloadStatus]:
+        st = observe(runtime, owner)
+        assert st["web"].phase is WorkloadPhase.READY, st["web"]
+        assert st["kafka"].phase is WorkloadPhase.READY, st["kafka"]
+        assert st["train"].phase is WorkloadPhase.SUCCEEDED, st["train"]
+        return st
+
+    st = eventually(converged)
+    assert (st["web"].replicas, st["web"].ready_replicas) == (2, 2)
+    assert (st["kafka"].replicas, st["kafka"].ready_replicas) == (2, 2)
+    assert st["train"].succeeded == 2
+    assert st["train"].exit_codes == (0, 0)
+
+    for name in ("web", "kafka", "train"):
+        ps = pods(cluster, owner, name)
+        assert ps, name
+        assert all(p["spec"]["nodeName"].startswith("kwok-node-") for p in ps)
+    # StatefulSet pods got their claims bound and their ordinal as GYRE_REPLICA_INDEX source.
+    claims = objects(cluster, owner, "pvc")
+    assert len(claims) == 2
+    assert all(c["status"]["phase"] == "Bound" for c in claims.values())
+    assert sorted(
+        p["metadata"]["labels"][k8s_render.POD_INDEX_LABEL] for p in pods(cluster, owner, "kafka")
+    ) == ["0", "1"]
+    assert runtime.endpoint(owner, "kafka", "kafka") == (f"{owner.name}-kafka.{owner.namespace}.svc:9092")
+
+    # Re-applying the same workloads changes nothing on the server. Controllers may still be
+    # writing status right after convergence, so the comparison is retried until quiet.
+    def reapply_is_a_no_op() -> dict[tuple[str, str], Any]:
+        before = objects(cluster, owner)
+        asyncio.run(runtime.apply(owner, [web(), kafka(), train()]))
+        after = objects(cluster, owner)
+        assert {k: v["metadata"]["resourceVersion"] for k, v in after.items()} == {
+            k: v["metadata"]["resourceVersion"] for k, v in before.items()
+        }
+        return before
+
+    before = eventually(reapply_is_a_no_op, timeout=30)
+
+    # Dropping a workload prunes its objects and leaves the others' specs alone.
+    asyncio.run(runtime.apply(owner, [kafka(), train()]))
+    remaining = objects(cluster, owner)
+    assert ("Deployment", f"{owner.name}-web") not in remaining
+    assert ("Service", f"{owner.name}-web") not in remaining
+    sts_key = ("StatefulSet", f"{owner.name}-kafka")
+    assert remaining[sts_key]["metadata"]["generation"] == before[sts_key]["metadata"]["generation"]
+    eventually(lambda: _assert_no_pods(cluster, owner, "web"))
+    assert "web" not in observe(runtime, owner)
+
+    # Drift is repaired: a hand edit of a field Gyre owns is reverted by the next apply.
+    sts_name = f"{owner.name}-kafka"
+    cluster.kubectl("scale", "statefulset", sts_name, "-n", owner.namespace, "--replicas=5")
+    asyncio.run(runtime.apply(owner, [kafka(), train()]))
+    sts = cluster.get_json("statefulset", sts_name, "-n", owner.namespace)
+    assert sts["spec"]["replicas"] == 2
+
+    asyncio.run(runtime.delete(owner))
+    assert objects(cluster, owner) == {}
+    eventually(lambda: _assert_nothing_left(cluster, owner))
+    assert {s.phase for s in observe(runtime, owner).values()} <= {WorkloadPhase.MISSING}
+
+
+def _assert_no_pods(cluster: Cluster, owner: Owner, workload: str) -> None:
+    assert pods(cluster, owner, workload) == []
+
+
+def _assert_nothing_left(cluster: Cluster, owner: Owner) -> None:
+    assert objects(cluster, owner, "pods,pvc") == {}
+
+
+def test_gpu_request_lands_on_the_gpu_node(
+    runtime: KubernetesRuntime, owner: Owner, cluster: Cluster
+) -> None:
+    gpu = Workload(
+        name="gpu",
+        role="worker",
+        kind=WorkloadKind.BATCH,
+        command=("python", "-m", "gyre.pipelines.train"),
+        replicas=2,
+        resources=Resources(cpu="1", memory="1Gi", gpu=1),
+    )
+    asyncio.run(runtime.apply(owner, [gpu]))
+    eventually(lambda: _assert_phase(runtime, owner, "gpu", WorkloadPhase.SUCCEEDED))
+    nodes = {p["spec"]["nodeName"] for p in pods(cluster, owner, "gpu")}
+    assert nodes == {GPU_NODE}
+    asyncio.run(runtime.delete(owner))
+
+
+def test_unschedulable_pods_are_pending_with_the_schedulers_reason(
+    runtime: KubernetesRuntime, owner: Owner
+) -> None:
+    too_big = Workload(
+        name="huge",
+        role="server",
+        kind=WorkloadKind.SERVICE,
+        command=("python", "-m", "gyre.pipelines.serve"),
+        resources=Resources(gpu=64),
+    )
+    asyncio.run(runtime.apply(owner, [too_big]))
+
+    def pending() -> WorkloadStatus:
+        st = observe(runtime, owner)["huge"]
+        assert st.phase is WorkloadPhase.PENDING
+        assert "nvidia.com/gpu" in st.message, st.message
+        return st
+
+    eventually(pending)
+    asyncio.run(runtime.delete(owner))
+
+
+def test_changed_job_template_recreates_the_job(
+    cluster: Cluster, runtime: KubernetesRuntime, owner: Owner
+) -> None:
+    """A Job's pod template is immutable: a changed command must replace the Job, not fail."""
+    asyncio.run(runtime.apply(owner, [train()]))
+    name = f"{owner.name}-train"
+    first = cluster.get_json("job", name, "-n", owner.namespace)["metadata"]["uid"]
+    asyncio.run(runtime.apply(owner, [train(("python", "-m", "gyre.pipelines.train", "--v2"))]))
+    job = cluster.get_json("job", name, "-n", owner.namespace)
+    assert job["metadata"]["uid"] != first
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"][-1] == "--v2"
+    eventually(lambda: _assert_phase(runtime, owner, "train", WorkloadPhase.SUCCEEDED))
+    asyncio.run(runtime.delete(owner))
+
+
+def test_deleting_the_owner_garbage_collects_children(
+    cluster: Cluster, runtime: KubernetesRuntime, owner: Owner
+) -> None:
+    asyncio.run(runtime.apply(owner, [web(replicas=1, kafka=False)]))
+    assert objects(cluster, owner)
+    cluster.kubectl("delete", "configmap", owner.name, "-n", owner.namespace)
+    eventually(lambda: _assert_no_objects(cluster, owner))
+
+
+def _assert_no_objects(cluster: Cluster, owner: Owner) -> None:
+    assert objects(cluster, owner, KINDS + ",pods") == {}
+
+
+def _assert_phase(runtime: KubernetesRuntime, owner: Owner, workload: str, phase: WorkloadPhase) -> None:
+    st = observe(runtime, owner)[workload]
+    assert st.phase is phase, st

@@ -1,0 +1,339 @@
+"""Manifests rendered from workloads: the shape the kubernetes runtime applies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from gyre.core.workload import (
+    ConfigDirRef,
+    EndpointRef,
+    Owner,
+    Port,
+    Readiness,
+    Resources,
+    RestartPolicy,
+    Volume,
+    VolumePathRef,
+    Workload,
+    WorkloadKind,
+)
+from gyre.runtimes import k8s_render as r
+
+OWNER = Owner(kind="Stream", namespace="ml", name="clicks", uid="1234-abcd")
+NS = "ml"
+
+
+def workload(**kw: Any) -> Workload:
+    defaults: dict[str, Any] = {
+        "name": "broker",
+        "role": "broker",
+        "kind": WorkloadKind.SERVICE,
+        "command": ("python", "-m", "gyre.pipelines.x"),
+    }
+    return Workload(**{**defaults, **kw})
+
+
+def by_kind(manifests: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [m for m in manifests if m["kind"] == kind]
+
+
+def one(manifests: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = by_kind(manifests, kind)
+    assert len(found) == 1, f"expected one {kind}, got {[m['kind'] for m in manifests]}"
+    return found[0]
+
+
+def container(m: dict[str, Any]) -> dict[str, Any]:
+    c: dict[str, Any] = m["spec"]["template"]["spec"]["containers"][0]
+    return c
+
+
+def env_of(m: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container(m)["env"]}
+
+
+@pytest.mark.parametrize(
+    ("kind", "ports", "expected"),
+    [
+        (WorkloadKind.SERVICE, (), ["Deployment"]),
+        (WorkloadKind.SERVICE, (Port("http", 8080),), ["Service", "Deployment"]),
+        (WorkloadKind.STATEFUL, (), ["Service", "StatefulSet"]),
+        (WorkloadKind.STATEFUL, (Port("kafka", 9092),), ["Service", "StatefulSet"]),
+        (WorkloadKind.BATCH, (), ["Job"]),
+        (WorkloadKind.BATCH, (Port("rdzv", 29500),), ["Service", "Job"]),
+    ],
+)
+def test_each_kind_renders_its_objects(
+    kind: WorkloadKind, ports: tuple[Port, ...], expected: list[str]
+) -> None:
+    manifests = r.render(OWNER, [workload(kind=kind, ports=ports)], NS)
+    assert [m["kind"] for m in manifests] == expected
+
+
+def test_config_files_render_a_config_map_first() -> None:
+    w = workload(config_files={"server.properties": "a=1\n"}, ports=(Port("http", 80),))
+    manifests = r.render(OWNER, [w], NS)
+    assert [m["kind"] for m in manifests] == ["ConfigMap", "Service", "Deployment"]
+    cm = manifests[0]
+    assert cm["metadata"]["name"] == "clicks-broker-config"
+    assert cm["data"] == {"server.properties": "a=1\n"}
+
+
+@pytest.mark.parametrize("kind", [WorkloadKind.SERVICE, WorkloadKind.STATEFUL, WorkloadKind.BATCH])
+def test_every_object_has_labels_and_controller_owner_reference(kind: WorkloadKind) -> None:
+    w = workload(kind=kind, role="collector", ports=(Port("http", 80),), config_files={"a": "b"})
+    for m in r.render(OWNER, [w], NS):
+        md = m["metadata"]
+        assert md["namespace"] == NS
+        assert md["name"].startswith("clicks-broker")
+        assert md["labels"] == {
+            "app.kubernetes.io/managed-by": "gyre",
+            "gyre.dev/owner-kind": "Stream",
+            "gyre.dev/owner-name": "clicks",
+            "gyre.dev/workload": "broker",
+            "gyre.dev/role": "collector",
+        }
+        assert md["ownerReferences"] == [
+            {
+                "apiVersion": "gyre.dev/v1alpha1",
+                "kind": "Stream",
+                "name": "clicks",
+                "uid": "1234-abcd",
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+
+
+def test_owner_api_version_is_taken_from_the_owner() -> None:
+    owner = Owner(kind="ConfigMap", namespace=NS, name="o", uid="u", api_version="v1")
+    (m,) = r.render(owner, [workload()], NS)
+    assert m["metadata"]["ownerReferences"][0]["apiVersion"] == "v1"
+    assert m["metadata"]["ownerReferences"][0]["kind"] == "ConfigMap"
+
+
+def test_pod_template_carries_selector_labels_and_extra_labels() -> None:
+    w = workload(labels={"team": "ads"})
+    dep = one(r.render(OWNER, [w], NS), "Deployment")
+    selector = dep["spec"]["selector"]["matchLabels"]
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert selector.items() <= pod_labels.items()
+    assert "gyre.dev/role" not in selector  # the selector is immutable; role may change
+    assert pod_labels["team"] == "ads"
+
+
+def test_service_is_cluster_ip_for_services_and_headless_for_peers() -> None:
+    svc = one(r.render(OWNER, [workload(ports=(Port("http", 8080),))], NS), "Service")
+    assert svc["spec"]["type"] == "ClusterIP"
+    assert svc["spec"]["ports"] == [{"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}]
+    for kind in (WorkloadKind.STATEFUL, WorkloadKind.BATCH):
+        svc = one(r.render(OWNER, [workload(kind=kind, ports=(Port("p", 1),))], NS), "Service")
+        assert svc["spec"]["clusterIP"] == "None"
+        assert svc["spec"]["publishNotReadyAddresses"] is True
+
+
+def test_stateful_set_has_claims_per_volume_and_its_service_name() -> None:
+    w = workload(
+        kind=WorkloadKind.STATEFUL,
+        replicas=3,
+        volumes=(Volume("data", "/var/lib/kafka", size="5Gi"),),
+        env={"DATA_DIR": VolumePathRef("data")},
+    )
+    sts = one(r.render(OWNER, [w], NS), "StatefulSet")
+    spec = sts["spec"]
+    assert spec["replicas"] == 3
+    assert spec["serviceName"] == "clicks-broker"
+    (claim,) = spec["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "data"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "5Gi"
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    pod = spec["template"]["spec"]
+    assert {"name": "data", "mountPath": "/var/lib/kafka"} in container(sts)["volumeMounts"]
+    assert all(v["name"] != "data" for v in pod["volumes"])  # provided by the claim
+    assert env_of(sts)["DATA_DIR"] == "/var/lib/kafka"
+    assert env_of(sts)["GYRE_REPLICA_INDEX"] == {
+        "fieldRef": {"fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}
+    }
+
+
+def test_volumes_outside_stateful_sets_are_empty_dirs() -> None:
+    w = workload(volumes=(Volume("scratch", "/scratch", size="2Gi"),))
+    dep = one(r.render(OWNER, [w], NS), "Deployment")
+    assert {"name": "scratch", "emptyDir": {"sizeLimit": "2Gi"}} in dep["spec"]["template"]["spec"]["volumes"]
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        (RestartPolicy.ALWAYS, "OnFailure"),
+        (RestartPolicy.ON_FAILURE, "OnFailure"),
+        (RestartPolicy.NEVER, "Never"),
+    ],
+)
+def test_job_is_indexed_with_restart_policy_a_job_accepts(policy: RestartPolicy, expected: str) -> None:
+    w = workload(kind=WorkloadKind.BATCH, replicas=4, backoff_limit=2, restart_policy=policy)
+    job = one(r.render(OWNER, [w], NS), "Job")
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed"
+    assert spec["completions"] == spec["parallelism"] == 4
+    assert spec["backoffLimit"] == 2
+    assert spec["template"]["spec"]["restartPolicy"] == expected
+    assert env_of(job)["GYRE_REPLICA_INDEX"] == {
+        "fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}
+    }
+    assert env_of(job)["GYRE_REPLICAS"] == "4"
+
+
+def test_job_with_ports_gets_a_subdomain_for_peer_dns() -> None:
+    w = workload(kind=WorkloadKind.BATCH, ports=(Port("rdzv", 29500),))
+    job = one(r.render(OWNER, [w], NS), "Job")
+    assert job["spec"]["template"]["spec"]["subdomain"] == "clicks-broker"
+    no_ports = one(r.render(OWNER, [workload(kind=WorkloadKind.BATCH)], NS), "Job")
+    assert "subdomain" not in no_ports["spec"]["template"]["spec"]
+
+
+@pytest.mark.parametrize("policy", list(RestartPolicy))
+def test_long_running_workloads_always_restart(policy: RestartPolicy) -> None:
+    for kind, obj in ((WorkloadKind.SERVICE, "Deployment"), (WorkloadKind.STATEFUL, "StatefulSet")):
+        m = one(r.render(OWNER, [workload(kind=kind, restart_policy=policy)], NS), obj)
+        assert m["spec"]["template"]["spec"]["restartPolicy"] == "Always"
+
+
+def test_env_references_are_resolved() -> None:
+    broker = workload(kind=WorkloadKind.STATEFUL, ports=(Port("kafka", 9092),))
+    sink = workload(
+        name="sink",
+        role="sink",
+        ports=(Port("metrics", 9100),),
+        volumes=(Volume("spool", "/spool"),),
+        config_files={"sink.json": "{}"},
+        env={
+            "BOOTSTRAP": EndpointRef("kafka", workload="broker"),
+            "SELF": EndpointRef("metrics"),
+            "SPOOL": VolumePathRef("spool"),
+            "CONFIG": ConfigDirRef(),
+            "PLAIN": "x",
+        },
+    )
+    dep = one(r.render(OWNER, [broker, sink], NS), "Deployment")
+    env = env_of(dep)
+    assert env["BOOTSTRAP"] == "clicks-broker.ml.svc:9092"
+    assert env["SELF"] == "clicks-sink.ml.svc:9100"
+    assert env["SPOOL"] == "/spool"
+    assert env["CONFIG"] == r.CONFIG_DIR
+    assert env["PLAIN"] == "x"
+    assert env["GYRE_REPLICA_INDEX"] == "0"
+    # The replica variables come first, so later values may refer to them with $(VAR).
+    assert [e["name"] for e in container(dep)["env"]][:2] == ["GYRE_REPLICA_INDEX", "GYRE_REPLICAS"]
+
+
+def test_explicit_env_overrides_replica_defaults_without_duplicates() -> None:
+    dep = one(r.render(OWNER, [workload(env={"GYRE_REPLICAS": "9"})], NS), "Deployment")
+    names = [e["name"] for e in container(dep)["env"]]
+    assert names.count("GYRE_REPLICAS") == 1
+    assert env_of(dep)["GYRE_REPLICAS"] == "9"
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{"X": EndpointRef("http", workload="nope")}, {"X": VolumePathRef("nope")}],
+)
+def test_dangling_references_are_errors(env: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="nope"):
+        r.render(OWNER, [workload(ports=(Port("http", 80),), env=env)], NS)
+
+
+def test_config_files_are_mounted_at_the_config_dir_with_a_rolling_hash() -> None:
+    a = one(r.render(OWNER, [workload(config_files={"f": "1"})], NS), "Deployment")
+    b = one(r.render(OWNER, [workload(config_files={"f": "2"})], NS), "Deployment")
+    mount = {"name": "gyre-config", "mountPath": r.CONFIG_DIR, "readOnly": True}
+    assert mount in container(a)["volumeMounts"]
+    assert {
+        "name": "gyre-config",
+        "configMap": {"name": "clicks-broker-config"},
+    } in a["spec"]["template"]["spec"]["volumes"]
+    hash_a = a["spec"]["template"]["metadata"]["annotations"]["gyre.dev/config-hash"]
+    hash_b = b["spec"]["template"]["metadata"]["annotations"]["gyre.dev/config-hash"]
+    assert hash_a != hash_b
+
+
+@pytest.mark.parametrize(
+    ("resources", "expected"),
+    [
+        (Resources(), {}),
+        (Resources(cpu="500m"), {"requests": {"cpu": "500m"}}),
+        (
+            Resources(cpu="2", memory="4Gi"),
+            {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "4Gi"}},
+        ),
+        (Resources(gpu=2), {"limits": {"nvidia.com/gpu": 2}}),
+    ],
+)
+def test_resources(resources: Resources, expected: dict[str, Any]) -> None:
+    dep = one(r.render(OWNER, [workload(resources=resources)], NS), "Deployment")
+    assert container(dep)["resources"] == expected
+
+
+@pytest.mark.parametrize(
+    ("readiness", "handler"),
+    [
+        (Readiness(port="http"), {"tcpSocket": {"port": "http"}}),
+        (
+            Readiness(port="http", http_path="/healthz"),
+            {"httpGet": {"path": "/healthz", "port": "http"}},
+        ),
+    ],
+)
+def test_readiness_probe(readiness: Readiness, handler: dict[str, Any]) -> None:
+    w = workload(ports=(Port("http", 8080),), readiness=readiness)
+    probe = container(one(r.render(OWNER, [w], NS), "Deployment"))["readinessProbe"]
+    assert probe == {**handler, "initialDelaySeconds": 0, "periodSeconds": 2}
+
+
+def test_pods_run_non_root_with_read_only_root_and_writable_tmp() -> None:
+    dep = one(r.render(OWNER, [workload()], NS), "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    sc = container(dep)["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert {"name": "tmp", "mountPath": "/tmp"} in container(dep)["volumeMounts"]
+
+
+def test_command_and_image_pass_through() -> None:
+    w = workload(command=("python", "-m", "x", "--rank=$(GYRE_REPLICA_INDEX)"), image="img:1")
+    c = container(one(r.render(OWNER, [w], NS), "Deployment"))
+    assert c["command"] == ["python", "-m", "x", "--rank=$(GYRE_REPLICA_INDEX)"]
+    assert c["image"] == "img:1"
+    assert c["name"] == "main"
+
+
+def test_long_names_are_cut_deterministically() -> None:
+    owner = Owner(kind="Stream", namespace=NS, name="a" * 60, uid="u")
+    name = r.child_name(owner, "broker")
+    assert len(name) <= 52
+    assert name == r.child_name(owner, "broker")
+    assert name != r.child_name(owner, "broker2")
+
+
+def test_duplicate_workload_names_are_rejected() -> None:
+    with pytest.raises(ValueError, match="not unique"):
+        r.render(OWNER, [workload(), workload()], NS)
+
+
+def test_render_is_deterministic() -> None:
+    ws = [
+        workload(ports=(Port("http", 80),), config_files={"b": "2", "a": "1"}),
+        workload(name="w", kind=WorkloadKind.BATCH, replicas=2),
+    ]
+    assert r.render(OWNER, ws, NS) == r.render(OWNER, ws, NS)
+
+
+def test_long_owner_names_still_make_valid_label_values() -> None:
+    owner = Owner(kind="Stream", namespace=NS, name="n" * 200, uid="u")
+    labels = r.owner_labels(owner)
+    assert len(labels["gyre.dev/owner-name"]) <= 63
+    other = Owner(kind="Stream", namespace=NS, name="n" * 199 + "m", uid="u")
+    assert r.owner_labels(other)["gyre.dev/owner-name"] != labels["gyre.dev/owner-name"]
