@@ -60,7 +60,7 @@ cluster-down: ## Stop the local control plane; leaves no process behind
 
 .PHONY: demo
 demo: setup ## Set up, then run the example system on the embedded default (local control plane + local runtime)
-	$(PY) -m gyre.cli demo
+	$(PY) -m gyre.cli demo $(ARGS)
 
 .PHONY: bench
 bench: ## Benchmarks (JSON on stdout): operator, stream, train

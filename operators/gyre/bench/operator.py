@@ -85,14 +85,14 @@ def _run_phase(
 ) -> dict[str, float]:
     custom = client.CustomObjectsApi(api)
     core = client.CoreV1Api(api)
-    core.create_namespace({"metadata": {"name": namespace}})
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
     created: dict[str, float] = {}
     seen: dict[str, float] = {}
     done = threading.Event()
 
     def watcher() -> None:
-        w = watch.Watch()
-        for event in w.stream(
+        w = watch.Watch()  # type: ignore[no-untyped-call]
+        for event in w.stream(  # type: ignore[no-untyped-call]
             custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, timeout_seconds=600
         ):
             obj = event["object"]

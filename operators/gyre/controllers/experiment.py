@@ -13,7 +13,7 @@ class ExperimentController(PendingDataPlane):
     spec_model = ExperimentSpec
     data_plane = "trial scheduling with Optuna, online allocation and analysis"
 
-    def references(self, spec: ExperimentSpec) -> list[Ref]:  # type: ignore[override]
+    def references(self, spec: ExperimentSpec) -> list[Ref]:
         refs: list[Ref] = []
         if spec.search:
             refs += dataset_refs(spec.search.trial_template, "spec.search.trialTemplate")

@@ -15,12 +15,12 @@ class FeatureJobController(PendingDataPlane):
     spec_model = FeatureJobSpec
     data_plane = "Spark"
 
-    def references(self, spec: FeatureJobSpec) -> list[Ref]:  # type: ignore[override]
+    def references(self, spec: FeatureJobSpec) -> list[Ref]:
         if spec.source.stream:
             return [Ref("Stream", spec.source.stream, "spec.source.stream")]
         return []
 
-    def check(  # type: ignore[override]
+    def check(
         self, meta: ObjectMeta, spec: FeatureJobSpec, deps: Mapping[str, Resolved]
     ) -> list[str]:
         stream = deps.get("spec.source.stream")

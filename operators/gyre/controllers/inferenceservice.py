@@ -16,7 +16,7 @@ class InferenceServiceController(PendingDataPlane):
     spec_model = InferenceServiceSpec
     data_plane = "KServe model server"
 
-    def references(self, spec: InferenceServiceSpec) -> list[Ref]:  # type: ignore[override]
+    def references(self, spec: InferenceServiceSpec) -> list[Ref]:
         refs = _model_refs(spec.model, "spec.model")
         if spec.features:
             refs.append(Ref("FeatureJob", spec.features.feature_job, "spec.features.featureJob"))

@@ -21,5 +21,5 @@ class TrainingJobController(PendingDataPlane):
     spec_model = TrainingJobSpec
     data_plane = "Horovod workers"
 
-    def references(self, spec: TrainingJobSpec) -> list[Ref]:  # type: ignore[override]
+    def references(self, spec: TrainingJobSpec) -> list[Ref]:
         return dataset_refs(spec)
