@@ -24,7 +24,7 @@ from gyre.runtimes.base import Runtime
 log = logging.getLogger("gyre.operator")
 
 
-def configure_kopf(settings: kopf.OperatorSettings, *, workers: int = 100) -> None:
+def configure_kopf(settings: kopf.OperatorSettings) -> None:
     """Settings shared by Gyre's operator and the framework-floor operator of the benchmark."""
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="gyre.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -32,8 +32,8 @@ def configure_kopf(settings: kopf.OperatorSettings, *, workers: int = 100) -> No
     )
     settings.persistence.finalizer = "gyre.dev/finalizer"
     settings.posting.enabled = False  # Gyre reports through conditions, metrics and logs
-    settings.batching.worker_limit = workers
-    settings.batching.idle_timeout = 60.0
+    # One worker per object, unbounded: a cap makes objects beyond it wait for idle workers.
+    settings.batching.worker_limit = None
     settings.batching.batch_window = 0.02
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
