@@ -1,19 +1,27 @@
 """Registers all five kinds with kopf; every trigger runs the same reconcile pass.
 
-create, update, resume and a timer call `gyre.controllers.base.reconcile`; the status it
-returns is compared with the stored one and written once, as a patch of only what changed.
-Dependencies are looked up in kopf indexes (kept current by watches), so resolving a
-reference costs no API call.
+create, update and resume call `gyre.controllers.base.reconcile` through kopf handlers, and a
+resync loop calls it for every known object at a fixed interval (the periodic trigger that
+repairs drift and refreshes observed figures). The status a pass returns is compared with the
+stored one and written once, as a merge patch of only what changed.
+
+Dependencies are looked up in kopf indexes, kept current by watches: resolving a reference
+costs no API call, and handlers start only once the indexes hold every existing object, so a
+restart never reports a dependency as missing that merely was not listed yet.
+
+No finalizers: on Kubernetes, owner references let the garbage collector remove children;
+the local runtime's processes end with the operator, so nothing outlives a deleted object.
+(kopf timers would put a finalizer on every object, and a deletion would then wait for the
+operator; the resync loop avoids that.)
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
@@ -28,7 +36,7 @@ from gyre.runtimes.base import Runtime
 log = logging.getLogger("gyre.operator")
 
 PLURALS = {kind: model.INFO.plural for kind, model in KINDS.items()}
-TIMER_INTERVAL_S = 60.0
+StatusWriter = Callable[[str, str, str, dict[str, Any]], Any]
 
 
 def _index_name(kind: str) -> str:
@@ -51,56 +59,45 @@ def _meta(kind: str, body: Mapping[str, Any]) -> ObjectMeta:
 def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
     """Top-level status keys whose value changed (a merge patch; removed keys become None)."""
     out = {k: v for k, v in new.items() if old.get(k) != v}
-    out.update({k: None for k in old if k not in new and k != "kopf"})
+    out.update({k: None for k in old if k not in new})
     return out
 
 
 class Handlers:
-    """Holds the runtime and per-object locks; methods are registered as kopf handlers."""
+    """The runtime, per-object locks, the objects seen, and the reconcile entry point."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        # A timer and a change handler of the same object may run at once; reconciles of one
-        # object are serialized so the runtime never sees two applies racing.
+        # Change handlers and the resync loop may reach the same object at once; its
+        # reconciles are serialized so the runtime never sees two applies racing.
         self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.objects: dict[tuple[str, str, str], Mapping[str, Any]] = {}  # (kind, ns, name) → body
+        self.last_reconciled: dict[tuple[str, str, str], float] = {}
+        self.indexes: Mapping[str, Any] = {}
 
-    def _lookup(self, indexes: Mapping[str, Any]) -> Any:
-        def lookup(kind: str, namespace: str, name: str) -> Mapping[str, Any] | None:
-            index = indexes.get(_index_name(kind)) if kind in PLURALS else None
-            if index is None:
-                return None
-            store = index.get((namespace, name))
-            if store is None:
-                return None
-            for value in store:
-                return value  # type: ignore[no-any-return]
+    def lookup(self, kind: str, namespace: str, name: str) -> Mapping[str, Any] | None:
+        index = self.indexes.get(_index_name(kind)) if kind in PLURALS else None
+        if index is None:
             return None
-
-        return lookup
+        store = index.get((namespace, name))
+        if store is None:
+            return None
+        for value in store:
+            return value  # type: ignore[no-any-return]
+        return None
 
     async def run(
-        self,
-        kind: str,
-        trigger: str,
-        body: Mapping[str, Any],
-        patch: kopf.Patch,
-        retry: int,
-        indexes: Mapping[str, Any],
-    ) -> Outcome:
+        self, kind: str, trigger: str, body: Mapping[str, Any], retry: int
+    ) -> tuple[Outcome, dict[str, Any]]:
+        """One reconcile pass; returns the outcome and the status changes to write."""
         controller: Controller[Any] = CONTROLLERS[kind]
         meta = _meta(kind, body)
-        old_status = copy.deepcopy(dict(body.get("status") or {}))
+        old_status = dict(body.get("status") or {})
         started = time.perf_counter()
         async with self._locks[meta.owner.key]:
             try:
                 outcome = await reconcile(
-                    controller,
-                    meta,
-                    body.get("spec") or {},
-                    old_status,
-                    self._lookup(indexes),
-                    self.runtime,
-                    retry=retry,
+                    controller, meta, body.get("spec") or {}, old_status, self.lookup, self.runtime, retry
                 )
             except Exception:
                 metrics.ERRORS.labels(kind).inc()
@@ -108,74 +105,87 @@ class Handlers:
                 raise
             finally:
                 metrics.DURATION.labels(kind).observe(time.perf_counter() - started)
+        self.last_reconciled[(kind, meta.namespace, meta.name)] = time.monotonic()
         changes = status_patch(old_status, outcome.status)
         if changes:
-            for key, value in changes.items():
-                patch.status[key] = value
             metrics.STATUS_WRITES.labels(kind).inc()
         result = "invalid" if outcome.permanent_error else ("requeue" if outcome.retry_after else "ok")
         metrics.RECONCILES.labels(kind, trigger, result).inc()
         metrics.WORKLOADS.labels(kind).set(outcome.workloads)
-        return outcome
+        return outcome, changes
+
+    async def resync_forever(self, interval: float, write_status: StatusWriter) -> None:
+        """Reconcile every known object once per ``interval``, spread over the interval."""
+        while True:
+            keys = list(self.objects)
+            pause = interval / max(len(keys), 1)
+            if not keys:
+                await asyncio.sleep(interval)
+            for key in keys:
+                await asyncio.sleep(pause)
+                body = self.objects.get(key)
+                if body is None or time.monotonic() - self.last_reconciled.get(key, 0) < interval / 2:
+                    continue
+                kind, namespace, name = key
+                try:
+                    _, changes = await self.run(kind, "resync", body, 0)
+                    if changes:
+                        await write_status(kind, namespace, name, changes)
+                except Exception as exc:  # keep the loop alive; the next round retries
+                    log.warning("Resync of %s %s/%s failed: %s", kind, namespace, name, exc)
 
 
-def register(registry: kopf.OperatorRegistry, runtime: Runtime, *, finalizers: bool) -> Handlers:
-    """Register every kind's handlers into ``registry``.
-
-    ``finalizers``: add a deletion handler (and so a finalizer) because the runtime keeps
-    things outside the cluster (the local runtime's processes). On Kubernetes, owner
-    references let the garbage collector remove children, and no finalizer is needed.
-    """
+def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> Handlers:
+    """Register every kind's handlers into ``registry``."""
     handlers = Handlers(runtime)
     for kind, plural in PLURALS.items():
-        _register_kind(registry, handlers, kind, plural, finalizers)
+        _register_kind(registry, handlers, kind, plural)
     return handlers
 
 
-def _register_kind(
-    registry: kopf.OperatorRegistry, handlers: Handlers, kind: str, plural: str, finalizers: bool
-) -> None:
+def _register_kind(registry: kopf.OperatorRegistry, handlers: Handlers, kind: str, plural: str) -> None:
     async def on_change(body: kopf.Body, patch: kopf.Patch, retry: int, reason: str, **kwargs: Any) -> None:
-        outcome = await handlers.run(kind, str(reason), body, patch, retry, kwargs)
+        handlers.indexes = kwargs
+        outcome, changes = await handlers.run(kind, str(reason), body, retry)
+        for key, value in changes.items():
+            patch.status[key] = value
         if outcome.permanent_error:
             raise kopf.PermanentError(outcome.permanent_error)
         if outcome.retry_after is not None:
             # Waiting (for a dependency, or for workloads to come up) is normal: retried
-            # quietly, without the error log and event a TemporaryError would produce.
+            # quietly, without the error log a TemporaryError would produce.
             raise HandlerChildrenRetry(delay=outcome.retry_after)
 
-    async def on_timer(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
-        await handlers.run(kind, "timer", body, patch, 0, kwargs)
+    def on_event(event: kopf.RawEvent, body: kopf.Body, **kwargs: Any) -> None:
+        handlers.indexes = kwargs
+        md = body.get("metadata", {})
+        key = (kind, md.get("namespace", ""), md.get("name", ""))
+        if event.get("type") == "DELETED":
+            handlers.objects.pop(key, None)
+            handlers.last_reconciled.pop(key, None)
+        else:
+            handlers.objects[key] = body
+        metrics.OBJECTS.labels(kind).set(sum(1 for k in handlers.objects if k[0] == kind))
+
+    async def on_delete(body: kopf.Body, **_: Any) -> None:
+        meta = _meta(kind, body)
+        async with handlers._locks[meta.owner.key]:
+            await CONTROLLERS[kind].finalize(meta, handlers.runtime)
+        handlers._locks.pop(meta.owner.key, None)
+        log.info("Released the workloads of %s %s/%s", kind, meta.namespace, meta.name)
 
     def index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
         md = body.get("metadata", {})
         return {
-            (md.get("namespace"), md.get("name")): {
-                "spec": copy.deepcopy(dict(body.get("spec") or {})),
-                "status": copy.deepcopy(dict(body.get("status") or {})),
-            }
+            (md.get("namespace"), md.get("name")): {"spec": body.get("spec"), "status": body.get("status")}
         }
 
     res = (GROUP, VERSION, plural)
     hid = f"reconcile-{plural}"
     kopf.index(*res, id=_index_name(kind), registry=registry)(index)
+    kopf.on.event(*res, id=f"track-{plural}", registry=registry)(on_event)
     kopf.on.resume(*res, id=hid, registry=registry)(on_change)
     kopf.on.create(*res, id=hid, registry=registry)(on_change)
     kopf.on.update(*res, id=hid, registry=registry, field="spec")(on_change)
-    kopf.timer(
-        *res,
-        id=f"timer-{plural}",
-        interval=TIMER_INTERVAL_S,
-        initial_delay=TIMER_INTERVAL_S,
-        registry=registry,
-    )(on_timer)
-    if finalizers:
-
-        async def on_delete(body: kopf.Body, **_: Any) -> None:
-            meta = _meta(kind, body)
-            async with handlers._locks[meta.owner.key]:
-                await CONTROLLERS[kind].finalize(meta, handlers.runtime)
-            handlers._locks.pop(meta.owner.key, None)
-            log.info("Stopped the workloads of %s %s/%s", kind, meta.namespace, meta.name)
-
-        kopf.on.delete(*res, id=f"finalize-{plural}", registry=registry)(on_delete)
+    # optional: no finalizer (see the module docstring); runs when the deletion is seen.
+    kopf.on.delete(*res, id=f"release-{plural}", registry=registry, optional=True)(on_delete)

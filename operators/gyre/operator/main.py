@@ -18,6 +18,7 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
+from gyre.api import GROUP, KINDS, VERSION
 from gyre.operator.handlers import register
 from gyre.runtimes.base import Runtime
 
@@ -41,21 +42,51 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     settings.execution.max_workers = 8
 
 
+class StatusWriter:
+    """Writes status outside kopf handlers (the resync loop): a merge patch of /status."""
+
+    def __init__(self) -> None:
+        self._api: Any = None
+
+    def _client(self) -> Any:
+        if self._api is None:
+            from kubernetes import client
+
+            self._api = client.CustomObjectsApi(kube_api_client())
+        return self._api
+
+    async def write(self, kind: str, namespace: str, name: str, changes: dict[str, Any]) -> None:
+        plural = KINDS[kind].INFO.plural
+        await asyncio.to_thread(
+            self._client().patch_namespaced_custom_object_status,
+            GROUP,
+            VERSION,
+            namespace,
+            plural,
+            name,
+            {"status": changes},
+        )
+
+
+def kube_api_client() -> Any:
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config()  # type: ignore[no-untyped-call]
+    return client.ApiClient()
+
+
 def make_runtime(name: str, state_dir: Path | None) -> Runtime:
     if name == "local":
         from gyre.runtimes.local import LocalRuntime
 
         return LocalRuntime(state_dir or default_state_dir())
     if name == "kubernetes":
-        from kubernetes import client, config
-
         from gyre.runtimes.kubernetes import KubernetesRuntime
 
-        try:
-            config.load_incluster_config()  # type: ignore[no-untyped-call]
-        except config.ConfigException:
-            config.load_kube_config()  # type: ignore[no-untyped-call]
-        return KubernetesRuntime(client.ApiClient())
+        return KubernetesRuntime(kube_api_client())
     raise SystemExit(f"unknown runtime {name!r}: use local or kubernetes")
 
 
@@ -76,6 +107,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--log-format", choices=["text", "json"], default=os.environ.get("GYRE_LOG_FORMAT", "text")
     )
+    p.add_argument("--resync-interval", type=float, default=60.0, help="seconds between periodic reconciles")
     p.add_argument("--verbose", "-v", action="store_true")
     return p.parse_args(argv)
 
@@ -83,7 +115,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 async def run_operator(args: argparse.Namespace, stop: asyncio.Event | None = None) -> None:
     runtime = make_runtime(args.runtime, args.state_dir)
     registry = kopf.OperatorRegistry()
-    register(registry, runtime, finalizers=args.runtime == "local")
+    handlers = register(registry, runtime)
 
     @kopf.on.login(registry=registry)
     def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -93,6 +125,8 @@ async def run_operator(args: argparse.Namespace, stop: asyncio.Event | None = No
     def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure_kopf(settings)
 
+    writer = StatusWriter()
+    resync = asyncio.create_task(handlers.resync_forever(args.resync_interval, writer.write))
     if args.metrics_port:
         start_http_server(args.metrics_port, addr="0.0.0.0")
     stop_flag = stop or asyncio.Event()
@@ -116,6 +150,7 @@ async def run_operator(args: argparse.Namespace, stop: asyncio.Event | None = No
             stop_flag=stop_flag,
         )
     finally:
+        resync.cancel()
         await runtime.close()
         log.info("Stopped the Gyre operator")
 
