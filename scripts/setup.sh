@@ -14,7 +14,13 @@ if [[ ! -x "$VENV/bin/python" ]]; then
   python3 -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q -e '.[dev,stream]'
+"$VENV/bin/python" -m pip install -q -e '.[dev,stream,train]'
 
 step "Control-plane binaries (first build takes a while; cached afterwards)"
 bash operators/gyre/controlplane/build-binaries.sh
+
+step "Kafka jars (Maven Central; cached)"
+"$VENV/bin/python" -m gyre.pipelines.kafka.fetch
+
+step "Horovod wheel (built once from the PyPI sdist; cached)"
+PYTHON="$VENV/bin/python" bash scripts/build-horovod.sh

@@ -55,7 +55,7 @@ class DatasetSpec(ApiModel):
     features: Annotated[list[FieldName], Field(max_length=1024)] = []
     """Input columns; empty means every column but the label and ignored ones."""
     ignore: Annotated[list[FieldName], Field(max_length=1024)] = []
-    categorical: Annotated[list[FieldName], Field(max_length=1024)] = []
+    """Columns never used as features (ids, free text)."""
     split: SplitSpec = SplitSpec()
 
 
@@ -69,9 +69,9 @@ class ModelSpec(ApiModel):
         | None
     ) = None
     """User code: "package.module:build_model"."""
-    task: Literal["binary", "multiclass", "regression"] = "binary"
+    task: Literal["binary", "regression"] = "binary"
     params: Annotated[dict[str, Any], Field(json_schema_extra=PRESERVE)] = {}
-    """Passed to the model builder (e.g. hiddenLayers, dropout)."""
+    """Passed to the model builder; the built-in mlp takes hidden (layer widths) and dropout."""
 
 
 class Hyperparameters(ApiModel):
@@ -174,6 +174,11 @@ class TrainingJobStatus(BaseStatus):
     model: ModelRef | None = None
     start_time: Annotated[str, Field(json_schema_extra={"format": "date-time"})] | None = None
     completion_time: Annotated[str, Field(json_schema_extra={"format": "date-time"})] | None = None
+    ended_workloads: list[str] | None = None
+    """Workloads that ran to completion (kept by cleanPodPolicy Running)."""
+    failure_message: str | None = None
+    gang_pending_since: Annotated[str, Field(json_schema_extra={"format": "date-time"})] | None = None
+    """Since when not every worker could start (the gang timeout counts from here)."""
 
 
 TrainingJobSpec.STATUS = TrainingJobStatus

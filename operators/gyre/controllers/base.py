@@ -100,6 +100,7 @@ class StatusOutput:
     conditions: Sequence[cnd.Cond]
     phase: str
     requeue_after: float | None = None  # look again soon (work in progress)
+    delete_object: bool = False  # the object asks to be deleted (e.g. a TTL after finishing)
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ class Outcome:
     retry_after: float | None = None  # waiting on something outside this object
     permanent_error: str | None = None  # the spec cannot work as written
     workloads: int = 0
+    delete_object: bool = False
 
 
 class Controller(abc.ABC, Generic[S]):
@@ -123,7 +125,10 @@ class Controller(abc.ABC, Generic[S]):
         """Cross-resource rules the API server cannot check; each problem is one sentence."""
         return []
 
-    def build(self, meta: ObjectMeta, spec: S, deps: Mapping[str, Resolved]) -> list[Workload]:
+    def build(
+        self, meta: ObjectMeta, spec: S, deps: Mapping[str, Resolved], status: Mapping[str, Any]
+    ) -> list[Workload]:
+        """The workloads wanted now (``status``: the stored status, for lifecycle decisions)."""
         return []
 
     async def converge(
@@ -241,7 +246,7 @@ async def reconcile(
         ", ".join(f"{d.ref.kind} {d.ref.name} Ready" for d in resolved.values()) or "none",
     )
 
-    workloads = controller.build(meta, spec, resolved)
+    workloads = controller.build(meta, spec, resolved, old_status)
     try:
         await runtime.apply(meta.owner, workloads)
         facts = await controller.converge(meta, spec, resolved, runtime)
@@ -273,7 +278,14 @@ async def reconcile(
     conds = [deps_cond, *out.conditions]
     if not any(c.type == cnd.DEGRADED for c in out.conditions):
         conds.append(cnd.Cond(cnd.DEGRADED, False, cnd.AS_EXPECTED))
-    return finish(out.fields, conds, out.phase, retry_after=out.requeue_after, workloads=len(workloads))
+    return finish(
+        out.fields,
+        conds,
+        out.phase,
+        retry_after=out.requeue_after,
+        workloads=len(workloads),
+        delete_object=out.delete_object,
+    )
 
 
 def _ready_reason(dep: Resolved) -> str:

@@ -20,9 +20,7 @@ class FeatureJobController(PendingDataPlane):
             return [Ref("Stream", spec.source.stream, "spec.source.stream")]
         return []
 
-    def check(
-        self, meta: ObjectMeta, spec: FeatureJobSpec, deps: Mapping[str, Resolved]
-    ) -> list[str]:
+    def check(self, meta: ObjectMeta, spec: FeatureJobSpec, deps: Mapping[str, Resolved]) -> list[str]:
         stream = deps.get("spec.source.stream")
         if stream is None or not stream.found:
             return []

@@ -92,7 +92,9 @@ class VolumePathRef:
 
 @dataclass(frozen=True)
 class ConfigDirRef:
-    """The directory in which ``config_files`` are found."""
+    """The directory in which ``config_files`` are found, or one of its files (``file``)."""
+
+    file: str | None = None
 
 
 EnvValue = str | EndpointRef | VolumePathRef | ConfigDirRef

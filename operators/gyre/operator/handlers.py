@@ -21,8 +21,8 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import kopf
 from kopf._core.actions.execution import HandlerChildrenRetry
@@ -36,7 +36,14 @@ from gyre.runtimes.base import Runtime
 log = logging.getLogger("gyre.operator")
 
 PLURALS = {kind: model.INFO.plural for kind, model in KINDS.items()}
-StatusWriter = Callable[[str, str, str, dict[str, Any]], Any]
+
+
+class Writer(Protocol):
+    """Writes to the API server outside kopf's own patching (resync, deletion on request)."""
+
+    async def write_status(self, kind: str, namespace: str, name: str, changes: dict[str, Any]) -> None: ...
+
+    async def delete(self, kind: str, namespace: str, name: str) -> None: ...
 
 
 def _index_name(kind: str) -> str:
@@ -66,8 +73,9 @@ def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, An
 class Handlers:
     """The runtime, per-object locks, the objects seen, and the reconcile entry point."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, writer: Writer) -> None:
         self.runtime = runtime
+        self.writer = writer
         # Change handlers and the resync loop may reach the same object at once; its
         # reconciles are serialized so the runtime never sees two applies racing.
         self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -112,32 +120,43 @@ class Handlers:
         result = "invalid" if outcome.permanent_error else ("requeue" if outcome.retry_after else "ok")
         metrics.RECONCILES.labels(kind, trigger, result).inc()
         metrics.WORKLOADS.labels(kind).set(outcome.workloads)
+        if outcome.delete_object:
+            await self.writer.delete(kind, meta.namespace, meta.name)
+            log.info(
+                "Deleted %s %s/%s as its spec asks (finished, TTL passed)", kind, meta.namespace, meta.name
+            )
         return outcome, changes
 
-    async def resync_forever(self, interval: float, write_status: StatusWriter) -> None:
+    async def resync_forever(self, interval: float) -> None:
         """Reconcile every known object once per ``interval``, spread over the interval."""
         while True:
             keys = list(self.objects)
+            for kind in PLURALS:
+                metrics.OBJECTS.labels(kind).set(sum(1 for k in keys if k[0] == kind))
             pause = interval / max(len(keys), 1)
             if not keys:
                 await asyncio.sleep(interval)
             for key in keys:
                 await asyncio.sleep(pause)
+                kind, namespace, name = key
+                if self.lookup(kind, namespace, name) is None:  # deleted: gone from the index
+                    self.objects.pop(key, None)
+                    self.last_reconciled.pop(key, None)
+                    continue
                 body = self.objects.get(key)
                 if body is None or time.monotonic() - self.last_reconciled.get(key, 0) < interval / 2:
                     continue
-                kind, namespace, name = key
                 try:
                     _, changes = await self.run(kind, "resync", body, 0)
                     if changes:
-                        await write_status(kind, namespace, name, changes)
+                        await self.writer.write_status(kind, namespace, name, changes)
                 except Exception as exc:  # keep the loop alive; the next round retries
                     log.warning("Resync of %s %s/%s failed: %s", kind, namespace, name, exc)
 
 
-def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> Handlers:
+def register(registry: kopf.OperatorRegistry, runtime: Runtime, writer: Writer) -> Handlers:
     """Register every kind's handlers into ``registry``."""
-    handlers = Handlers(runtime)
+    handlers = Handlers(runtime, writer)
     for kind, plural in PLURALS.items():
         _register_kind(registry, handlers, kind, plural)
     return handlers
@@ -156,17 +175,6 @@ def _register_kind(registry: kopf.OperatorRegistry, handlers: Handlers, kind: st
             # quietly, without the error log a TemporaryError would produce.
             raise HandlerChildrenRetry(delay=outcome.retry_after)
 
-    def on_event(event: kopf.RawEvent, body: kopf.Body, **kwargs: Any) -> None:
-        handlers.indexes = kwargs
-        md = body.get("metadata", {})
-        key = (kind, md.get("namespace", ""), md.get("name", ""))
-        if event.get("type") == "DELETED":
-            handlers.objects.pop(key, None)
-            handlers.last_reconciled.pop(key, None)
-        else:
-            handlers.objects[key] = body
-        metrics.OBJECTS.labels(kind).set(sum(1 for k in handlers.objects if k[0] == kind))
-
     async def on_delete(body: kopf.Body, **_: Any) -> None:
         meta = _meta(kind, body)
         async with handlers._locks[meta.owner.key]:
@@ -175,7 +183,9 @@ def _register_kind(registry: kopf.OperatorRegistry, handlers: Handlers, kind: st
         log.info("Released the workloads of %s %s/%s", kind, meta.namespace, meta.name)
 
     def index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+        # Called for every change of every object of the kind: also the resync loop's view.
         md = body.get("metadata", {})
+        handlers.objects[(kind, md.get("namespace", ""), md.get("name", ""))] = body
         return {
             (md.get("namespace"), md.get("name")): {"spec": body.get("spec"), "status": body.get("status")}
         }
@@ -183,7 +193,6 @@ def _register_kind(registry: kopf.OperatorRegistry, handlers: Handlers, kind: st
     res = (GROUP, VERSION, plural)
     hid = f"reconcile-{plural}"
     kopf.index(*res, id=_index_name(kind), registry=registry)(index)
-    kopf.on.event(*res, id=f"track-{plural}", registry=registry)(on_event)
     kopf.on.resume(*res, id=hid, registry=registry)(on_change)
     kopf.on.create(*res, id=hid, registry=registry)(on_change)
     kopf.on.update(*res, id=hid, registry=registry, field="spec")(on_change)

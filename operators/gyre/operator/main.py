@@ -42,8 +42,8 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     settings.execution.max_workers = 8
 
 
-class StatusWriter:
-    """Writes status outside kopf handlers (the resync loop): a merge patch of /status."""
+class KubeWriter:
+    """Writes outside kopf handlers: status merge patches (resync) and deletions on request."""
 
     def __init__(self) -> None:
         self._api: Any = None
@@ -55,7 +55,13 @@ class StatusWriter:
             self._api = client.CustomObjectsApi(kube_api_client())
         return self._api
 
-    async def write(self, kind: str, namespace: str, name: str, changes: dict[str, Any]) -> None:
+    async def delete(self, kind: str, namespace: str, name: str) -> None:
+        plural = KINDS[kind].INFO.plural
+        await asyncio.to_thread(
+            self._client().delete_namespaced_custom_object, GROUP, VERSION, namespace, plural, name
+        )
+
+    async def write_status(self, kind: str, namespace: str, name: str, changes: dict[str, Any]) -> None:
         plural = KINDS[kind].INFO.plural
         await asyncio.to_thread(
             self._client().patch_namespaced_custom_object_status,
@@ -115,7 +121,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 async def run_operator(args: argparse.Namespace, stop: asyncio.Event | None = None) -> None:
     runtime = make_runtime(args.runtime, args.state_dir)
     registry = kopf.OperatorRegistry()
-    handlers = register(registry, runtime)
+    handlers = register(registry, runtime, KubeWriter())
 
     @kopf.on.login(registry=registry)
     def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -125,8 +131,7 @@ async def run_operator(args: argparse.Namespace, stop: asyncio.Event | None = No
     def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure_kopf(settings)
 
-    writer = StatusWriter()
-    resync = asyncio.create_task(handlers.resync_forever(args.resync_interval, writer.write))
+    resync = asyncio.create_task(handlers.resync_forever(args.resync_interval))
     if args.metrics_port:
         start_http_server(args.metrics_port, addr="0.0.0.0")
     stop_flag = stop or asyncio.Event()

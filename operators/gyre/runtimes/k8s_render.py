@@ -422,6 +422,8 @@ def resolve_env_value(
                 if v.name == volume:
                     return v.mount_path
             raise ValueError(f"{owner.key}: workload {workload.name} has no volume {volume!r}")
+        case ConfigDirRef(file=str(name)):
+            return f"{CONFIG_DIR}/{name}"
         case ConfigDirRef():
             return CONFIG_DIR
     raise TypeError(f"unsupported env value {value!r}")

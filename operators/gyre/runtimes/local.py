@@ -340,6 +340,8 @@ class LocalRuntime:
                 if volume not in {vol.name for vol in w.volumes}:
                     raise _SpecError(f"workload {w.name} has no volume {volume!r}")
                 return str(self.volume_path(st.owner, w.name, volume, replica))
+            case ConfigDirRef(file=str(name)):
+                return str(self.config_dir(st.owner, w.name) / name)
             case ConfigDirRef():
                 return str(self.config_dir(st.owner, w.name))
         raise _SpecError(f"unsupported env value {v!r}")

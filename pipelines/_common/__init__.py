@@ -1,0 +1,1 @@
+"""Helpers shared by the stream workloads: config loading, the event schema, a metrics server."""

@@ -1,0 +1,66 @@
+"""Reading a workload's configuration: the JSON file named by ``$GYRE_CONFIG`` and env overrides.
+
+Every stream workload parses its configuration once, at start, into a frozen dataclass. The
+JSON file carries what the builder knows when it renders the workload; values only the runtime
+knows (allocated ports, the broker's address, the replica index) arrive as environment
+variables and override the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+CONFIG_ENV = "GYRE_CONFIG"
+BOOTSTRAP_ENV = "GYRE_KAFKA_BOOTSTRAP"
+
+
+class ConfigError(ValueError):
+    """The configuration is missing or invalid; the message says which field and why."""
+
+
+CONFIG_FILE_NAME = "config.json"
+
+
+def load_config_json(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The JSON object in the file named by ``$GYRE_CONFIG`` (an empty dict when unset).
+
+    ``$GYRE_CONFIG`` may also name a directory (a workload's config-files directory, e.g. a
+    mounted ConfigMap); the file is then ``config.json`` in it.
+    """
+    env = os.environ if env is None else env
+    path = env.get(CONFIG_ENV)
+    if not path:
+        return {}
+    if os.path.isdir(path):
+        path = os.path.join(path, CONFIG_FILE_NAME)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read {CONFIG_ENV}={path}: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{CONFIG_ENV}={path} must hold a JSON object")
+    return data
+
+
+def env_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as e:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from e
+
+
+def require(data: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
+    """``data[key]``, checked to be of ``kind``; a `ConfigError` naming the field otherwise."""
+    if key not in data:
+        raise ConfigError(f"{where}: missing required field {key!r}")
+    value = data[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}.{key} must be {kind.__name__}, got {type(value).__name__}")
+    return value

@@ -1,0 +1,176 @@
+"""TrainingJobs through the operator and the local runtime: real Horovod ranks as processes.
+
+Trains to completion and checks the artifact against a majority-class baseline; SIGKILLs a
+worker mid-training and sees the gang resume from its checkpoint; suspends a job.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from gyre.controlplane.testing import Cluster, eventually
+from operator_harness import OperatorProcess, fresh_namespace, install_crds
+
+hvd = pytest.importorskip("horovod.torch", reason="Horovod is built by scripts/build-horovod.sh (make setup)")
+pytestmark = [pytest.mark.controlplane, pytest.mark.integration]
+
+
+def make_data(root: Path, rows: int = 3000, seed: int = 0) -> Path:
+    """Sessions with a churn label that depends on activity and plan (~35% positive)."""
+    rng = np.random.default_rng(seed)
+    views = rng.poisson(6, rows)
+    seconds = rng.gamma(2.0, 120.0, rows)
+    plan = rng.choice(["free", "pro", "team"], rows, p=[0.6, 0.3, 0.1])
+    logit = -0.35 * views + 0.004 * (300 - seconds) + np.where(plan == "free", 1.2, -0.8) + 1.0
+    churned = (logit + rng.normal(0, 0.4, rows)) > 0.6
+    ts = (np.arange(rows) * 60_000 + 1_700_000_000_000).astype("datetime64[ms]")
+    root.mkdir(parents=True)
+    table = pa.table(
+        {"ts": ts, "plan": plan, "page_views": views, "session_seconds": seconds, "churned": churned}
+    )
+    pq.write_table(table, root / "part-0.parquet", row_group_size=500)
+    return root
+
+
+def job(name: str, data: Path, out: Path, **over: Any) -> str:
+    spec = {
+        "workers": 2,
+        "epochs": 4,
+        "every": 20,
+        "suspend": "false",
+        "backoff": 3,
+    } | over
+    return f"""
+apiVersion: gyre.dev/v1alpha1
+kind: TrainingJob
+metadata: {{name: {name}}}
+spec:
+  dataset:
+    path: file://{data}
+    label: churned
+    features: [plan, page_views, session_seconds]
+    split: {{method: time, timeField: ts, validationFraction: 0.25}}
+  model: {{architecture: mlp, task: binary, params: {{hidden: [16], dropout: 0.0}}}}
+  hyperparameters: {{epochs: {spec["epochs"]}, batchSize: 32, learningRate: 0.01, seed: 3}}
+  workers: {spec["workers"]}
+  checkpoint: {{everySteps: {spec["every"]}}}
+  runPolicy: {{backoffLimit: {spec["backoff"]}, suspend: {spec["suspend"]}, gangTimeoutSeconds: 60}}
+  output: {{uri: "file://{out}"}}
+"""
+
+
+@pytest.fixture
+def operator(cluster: Cluster, tmp_path: Path) -> Iterator[OperatorProcess]:
+    install_crds(cluster)
+    op = OperatorProcess(cluster, fresh_namespace(cluster, "train"), "local", tmp_path).start()
+    yield op
+    op.stop()
+    print(f"--- operator log ---\n{op.log(200)}")
+    print(cluster.kubectl("get", "gtj", "-n", op.namespace, "-o", "yaml", check=False).stdout)
+
+
+def status(op: OperatorProcess, name: str) -> dict[str, Any]:
+    return dict(op.get("trainingjob", name).get("status") or {})
+
+
+def worker_pids(namespace_state: Path) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            env = Path(f"/proc/{entry}/environ").read_bytes()
+        except OSError:
+            continue
+        # The worker itself, not the local runtime's supervisor that names it in its arguments.
+        is_worker = cmd[1:4] == [b"-m", b"gyre.pipelines.trainer", b"worker"]
+        if is_worker and str(namespace_state).encode() in env:
+            pids.append(int(entry))
+    return pids
+
+
+def test_trains_to_a_model_that_beats_the_majority_class(operator: OperatorProcess, tmp_path: Path) -> None:
+    data = make_data(tmp_path / "data")
+    operator.apply(job("churn", data, tmp_path / "models"))
+
+    def succeeded() -> dict[str, Any]:
+        st = status(operator, "churn")
+        assert st.get("phase") == "Succeeded", st.get("phase")
+        return st
+
+    st = eventually(succeeded, timeout=300, interval=1)
+    ready = operator.condition("trainingjob", "churn", "Ready")
+    assert (ready["status"], ready["reason"]) == ("True", "ModelAvailable")
+    eventually(lambda: _both_workers_succeeded(operator, "churn"), timeout=30)
+    assert st["progress"]["percent"] == "100%"
+    metrics = st["metrics"]
+    assert metrics["validation"] > metrics["valMajorityAccuracy"] + 0.05, metrics
+    assert st["model"]["version"] == "churn-g1"
+    from gyre.pipelines.trainer.artifact import load
+
+    model = load(st["model"]["uri"])
+    probs = model.predict(
+        [
+            {"plan": "free", "page_views": 0, "session_seconds": 10.0},
+            {"plan": "team", "page_views": 20, "session_seconds": 900.0},
+        ]
+    )
+    assert float(probs[0]) > 0.5 > float(probs[1])
+
+
+def test_a_killed_worker_resumes_from_the_checkpoint(operator: OperatorProcess, tmp_path: Path) -> None:
+    data = make_data(tmp_path / "data", rows=20000)
+    operator.apply(job("resilient", data, tmp_path / "models", epochs=12, every=10))
+
+    def past_a_checkpoint() -> list[int]:
+        progress = status(operator, "resilient").get("progress") or {}
+        assert progress.get("step", 0) >= 25, progress
+        assert progress["step"] < progress["totalSteps"] // 2, f"too late to kill: {progress}"
+        pids = worker_pids(operator.workdir / "local")
+        assert len(pids) == 2
+        return pids
+
+    pids = eventually(past_a_checkpoint, timeout=240, interval=0.5)
+    os.kill(pids[1], signal.SIGKILL)
+
+    def done() -> dict[str, Any]:
+        st = status(operator, "resilient")
+        assert st.get("phase") == "Succeeded", (st.get("phase"), st.get("progress"))
+        return st
+
+    st = eventually(done, timeout=300, interval=1)
+    assert st["restarts"] >= 1
+    assert st["resumedFromStep"] >= 10
+    assert st["resumedFromStep"] % 10 == 0
+    from gyre.pipelines.trainer.artifact import load
+
+    assert (
+        len(load(st["model"]["uri"]).predict([{"plan": "pro", "page_views": 3, "session_seconds": 60.0}]))
+        == 1
+    )
+
+
+def test_suspended_job_runs_nothing(operator: OperatorProcess, tmp_path: Path) -> None:
+    data = make_data(tmp_path / "data", rows=500)
+    operator.apply(job("later", data, tmp_path / "models", suspend="true"))
+
+    def suspended() -> None:
+        st = status(operator, "later")
+        assert st.get("phase") == "Suspended"
+        assert operator.condition("trainingjob", "later", "Suspended")["status"] == "True"
+
+    eventually(suspended, timeout=60)
+    assert worker_pids(operator.workdir / "local") == []
+
+
+def _both_workers_succeeded(op: OperatorProcess, name: str) -> None:
+    assert status(op, name)["replicaStatuses"]["worker"]["succeeded"] == 2
