@@ -7,7 +7,9 @@ supplies the per-node ones through the environment:
 * ``GYRE_PORT_KAFKA`` / ``GYRE_PORT_CONTROLLER`` → the client and controller listener ports,
 * ``GYRE_KAFKA_DATA_DIR`` → the data directory (a persistent volume on Kubernetes),
 * ``GYRE_KAFKA_LIBS`` → a directory of broker jars to use instead of the Maven cache
-  (``/opt/kafka/libs`` in the ``apache/kafka`` image).
+  (``/opt/kafka/libs`` in the ``apache/kafka`` image),
+* ``GYRE_KAFKA_ADVERTISED`` → ``host[:port]`` clients are told to use (the host part),
+* ``GYRE_KAFKA_LISTEN_HOST`` → the address the listeners bind.
 """
 
 from __future__ import annotations
@@ -152,4 +154,10 @@ class BrokerConfig:
             d["data_dir"] = env["GYRE_KAFKA_DATA_DIR"]
         if env.get("GYRE_KAFKA_LIBS"):
             d["libs_dir"] = env["GYRE_KAFKA_LIBS"]
+        # host[:port] at which clients reach this node, as the runtime resolves it (loopback
+        # locally, the headless Service's name on Kubernetes); only the host is used.
+        if env.get("GYRE_KAFKA_ADVERTISED"):
+            d["advertised_host"] = env["GYRE_KAFKA_ADVERTISED"].rsplit(":", 1)[0]
+        if env.get("GYRE_KAFKA_LISTEN_HOST"):
+            d["listen_host"] = env["GYRE_KAFKA_LISTEN_HOST"]
         return cls.from_dict(d)

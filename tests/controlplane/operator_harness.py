@@ -18,6 +18,8 @@ from gyre.manifests import repo_root
 
 ROOT = repo_root()
 PLURALS = ["streams", "featurejobs", "trainingjobs", "experiments", "inferenceservices"]
+# What the kubernetes runtime renders (`gyre.runtimes.k8s_render`), for `children`.
+CHILD_KINDS = "configmaps,services,jobs,deployments,statefulsets"
 
 
 def free_port() -> int:
@@ -100,18 +102,33 @@ class OperatorProcess:
     def apply(self, manifest: str) -> None:
         self.cluster.kubectl("apply", "-n", self.namespace, "-f", "-", input=manifest)
 
+    def children(self, kind: str, name: str) -> dict[tuple[str, str], dict[str, Any]]:
+        """What the kubernetes runtime rendered for one object, found by its owner labels."""
+        return children(self.cluster, self.namespace, owner_selector(kind, name))
+
+
+def owner_selector(kind: str, name: str) -> str:
+    """The labels every child of a Gyre object carries on Kubernetes, as a selector."""
+    return f"app.kubernetes.io/managed-by=gyre,gyre.dev/owner-kind={kind},gyre.dev/owner-name={name}"
+
+
+def children(cluster: Cluster, namespace: str, selector: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """Rendered objects matching ``selector``, by (kind, name)."""
+    out = cluster.kubectl("get", CHILD_KINDS, "-n", namespace, "-l", selector, "-o", "json").stdout
+    return {(i["kind"], i["metadata"]["name"]): i for i in json.loads(out)["items"]}
+
 
 def running_pids_under(path: Path) -> list[int]:
-    """Processes whose command line mentions ``path`` (workloads of a local runtime state dir)."""
-    needle = str(path)
+    """Processes working in ``path`` (the local runtime runs each replica in a directory there)."""
+    root = str(path.resolve())
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cwd = os.readlink(f"/proc/{entry}/cwd")
         except OSError:
             continue
-        if needle in cmd and int(entry) != os.getpid():
+        if (cwd == root or cwd.startswith(root + "/")) and int(entry) != os.getpid():
             pids.append(int(entry))
     return pids

@@ -45,7 +45,7 @@ class ManagedKafka(ApiModel):
     """Cluster name; Streams naming the same cluster share it. Defaults to the Stream's name."""
     replicas: Annotated[int, Field(ge=1, le=9)] = 1
     """Kafka nodes: 1 runs a combined broker+controller; 3 or more run a controller quorum."""
-    version: Annotated[str, Field(pattern=r"^4\.[0-9]+\.[0-9]+$", max_length=16)] = "4.1.1"
+    version: Annotated[str, Field(pattern=r"^4\.[0-9]+\.[0-9]+$", max_length=16)] = "4.4.0"
     """Kafka version (4.x, KRaft)."""
     storage: Quantity = "10Gi"
     """Persistent volume size per node."""
@@ -243,6 +243,9 @@ class StreamStatus(BaseStatus):
     accepted_per_second: float | None = None
     rejected_per_second: float | None = None
     accepted_total: Annotated[int, Field(ge=0)] | None = None
+    rejected_total: Annotated[int, Field(ge=0)] | None = None
+    sampled_at: float | None = None
+    """Unix time the totals were read (rates are computed between two samples)."""
     dead_letter_count: Annotated[int, Field(ge=0)] | None = None
     sinks: Annotated[list[SinkStatus], Field(max_length=8)] = []
     max_sink_lag: Annotated[int, Field(ge=0)] | None = None

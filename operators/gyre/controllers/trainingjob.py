@@ -220,9 +220,12 @@ class TrainingJobController(Controller[TrainingJobSpec]):
             phase = prev_phase
         elif spec.run_policy.suspend:
             phase = "Suspended"
-        elif launcher and launcher.phase == WorkloadPhase.SUCCEEDED:
+        elif launcher and launcher.phase == WorkloadPhase.SUCCEEDED and not workers_pending:
             # The launcher exits 0 only once every worker reported done (as an MPIJob's
             # launcher decides its job); a straggling worker is cleaned by cleanPodPolicy.
+            # A launcher that ended while no worker ever started trained nothing (a launcher
+            # image that exits early; kwok, which runs no containers): the gang timeout
+            # judges that job instead.
             phase = "Succeeded"
         elif failed_msg:
             phase = "Failed"

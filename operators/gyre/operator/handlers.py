@@ -82,6 +82,9 @@ class Handlers:
         self.objects: dict[tuple[str, str, str], Mapping[str, Any]] = {}  # (kind, ns, name) → body
         self.last_reconciled: dict[tuple[str, str, str], float] = {}
         self.indexes: Mapping[str, Any] = {}
+        # uids of deleted objects: a reconcile queued before the deletion must not start
+        # their workloads again.
+        self.deleted: set[str] = set()
 
     def lookup(self, kind: str, namespace: str, name: str) -> Mapping[str, Any] | None:
         index = self.indexes.get(_index_name(kind)) if kind in PLURALS else None
@@ -103,6 +106,8 @@ class Handlers:
         old_status = dict(body.get("status") or {})
         started = time.perf_counter()
         async with self._locks[meta.owner.key]:
+            if meta.uid in self.deleted:
+                return Outcome(status=old_status), {}
             try:
                 outcome = await reconcile(
                     controller, meta, body.get("spec") or {}, old_status, self.lookup, self.runtime, retry
@@ -175,8 +180,9 @@ def _register_kind(registry: kopf.OperatorRegistry, handlers: Handlers, kind: st
             # quietly, without the error log a TemporaryError would produce.
             raise HandlerChildrenRetry(delay=outcome.retry_after)
 
-    async def on_delete(body: kopf.Body, **_: Any) -> None:
+    async def on_deleted(body: kopf.Body, **_: Any) -> None:
         meta = _meta(kind, body)
+        handlers.deleted.add(meta.uid)
         async with handlers._locks[meta.owner.key]:
             await CONTROLLERS[kind].finalize(meta, handlers.runtime)
         handlers._locks.pop(meta.owner.key, None)
@@ -196,5 +202,11 @@ def _register_kind(registry: kopf.OperatorRegistry, handlers: Handlers, kind: st
     kopf.on.resume(*res, id=hid, registry=registry)(on_change)
     kopf.on.create(*res, id=hid, registry=registry)(on_change)
     kopf.on.update(*res, id=hid, registry=registry, field="spec")(on_change)
-    # optional: no finalizer (see the module docstring); runs when the deletion is seen.
-    kopf.on.delete(*res, id=f"release-{plural}", registry=registry, optional=True)(on_delete)
+    # No finalizer (see the module docstring): the workloads are released when the watch
+    # reports the object gone. (An optional on.delete handler would not run without one.)
+    kopf.on.event(
+        *res,
+        id=f"release-{plural}",
+        registry=registry,
+        when=lambda event, **_: event.get("type") == "DELETED",
+    )(on_deleted)

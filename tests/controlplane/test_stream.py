@@ -1,0 +1,171 @@
+"""Streams through the operator and the local runtime: a real KRaft broker, collector and lake sink.
+
+Events in over HTTP, valid ones read back from the Parquet lake and invalid ones from the
+dead-letter topic; partitions grow, a shrink is refused as Degraded; deletion stops the processes.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow.dataset as pads
+import pytest
+from gyre.controlplane.testing import Cluster, eventually
+from operator_harness import OperatorProcess, fresh_namespace, install_crds, running_pids_under
+
+pytestmark = [pytest.mark.controlplane, pytest.mark.integration]
+
+
+def stream(lake: Path, partitions: int = 2, sinks: bool = True) -> str:
+    sink = (
+        f"""
+  sinks:
+    - name: lake
+      lake: {{uri: "file://{lake}", flushInterval: 1s}}"""
+        if sinks
+        else ""
+    )
+    return f"""
+apiVersion: gyre.dev/v1alpha1
+kind: Stream
+metadata: {{name: clicks}}
+spec:
+  kafka: {{managed: {{replicas: 1}}}}
+  topic: {{partitions: {partitions}, retention: 7d}}
+  schema:
+    key: user_id
+    timestampField: ts
+    fields:
+      - {{name: user_id, type: string, required: true}}
+      - {{name: ts, type: timestamp, required: true}}
+      - {{name: plan, type: string, enum: [free, pro]}}
+      - {{name: views, type: int}}{sink}
+"""
+
+
+@pytest.fixture
+def operator(cluster: Cluster, tmp_path: Path) -> Iterator[OperatorProcess]:
+    install_crds(cluster)
+    op = OperatorProcess(cluster, fresh_namespace(cluster, "stream"), "local", tmp_path).start()
+    yield op
+    op.stop()
+    print(f"--- operator log ---\n{op.log(150)}")
+    print(cluster.kubectl("get", "gst", "-n", op.namespace, "-o", "yaml", check=False).stdout)
+
+
+def status(op: OperatorProcess) -> dict[str, Any]:
+    return dict(op.get("stream", "clicks").get("status") or {})
+
+
+def ready(op: OperatorProcess) -> dict[str, Any]:
+    st = status(op)
+    assert op.condition("stream", "clicks", "Ready")["status"] == "True", st.get("conditions")
+    return st
+
+
+def post(url: str, events: list[dict[str, Any]]) -> dict[str, Any]:
+    req = urllib.request.Request(
+        url, data=json.dumps(events).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(req, timeout=30) as r:
+        body: dict[str, Any] = json.loads(r.read())
+        return body
+
+
+def test_events_reach_the_lake_and_bad_ones_the_dead_letter_topic(
+    operator: OperatorProcess, tmp_path: Path
+) -> None:
+    from confluent_kafka import Consumer
+
+    lake = tmp_path / "lake"
+    operator.apply(stream(lake))
+    st = eventually(lambda: ready(operator), timeout=180, interval=1)
+    assert st["topic"] == {
+        "name": f"{operator.namespace}.clicks",
+        "partitions": 2,
+        "deadLetterTopic": f"{operator.namespace}.clicks.dlq",
+    }
+    assert st["bootstrapServers"].startswith("127.0.0.1:")
+
+    good = [
+        {"user_id": f"u{i}", "ts": 1_700_000_000_000 + i * 1000, "plan": "free", "views": i}
+        for i in range(200)
+    ]
+    bad = [
+        {"user_id": "x", "ts": "yesterday"},
+        {"user_id": "y", "ts": 1_700_000_000_000, "plan": "gold"},
+        {"ts": 1},
+    ]
+    answer = post(st["collectorUrl"], good + bad)
+    results = answer["results"]
+    assert [r["status"] for r in results] == ["accepted"] * 200 + ["rejected"] * 3
+
+    def in_lake() -> None:
+        assert lake.exists(), "no file committed yet"
+        table = pads.dataset(str(lake), format="parquet", partitioning="hive").to_table()
+        assert table.num_rows == 200
+        assert sorted(table.column("user_id").to_pylist()) == sorted(e["user_id"] for e in good)
+
+    eventually(in_lake, timeout=60, interval=1)
+    consumer = Consumer(
+        {"bootstrap.servers": st["bootstrapServers"], "group.id": "test-dlq", "auto.offset.reset": "earliest"}
+    )
+    consumer.subscribe([st["topic"]["deadLetterTopic"]])
+    dead: list[dict[str, Any]] = []
+    try:
+
+        def drained() -> None:
+            msg = consumer.poll(1.0)
+            if msg is not None and not msg.error():
+                dead.append(json.loads(msg.value()))
+            assert len(dead) == 3
+
+        eventually(drained, timeout=60, interval=0)
+    finally:
+        consumer.close()
+    reasons = " | ".join(d["reason"] for d in dead)
+    for field in ("ts", "plan", "user_id"):
+        assert field in reasons, reasons
+
+    def figures() -> None:
+        s = status(operator)
+        assert s.get("acceptedTotal") == 200
+        assert s.get("deadLetterCount") == 3
+        assert s["sinks"][0]["lag"] == 0
+        assert s["sinks"][0]["recordsWritten"] == 200
+
+    eventually(figures, timeout=60, interval=1)
+
+
+def test_partitions_grow_and_a_shrink_is_degraded_then_delete_stops_processes(
+    operator: OperatorProcess, tmp_path: Path
+) -> None:
+    operator.apply(stream(tmp_path / "lake", partitions=2, sinks=False))
+    eventually(lambda: ready(operator), timeout=180, interval=1)
+    operator.apply(stream(tmp_path / "lake", partitions=4, sinks=False))
+
+    def grown() -> None:
+        assert status(operator)["topic"]["partitions"] == 4
+
+    eventually(grown, timeout=60, interval=1)
+    operator.apply(stream(tmp_path / "lake", partitions=1, sinks=False))
+
+    def refused() -> None:
+        c = operator.condition("stream", "clicks", "Degraded")
+        assert (c["status"], c["reason"]) == ("True", "TopicMismatch")
+        assert "partitions" in c["message"]
+        assert status(operator)["topic"]["partitions"] == 4
+
+    eventually(refused, timeout=60, interval=1)
+    state = operator.workdir / "local"
+    assert running_pids_under(state), "the Stream's processes should be running"
+    operator.cluster.kubectl("delete", "stream", "clicks", "-n", operator.namespace)
+
+    def stopped() -> None:
+        assert running_pids_under(state) == []
+
+    eventually(stopped, timeout=60, interval=1)
