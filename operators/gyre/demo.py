@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -96,11 +98,71 @@ class Demo:
             pass
         self.pid_file.unlink(missing_ok=True)
 
-    def apply_examples(self) -> None:
+    def apply(self, path: Path) -> None:
+        print(self.kubectl("apply", "-n", self.args.namespace, "-f", str(path)).stdout, end="")
+
+    def get(self, kind: str, name: str) -> dict[str, Any]:
+        out = self.kubectl("get", kind, name, "-n", self.args.namespace, "-o", "json").stdout
+        obj: dict[str, Any] = json.loads(out)
+        return obj
+
+    def wait_for(self, what: str, check: Any, timeout: float) -> Any:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            done, line = check()
+            if line != last:
+                say(f"{what}: {line}")
+                last = line
+            if done:
+                return
+            time.sleep(1)
+        raise SystemExit(
+            f"gave up waiting for {what} after {timeout:.0f} s; see {self.workdir / 'operator.log'}"
+        )
+
+    def run_stream(self) -> None:
+        examples = repo_root() / "manifests/examples"
         ns = self.args.namespace
-        self.kubectl("create", "namespace", ns, check=False)
-        say(f"applying the example system into namespace {ns}")
-        print(self.kubectl("apply", "-n", ns, "-f", str(repo_root() / "manifests/examples")).stdout)
+        if self.kubectl("get", "namespace", ns, check=False).returncode == 0:
+            say(f"deleting the namespace {ns} of an earlier run")
+            self.kubectl("delete", "namespace", ns, "--wait=true", "--timeout=120s")
+        self.kubectl("create", "namespace", ns)
+        say(f"applying the Stream into namespace {self.args.namespace}")
+        self.apply(examples / "01-stream.yaml")
+
+        def stream_ready() -> tuple[bool, str]:
+            st = self.get("stream", "clicks").get("status") or {}
+            ready: dict[str, Any] = next((c for c in st.get("conditions", []) if c["type"] == "Ready"), {})
+            return ready.get("status") == "True", f"{st.get('phase', '-')}: {ready.get('message', '')}"
+
+        self.wait_for("Stream clicks", stream_ready, 300)
+        url = self.get("stream", "clicks")["status"]["collectorUrl"]
+        events = clickstream(self.args.events, seed=7)
+        say(f"sending {len(events)} clickstream sessions (a few malformed) to {url}")
+        accepted = rejected = 0
+        batch = 500
+        for i in range(0, len(events), batch):
+            result = post_events(url, events[i : i + batch])
+            accepted += sum(1 for r in result if r["status"] == "accepted")
+            rejected += sum(1 for r in result if r["status"] == "rejected")
+            print(
+                f"\r    {min(i + batch, len(events))}/{len(events)} sent", end="", file=sys.stderr, flush=True
+            )
+        print(file=sys.stderr)
+        say(f"collector: {accepted} accepted, {rejected} rejected to the dead-letter topic")
+
+        def in_lake() -> tuple[bool, str]:
+            sinks = (self.get("stream", "clicks").get("status") or {}).get("sinks") or [{}]
+            written = sinks[0].get("recordsWritten") or 0
+            return written >= accepted, f"{written}/{accepted} events committed to the lake"
+
+        self.wait_for("lake sink", in_lake, 180)
+
+    def apply_rest(self) -> None:
+        say("applying the FeatureJob, TrainingJob, Experiment and InferenceService")
+        for path in sorted((repo_root() / "manifests/examples").glob("0[2-9]-*.yaml")):
+            self.apply(path)
 
     def settled(self) -> bool:
         items = self.objects()
@@ -110,7 +172,7 @@ class Demo:
             st = obj.get("status") or {}
             if st.get("observedGeneration") != obj["metadata"]["generation"]:
                 return False
-            if st.get("phase") in ("Pending", "Running", "Starting"):
+            if obj["kind"] == "TrainingJob" and st.get("phase") not in ("Succeeded", "Failed"):
                 return False
         return True
 
@@ -122,10 +184,7 @@ class Demo:
                 raise SystemExit(
                     f"the operator exited with {proc.returncode}; see {self.workdir / 'operator.log'}"
                 )
-            line = "  ".join(
-                f"{o['kind']}/{o['metadata']['name']}: {(o.get('status') or {}).get('phase', '-')}"
-                for o in self.objects()
-            )
+            line = "  ".join(_summary(o) for o in self.objects())
             if line != last:
                 say(line)
                 last = line
@@ -143,6 +202,15 @@ class Demo:
             print(f"  {obj['kind']} {obj['metadata']['name']}")
             for c in (obj.get("status") or {}).get("conditions", []):
                 print(f"    {c['type']:<18} {c['status']:<6} {c['reason']:<22} {c.get('message', '')}")
+        job = self.get("trainingjob", "churn-v1").get("status") or {}
+        metrics = job.get("metrics") or {}
+        if "validation" in metrics and "valMajorityAccuracy" in metrics:
+            print(
+                f"\nTrainingJob churn-v1 ({job.get('phase')}):"
+                f" validation accuracy {metrics['validation']:.3f}"
+                f" vs {metrics['valMajorityAccuracy']:.3f} for always predicting the majority class;"
+                f" model {job.get('model', {}).get('uri')}"
+            )
         print(f"\nexport KUBECONFIG={self.plane.kubeconfig}; export PATH={self.plane.bin_dir}:$PATH")
 
     def down(self) -> int:
@@ -152,6 +220,54 @@ class Demo:
         return 0
 
 
+def _summary(obj: dict[str, Any]) -> str:
+    st = obj.get("status") or {}
+    text = f"{obj['kind']}/{obj['metadata']['name']}: {st.get('phase', '-')}"
+    progress = st.get("progress") or {}
+    if progress.get("percent"):
+        text += f" {progress['percent']}"
+    return text
+
+
+def clickstream(n: int, seed: int) -> list[dict[str, Any]]:
+    """Sessions of a subscription app with a churn label that depends on behaviour and plan;
+    one in a hundred is malformed (the collector sends those to the dead-letter topic)."""
+    rng = random.Random(seed)
+    start = 1_735_689_600_000  # 2025-01-01
+    out: list[dict[str, Any]] = []
+    for i in range(n):
+        plan = rng.choices(["free", "pro", "team"], [0.6, 0.3, 0.1])[0]
+        device = rng.choice(["web", "ios", "android"])
+        views = max(0, int(rng.gauss(8, 4)))
+        seconds = max(5.0, rng.gammavariate(2.0, 120.0))
+        tickets = rng.choices([0, 1, 2, 3], [0.7, 0.2, 0.07, 0.03])[0]
+        score = 1.0 - 0.25 * views - 0.003 * seconds + 0.8 * tickets + (1.0 if plan == "free" else -0.7)
+        churned = score + rng.gauss(0, 0.5) > -0.6
+        event: dict[str, Any] = {
+            "user_id": f"u{rng.randrange(n // 4 + 1):05d}",
+            "ts": start + i * 90_000,
+            "device": device,
+            "plan": plan,
+            "page_views": views,
+            "session_seconds": round(seconds, 1),
+            "support_tickets": tickets,
+            "churned": churned,
+        }
+        if i % 100 == 99:
+            event["plan"] = "enterprise"  # not in the schema's enum
+        out.append(event)
+    return out
+
+
+def post_events(url: str, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    req = urllib.request.Request(
+        url, data=json.dumps(events).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(req, timeout=60) as r:
+        results: list[dict[str, Any]] = json.loads(r.read())["results"]
+        return results
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="gyre demo", description=__doc__.splitlines()[0])
     p.add_argument("--namespace", "-n", default="demo")
@@ -159,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the system to settle")
     p.add_argument("--keep", action="store_true", help="leave the operator running after the demo")
     p.add_argument("--down", action="store_true", help="stop a kept demo and the control plane")
+    p.add_argument("--events", type=int, default=6000, help="clickstream sessions to send")
     p.add_argument("--metrics-port", type=int, default=8080)
     p.add_argument("--health-port", type=int, default=8081)
     args = p.parse_args(argv)
@@ -167,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         return demo.down()
     proc = demo.start()
     try:
-        demo.apply_examples()
+        demo.run_stream()
+        demo.apply_rest()
         demo.follow(proc)
         demo.report()
     finally:

@@ -266,7 +266,7 @@ class TrainingJobController(Controller[TrainingJobSpec]):
         else:
             conds.append(cnd.Cond(SUSPENDED, False, "NotSuspended"))
         if phase == "Succeeded":
-            metric = fields.get("metrics", {}).get("validation")
+            metric = (fields.get("metrics") or {}).get("validation")
             conds += [
                 cnd.Cond(
                     SUCCEEDED,
