@@ -47,6 +47,7 @@ def job(name: str, data: Path, out: Path, **over: Any) -> str:
         "every": 20,
         "suspend": "false",
         "backoff": 3,
+        "policy": "",
     } | over
     return f"""
 apiVersion: gyre.dev/v1alpha1
@@ -62,7 +63,7 @@ spec:
   hyperparameters: {{epochs: {spec["epochs"]}, batchSize: 32, learningRate: 0.01, seed: 3}}
   workers: {spec["workers"]}
   checkpoint: {{everySteps: {spec["every"]}}}
-  runPolicy: {{backoffLimit: {spec["backoff"]}, suspend: {spec["suspend"]}, gangTimeoutSeconds: 60}}
+  runPolicy: {{backoffLimit: {spec["backoff"]}, suspend: {spec["suspend"]}, gangTimeoutSeconds: 60{spec["policy"]}}}
   output: {{uri: "file://{out}"}}
 """
 
@@ -174,3 +175,42 @@ def test_suspended_job_runs_nothing(operator: OperatorProcess, tmp_path: Path) -
 
 def _both_workers_succeeded(op: OperatorProcess, name: str) -> None:
     assert status(op, name)["replicaStatuses"]["worker"]["succeeded"] == 2
+
+
+def test_active_deadline_fails_a_job_that_runs_too_long(operator: OperatorProcess, tmp_path: Path) -> None:
+    data = make_data(tmp_path / "data", rows=20000)
+    operator.apply(job("slow", data, tmp_path / "models", epochs=50, policy=", activeDeadlineSeconds: 5"))
+
+    def failed() -> None:
+        c = operator.condition("trainingjob", "slow", "Failed")
+        assert (c["status"], c["reason"]) == ("True", "DeadlineExceeded"), c
+        assert "activeDeadlineSeconds=5" in c["message"]
+
+    eventually(failed, timeout=120, interval=1)
+    # cleanPodPolicy Running (the default) stops what was still running.
+    eventually(lambda: _no_workers(operator), timeout=60)
+
+
+def test_ttl_deletes_the_finished_job_and_clean_pod_policy_all_stops_everything(
+    operator: OperatorProcess, tmp_path: Path
+) -> None:
+    data = make_data(tmp_path / "data", rows=600)
+    policy = ", ttlSecondsAfterFinished: 3, cleanPodPolicy: All"
+    operator.apply(job("brief", data, tmp_path / "models", epochs=1, policy=policy))
+    eventually(lambda: _phase(operator, "brief", "Succeeded"), timeout=180, interval=0.5)
+
+    def deleted() -> None:
+        proc = operator.cluster.kubectl("get", "gtj", "brief", "-n", operator.namespace, check=False)
+        assert proc.returncode != 0
+        assert "NotFound" in proc.stderr
+
+    eventually(deleted, timeout=60, interval=0.5)
+    assert (tmp_path / "models" / "brief-g1" / "metadata.json").exists(), "the artifact outlives the job"
+
+
+def _phase(op: OperatorProcess, name: str, phase: str) -> None:
+    assert status(op, name).get("phase") == phase
+
+
+def _no_workers(op: OperatorProcess) -> None:
+    assert worker_pids(op.workdir / "local") == []

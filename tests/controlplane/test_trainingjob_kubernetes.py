@@ -250,7 +250,10 @@ def test_ddp_renders_the_store_port(operator: OperatorProcess) -> None:
     expected = [("rendezvous", 29400), ("store", 29401)]
     assert ports(objs[("Service", "ddp-launcher")]) == expected
     assert ports(objs[("Job", "ddp-launcher")]) == expected
-    assert env(objs[("Job", "ddp-worker")])["GYRE_LAUNCHER_ADDR"] == f"ddp-launcher.{operator.namespace}.svc:29400"
+    assert (
+        env(objs[("Job", "ddp-worker")])["GYRE_LAUNCHER_ADDR"]
+        == f"ddp-launcher.{operator.namespace}.svc:29400"
+    )
     config = TrainerConfig.from_json(objs[("ConfigMap", "ddp-launcher-config")]["data"]["trainer.json"])
     assert config.backend == "ddp"
     # No GPUs asked for, none limited (a Horovod launcher has the rendezvous port only: above).
