@@ -63,7 +63,8 @@ spec:
   hyperparameters: {{epochs: {spec["epochs"]}, batchSize: 32, learningRate: 0.01, seed: 3}}
   workers: {spec["workers"]}
   checkpoint: {{everySteps: {spec["every"]}}}
-  runPolicy: {{backoffLimit: {spec["backoff"]}, suspend: {spec["suspend"]}, gangTimeoutSeconds: 60{spec["policy"]}}}
+  runPolicy:
+    {{backoffLimit: {spec["backoff"]}, suspend: {spec["suspend"]}, gangTimeoutSeconds: 60{spec["policy"]}}}
   output: {{uri: "file://{out}"}}
 """
 
