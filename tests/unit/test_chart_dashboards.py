@@ -81,9 +81,7 @@ def test_should_chart_reconciles_errors_and_latency_per_kind() -> None:
 
 
 @pytest.mark.parametrize(("name", "dashboard"), all_dashboards())
-def test_should_use_a_datasource_variable_and_unique_panel_ids(
-    name: str, dashboard: dict[str, Any]
-) -> None:
+def test_should_use_a_datasource_variable_and_unique_panel_ids(name: str, dashboard: dict[str, Any]) -> None:
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
     ids = [panel["id"] for panel in dashboard["panels"]]

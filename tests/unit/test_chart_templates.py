@@ -143,9 +143,7 @@ class TestChart:
         result = helm("lint", "--strict", str(CHART), *args)
         assert result.returncode == 0, result.stdout + result.stderr
 
-    def test_should_label_every_object_with_the_standard_labels(
-        self, defaults: list[Manifest]
-    ) -> None:
+    def test_should_label_every_object_with_the_standard_labels(self, defaults: list[Manifest]) -> None:
         for manifest in defaults:
             labels = manifest["metadata"]["labels"]
             assert labels["app.kubernetes.io/name"] == "gyre"
@@ -154,9 +152,7 @@ class TestChart:
             assert labels["app.kubernetes.io/part-of"] == "gyre"
             assert labels["helm.sh/chart"].startswith("gyre-")
 
-    def test_should_put_namespaced_objects_in_the_release_namespace(
-        self, defaults: list[Manifest]
-    ) -> None:
+    def test_should_put_namespaced_objects_in_the_release_namespace(self, defaults: list[Manifest]) -> None:
         cluster_scoped = {"ClusterRole", "ClusterRoleBinding"}
         for manifest in defaults:
             if manifest["kind"] in cluster_scoped:
@@ -165,9 +161,7 @@ class TestChart:
                 assert manifest["metadata"]["namespace"] == NAMESPACE
 
     def test_should_add_common_labels_and_annotations_everywhere(self) -> None:
-        manifests = render(
-            {"commonLabels": {"team": "ml"}, "commonAnnotations": {"owner": "ml-platform"}}
-        )
+        manifests = render({"commonLabels": {"team": "ml"}, "commonAnnotations": {"owner": "ml-platform"}})
         for manifest in manifests:
             assert manifest["metadata"]["labels"]["team"] == "ml"
             assert manifest["metadata"]["annotations"]["owner"] == "ml-platform"
@@ -270,9 +264,7 @@ class TestOperatorDeployment:
         assert container["args"][-1] == "--verbose"
         assert env_of(container)["EXTRA"] == "1"
 
-    def test_should_run_a_single_replica_with_recreate_rollouts(
-        self, defaults: list[Manifest]
-    ) -> None:
+    def test_should_run_a_single_replica_with_recreate_rollouts(self, defaults: list[Manifest]) -> None:
         spec = one(defaults, "Deployment")["spec"]
         assert spec["replicas"] == 1
         assert spec["strategy"] == {"type": "Recreate"}
@@ -297,9 +289,7 @@ class TestOperatorDeployment:
         assert security["allowPrivilegeEscalation"] is False
         assert security["privileged"] is False
 
-    def test_should_mount_a_read_only_root_with_an_empty_dir_at_tmp(
-        self, defaults: list[Manifest]
-    ) -> None:
+    def test_should_mount_a_read_only_root_with_an_empty_dir_at_tmp(self, defaults: list[Manifest]) -> None:
         pod = one(defaults, "Deployment")["spec"]["template"]["spec"]
         container = operator_container(defaults)
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
@@ -346,15 +336,11 @@ class TestOperatorDeployment:
         assert resources["requests"] == {"cpu": "100m", "memory": "256Mi"}
         assert resources["limits"]["memory"] == "512Mi"
 
-    def test_should_default_the_image_tag_to_the_app_version(
-        self, defaults: list[Manifest]
-    ) -> None:
+    def test_should_default_the_image_tag_to_the_app_version(self, defaults: list[Manifest]) -> None:
         app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
         container = operator_container(defaults)
         assert container["image"] == f"ghcr.io/gyre-ml/gyre-operator:{app_version}"
-        assert env_of(container)["GYRE_RUNTIME_IMAGE"] == (
-            f"ghcr.io/gyre-ml/gyre-runtime:{app_version}"
-        )
+        assert env_of(container)["GYRE_RUNTIME_IMAGE"] == (f"ghcr.io/gyre-ml/gyre-runtime:{app_version}")
 
     def test_should_prefer_the_digest_over_the_tag(self) -> None:
         digest = "sha256:" + "a" * 64
@@ -385,9 +371,7 @@ class TestOperatorDeployment:
         assert env["GYRE_RUNTIME_IMAGE_PULL_SECRETS"] == "regcred,other"
         assert env["GYRE_RUNTIME_SERVICE_ACCOUNT"] == "workloads"
 
-    def test_should_tell_the_operator_which_integrations_are_enabled(
-        self, defaults: list[Manifest]
-    ) -> None:
+    def test_should_tell_the_operator_which_integrations_are_enabled(self, defaults: list[Manifest]) -> None:
         env = env_of(operator_container(defaults))
         assert env["GYRE_KAFKA_ENABLED"] == "true"
         assert env["GYRE_KAFKA_IMAGE"] == "apache/kafka:4.1.0"
@@ -445,9 +429,7 @@ class TestRBAC:
         ],
         ids=["defaults", "watched-namespaces", "all-integrations"],
     )
-    def test_should_grant_no_wildcard_verbs_resources_or_groups(
-        self, values: dict[str, Any]
-    ) -> None:
+    def test_should_grant_no_wildcard_verbs_resources_or_groups(self, values: dict[str, Any]) -> None:
         manifests = render(values)
         roles = of_kind(manifests, "ClusterRole") + of_kind(manifests, "Role")
         assert roles
@@ -478,9 +460,7 @@ class TestRBAC:
             assert grants(defaults, "gyre.dev", f"{plural}/status", "patch")
             assert grants(defaults, "gyre.dev", f"{plural}/finalizers", "update")
 
-    def test_should_let_experiments_create_and_delete_trials_only(
-        self, defaults: list[Manifest]
-    ) -> None:
+    def test_should_let_experiments_create_and_delete_trials_only(self, defaults: list[Manifest]) -> None:
         for plural in GYRE_KINDS:
             expected = plural == "trainingjobs"
             assert grants(defaults, "gyre.dev", plural, "create") is expected, plural
@@ -571,9 +551,7 @@ class TestRBAC:
 
 
 class TestMetrics:
-    def test_should_expose_the_metrics_port_through_a_service(
-        self, defaults: list[Manifest]
-    ) -> None:
+    def test_should_expose_the_metrics_port_through_a_service(self, defaults: list[Manifest]) -> None:
         service = one(defaults, "Service", "gyre-operator-metrics")
         pod_labels = one(defaults, "Deployment")["spec"]["template"]["metadata"]["labels"]
         assert service["spec"]["selector"].items() <= pod_labels.items()
@@ -608,9 +586,7 @@ class TestMetrics:
         monitor = one(manifests, "ServiceMonitor")
         service = one(manifests, "Service", "gyre-operator-metrics")
         assert monitor["metadata"]["labels"]["release"] == "prometheus"
-        assert monitor["spec"]["selector"]["matchLabels"].items() <= (
-            service["metadata"]["labels"].items()
-        )
+        assert monitor["spec"]["selector"]["matchLabels"].items() <= (service["metadata"]["labels"].items())
         assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
         endpoint = monitor["spec"]["endpoints"][0]
         assert (endpoint["port"], endpoint["path"], endpoint["interval"]) == (
@@ -631,9 +607,7 @@ class TestDashboards:
         for configmap in configmaps:
             assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
             for name, text in configmap["data"].items():
-                assert json.loads(text) == json.loads(
-                    (CHART / "files" / "dashboards" / name).read_text()
-                )
+                assert json.loads(text) == json.loads((CHART / "files" / "dashboards" / name).read_text())
 
     def test_should_use_the_configured_sidecar_label_and_namespace(self) -> None:
         dashboards = {

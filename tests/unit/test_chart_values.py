@@ -22,9 +22,7 @@ CHART = Path(__file__).resolve().parents[2] / "charts" / "gyre"
 
 def load_hack(name: str) -> ModuleType:
     """Imports one of the chart's hack/ scripts (they are scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        f"chart_hack_{name}", CHART / "hack" / f"{name}.py"
-    )
+    spec = importlib.util.spec_from_file_location(f"chart_hack_{name}", CHART / "hack" / f"{name}.py")
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
-import socket
 import tempfile
 import threading
 import time
