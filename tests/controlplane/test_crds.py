@@ -3,34 +3,21 @@ rejected with a message that says what to fix, and `kubectl get gyre` lists ever
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import pytest
 from gyre.controlplane.testing import Cluster, eventually
 from gyre.manifests import repo_root
+from operator_harness import fresh_namespace, install_crds
 
 ROOT = repo_root()
 INVALID = sorted((ROOT / "manifests/examples/invalid").glob("*.yaml"))
-PLURALS = ["streams", "featurejobs", "trainingjobs", "experiments", "inferenceservices"]
-
-
-def install_crds(cluster: Cluster) -> None:
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "manifests/crds"))
-    for plural in PLURALS:
-        cluster.kubectl("wait", "--for=condition=Established", f"crd/{plural}.gyre.dev", "--timeout=60s")
 
 
 @pytest.fixture(scope="module")
 def crds(cluster: Cluster) -> Cluster:
     install_crds(cluster)
     return cluster
-
-
-def fresh_namespace(cluster: Cluster, prefix: str) -> str:
-    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
-    cluster.kubectl("create", "namespace", name)
-    return name
 
 
 def expected_error(path: Path) -> str:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import urllib.request
-from operator_harness import OperatorProcess, fresh_namespace, install_crds
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from gyre.controlplane.testing import Cluster, eventually
+from operator_harness import OperatorProcess, fresh_namespace, install_crds
 
 pytestmark = pytest.mark.controlplane
 

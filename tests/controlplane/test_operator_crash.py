@@ -1,11 +1,13 @@
 """The operator SIGKILLed in the middle of reconciling 50 TrainingJobs, then started again.
 
 The requirement: no duplicated children, no lost status, everything converges. The operator
-runs on the kubernetes runtime against kwok nodes (Job pods go Running, then Succeeded, no
-container runs). It is killed once some, but not all, of the 50 TrainingJobs have a status;
-the second operator must then bring every one of them to Succeeded with exactly the children
-it renders, adopting what the first one created (same objects, same uids) and keeping the
-status and condition transition times the first one wrote.
+runs on the kubernetes runtime against kwok nodes (Job pods go Running, then Succeeded; no
+container runs). It is killed at both moments a crash can leave something half done: while
+children are being created (a TrainingJob has part of its children, others none), and while
+statuses are being written (some TrainingJobs have one, others not). The operator started
+after that must bring every TrainingJob to Succeeded with exactly the children it renders,
+adopting what the killed ones created (the same objects, same uids, no second pod) and keeping
+the status and condition transition times they wrote.
 """
 
 from __future__ import annotations
@@ -141,14 +143,15 @@ def reader(cluster: Cluster, namespace: str) -> Iterator[Reader]:
 
 
 def run_until(
-    op: OperatorProcess, reader: Reader, moment: Callable[[World], bool], what: str
+    op: OperatorProcess, reader: Reader, moment: Callable[[World], bool], children: bool
 ) -> tuple[World, float]:
-    """Start ``op``, SIGKILL it as soon as the world reaches ``moment``; the world after."""
+    """Start ``op``, SIGKILL it as soon as the world reaches ``moment``: the world after, and
+    how long it ran. (``children``: whether ``moment`` looks at children; lists are slower.)"""
     t0 = time.monotonic()
     op.start()
 
     def reached() -> None:
-        w = reader.world(children="children" in what)
+        w = reader.world(children=children)
         assert moment(w), w.describe()
 
     eventually(reached, timeout=90, interval=0.02)
@@ -159,9 +162,7 @@ def run_until(
 def test_sigkill_mid_reconcile_then_restart_converges(
     cluster: Cluster, namespace: str, reader: Reader, tmp_path: Path
 ) -> None:
-    """Killed twice, at the two moments a crash can leave behind: while children are being
-    created (some objects have part of them), and while statuses are being written (some
-    objects have one). A third operator converges everything."""
+    """Killed twice, mid-apply and mid-status-write; a third operator converges everything."""
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifests())
     assert len(reader.world(children=False).jobs) == COUNT
     ops = []
@@ -174,13 +175,13 @@ def test_sigkill_mid_reconcile_then_restart_converges(
             ops[0],
             reader,
             lambda w: bool(w.half_applied()) and len(w.with_children()) < COUNT // 2,
-            "children",
+            children=True,
         )
         print(f"first operator killed after {took:.1f}s: {applying.describe()}")
         assert 0 < len(applying.with_children()) < COUNT
 
         # 2. Mid-status: some TrainingJobs have a status, others none yet.
-        writing, took = run_until(ops[1], reader, lambda w: len(w.with_status()) >= 1, "status")
+        writing, took = run_until(ops[1], reader, lambda w: len(w.with_status()) >= 1, children=False)
         print(f"second operator killed after {took:.1f}s: {writing.describe()}")
         assert 0 < len(writing.with_status()) < COUNT
 
@@ -263,8 +264,8 @@ def metric(op: OperatorProcess, name: str) -> float:
 
 
 def assert_status_kept(n: str, before: dict[str, Any], after: dict[str, Any]) -> None:
-    """What an operator wrote before it was killed survives: transition times of conditions that did not
-    flip, and the times that mark the run's start and end."""
+    """What a killed operator wrote survives: the transition times of conditions that did not
+    flip since, and the times that mark the run's start and end."""
     if not before:
         return
     assert after["observedGeneration"] == before["observedGeneration"], n

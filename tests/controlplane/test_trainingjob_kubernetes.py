@@ -26,7 +26,9 @@ GPU_NODE = "kwok-node-2"
 CONFIG_DIR = "/etc/gyre/config"
 
 
-def job(name: str, *, gpu: int = 0, backend: str = "horovod", gang_s: int = 300) -> str:
+def job(
+    name: str, *, gpu: int = 0, backend: str = "horovod", gang_s: int = 300, clean: str = "Running"
+) -> str:
     return f"""
 apiVersion: gyre.dev/v1alpha1
 kind: TrainingJob
@@ -38,7 +40,7 @@ spec:
   workers: 2
   backend: {backend}
   resources: {{cpu: 500m, memory: 512Mi, gpu: {gpu}}}
-  runPolicy: {{backoffLimit: 1, gangTimeoutSeconds: {gang_s}}}
+  runPolicy: {{backoffLimit: 1, gangTimeoutSeconds: {gang_s}, cleanPodPolicy: "{clean}"}}
   output: {{uri: "file:///models"}}
 """
 
@@ -96,7 +98,8 @@ def ports(obj: dict[str, Any]) -> list[tuple[str, int]]:
 
 def test_launcher_workers_services_gpus_env_and_config(operator: OperatorProcess) -> None:
     ns = operator.namespace
-    operator.apply(job("gpu", gpu=1))
+    # cleanPodPolicy None keeps every child after the run, whichever Job kwok finishes first.
+    operator.apply(job("gpu", gpu=1, clean="None"))
     objs = created(operator, "gpu")
     assert sorted(objs) == [
         ("ConfigMap", "gpu-launcher-config"),
@@ -180,7 +183,6 @@ def test_launcher_workers_services_gpus_env_and_config(operator: OperatorProcess
     for p in worker_pods:
         resources = container(p)["resources"]
         assert resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"] == "1"
-    # Every child stays: cleanPodPolicy Running keeps the workloads that ended.
     assert sorted(operator.children("TrainingJob", "gpu")) == sorted(objs)
 
 
