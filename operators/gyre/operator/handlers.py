@@ -63,6 +63,13 @@ def _meta(kind: str, body: Mapping[str, Any]) -> ObjectMeta:
     )
 
 
+def _ready(status: Mapping[str, Any]) -> str | None:
+    for c in status.get("conditions") or []:
+        if c.get("type") == "Ready":
+            return str(c.get("status"))
+    return None
+
+
 def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
     """Top-level status keys whose value changed (a merge patch; removed keys become None)."""
     out = {k: v for k, v in new.items() if old.get(k) != v}
@@ -85,6 +92,7 @@ class Handlers:
         # uids of deleted objects: a reconcile queued before the deletion must not start
         # their workloads again.
         self.deleted: set[str] = set()
+        self._tasks: set[asyncio.Future[None]] = set()
 
     def lookup(self, kind: str, namespace: str, name: str) -> Mapping[str, Any] | None:
         index = self.indexes.get(_index_name(kind)) if kind in PLURALS else None
@@ -132,6 +140,30 @@ class Handlers:
             )
         return outcome, changes
 
+    def _background(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _nudge_waiting(self, namespace: str, changed: tuple[str, str, str]) -> None:
+        for key, body in list(self.objects.items()):
+            if key == changed or key[1] != namespace:
+                continue
+            if (body.get("status") or {}).get("phase") not in ("Waiting", "Invalid"):
+                continue
+            await self._reconcile_and_write(key, body, "dependency")
+
+    async def _reconcile_and_write(
+        self, key: tuple[str, str, str], body: Mapping[str, Any], trigger: str
+    ) -> None:
+        kind, namespace, name = key
+        try:
+            _, changes = await self.run(kind, trigger, body, 0)
+            if changes:
+                await self.writer.write_status(kind, namespace, name, changes)
+        except Exception as exc:  # the next trigger retries
+            log.warning("Reconcile (%s) of %s %s/%s failed: %s", trigger, kind, namespace, name, exc)
+
     async def resync_forever(self, interval: float) -> None:
         """Reconcile every known object once per ``interval``, spread over the interval."""
         while True:
@@ -151,12 +183,7 @@ class Handlers:
                 body = self.objects.get(key)
                 if body is None or time.monotonic() - self.last_reconciled.get(key, 0) < interval / 2:
                     continue
-                try:
-                    _, changes = await self.run(kind, "resync", body, 0)
-                    if changes:
-                        await self.writer.write_status(kind, namespace, name, changes)
-                except Exception as exc:  # keep the loop alive; the next round retries
-                    log.warning("Resync of %s %s/%s failed: %s", kind, namespace, name, exc)
+                await self._reconcile_and_write(key, body, "resync")
 
 
 def register(registry: kopf.OperatorRegistry, runtime: Runtime, writer: Writer) -> Handlers:
@@ -188,10 +215,16 @@ def _register_kind(registry: kopf.OperatorRegistry, handlers: Handlers, kind: st
         handlers._locks.pop(meta.owner.key, None)
         log.info("Released the workloads of %s %s/%s", kind, meta.namespace, meta.name)
 
-    def index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    async def index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
         # Called for every change of every object of the kind: also the resync loop's view.
         md = body.get("metadata", {})
-        handlers.objects[(kind, md.get("namespace", ""), md.get("name", ""))] = body
+        key = (kind, md.get("namespace", ""), md.get("name", ""))
+        previous = handlers.objects.get(key)
+        handlers.objects[key] = body
+        if previous is not None and _ready(previous.get("status") or {}) != _ready(body.get("status") or {}):
+            # Objects waiting in this namespace may be waiting for this one: look at them
+            # once this index holds the new state, rather than at their next backoff.
+            handlers._background(handlers._nudge_waiting(key[1], key))
         return {
             (md.get("namespace"), md.get("name")): {"spec": body.get("spec"), "status": body.get("status")}
         }
