@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from gyre.api._base import Kind
 from gyre.core import conditions as cnd
-from gyre.core.workload import Owner, Workload, WorkloadPhase, WorkloadStatus
+from gyre.core.workload import Owner, Workload, WorkloadStatus
 from gyre.runtimes.base import Runtime
 
 log = logging.getLogger("gyre.controllers")
@@ -143,21 +143,6 @@ class Controller(abc.ABC, Generic[S]):
     async def finalize(self, meta: ObjectMeta, runtime: Runtime) -> None:
         """Release what lives outside the cluster when the object is deleted."""
         await runtime.delete(meta.owner)
-
-
-def workloads_summary(
-    workloads: Sequence[Workload], observed: Mapping[str, WorkloadStatus]
-) -> tuple[bool, list[str], list[str]]:
-    """(all ready, names not ready yet, failure messages) over long-running workloads."""
-    pending: list[str] = []
-    failed: list[str] = []
-    for w in workloads:
-        st = observed.get(w.name)
-        if st is None or st.phase in (WorkloadPhase.MISSING, WorkloadPhase.PENDING, WorkloadPhase.RUNNING):
-            pending.append(w.name)
-        elif st.phase == WorkloadPhase.FAILED:
-            failed.append(f"{w.name}: {st.message or 'failed'}")
-    return (not pending and not failed), pending, failed
 
 
 INVALID_RECHECK_S = 10.0
