@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from gyre.pipelines.kafka.config import BrokerConfig
@@ -38,17 +39,19 @@ def build_server_properties(cfg: BrokerConfig) -> dict[str, str]:
     roles = cfg.process_roles
     data = Path(cfg.data_dir).absolute()
     brokers = cfg.nodes
-    listeners = [f"PLAINTEXT://{cfg.listen_host}:{cfg.kafka_port}"]
-    advertised = [f"PLAINTEXT://{cfg.host_of(cfg.node_id)}:{cfg.kafka_port}"]
+    host = cfg.host_of(cfg.node_id - cfg.node_id_base)
+    listeners, advertised = [], []
+    if "broker" in roles:
+        listeners.append(f"PLAINTEXT://{cfg.listen_host}:{cfg.kafka_port}")
+        advertised.append(f"PLAINTEXT://{host}:{cfg.kafka_port}")
     if "controller" in roles:
         listeners.append(f"CONTROLLER://{cfg.listen_host}:{cfg.controller_port}")
-        advertised.append(f"CONTROLLER://{cfg.host_of(cfg.node_id)}:{cfg.controller_port}")
+        advertised.append(f"CONTROLLER://{host}:{cfg.controller_port}")
     props = {
         "process.roles": roles,
         "node.id": str(cfg.node_id),
         "controller.quorum.voters": ",".join(cfg.voters),
         "controller.listener.names": "CONTROLLER",
-        "inter.broker.listener.name": "PLAINTEXT",
         "listeners": ",".join(listeners),
         "advertised.listeners": ",".join(advertised),
         "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
@@ -66,6 +69,8 @@ def build_server_properties(cfg: BrokerConfig) -> dict[str, str]:
         "auto.create.topics.enable": "false",
         "log.retention.check.interval.ms": "60000",
     }
+    if "broker" in roles:
+        props["inter.broker.listener.name"] = "PLAINTEXT"
     if brokers == 1:
         # One node is a development cluster: no peers to wait for before the first rebalance,
         # and a small offsets topic keeps the first consumer group quick to create.
@@ -73,6 +78,17 @@ def build_server_properties(cfg: BrokerConfig) -> dict[str, str]:
         props["offsets.topic.num.partitions"] = "10"
     props.update(cfg.properties)
     return props
+
+
+def server_properties_template(cfg: BrokerConfig, log_dirs: str) -> str:
+    """The properties of any node of ``cfg``'s workload, with ``@NODE_ID@``, ``@HOST@`` and
+    ``@VOTERS@`` left for the node to fill in at start (a vendor image's start script)."""
+    props = build_server_properties(
+        replace(cfg, advertised_host="@HOST@", controller_quorum_voters=("@VOTERS@",))
+    )
+    props["node.id"] = "@NODE_ID@"
+    props["log.dirs"] = log_dirs
+    return render_properties(props)
 
 
 def render_properties(props: dict[str, str]) -> str:

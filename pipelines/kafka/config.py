@@ -9,7 +9,14 @@ supplies the per-node ones through the environment:
 * ``GYRE_KAFKA_LIBS`` → a directory of broker jars to use instead of the Maven cache
   (``/opt/kafka/libs`` in the ``apache/kafka`` image),
 * ``GYRE_KAFKA_ADVERTISED`` → ``host[:port]`` clients are told to use (the host part),
-* ``GYRE_KAFKA_LISTEN_HOST`` → the address the listeners bind.
+* ``GYRE_KAFKA_LISTEN_HOST`` → the address the listeners bind,
+* ``GYRE_KAFKA_PEERS`` → ``host:port`` of every node of this workload in index order (this
+  node advertises its own entry's host),
+* ``GYRE_KAFKA_VOTERS`` → ``host:port`` of the controller listener of every voter, in id order
+  (ids from ``GYRE_KAFKA_VOTER_ID_BASE``, default 0),
+* ``GYRE_KAFKA_ROLES`` → ``broker`` or ``controller`` for a node with one role only, and
+  ``GYRE_KAFKA_NODE_ID_BASE`` → added to the replica index to make the node id (dedicated
+  controllers and brokers are separate workloads whose ids must not collide).
 """
 
 from __future__ import annotations
@@ -55,8 +62,11 @@ class BrokerConfig:
     * ``nodes``: number of nodes in the cluster; default ``$GYRE_REPLICAS`` (1).
     * ``controllers``: how many nodes (ids ``0..controllers-1``) run the controller role as well
       as the broker role; default all nodes up to 3. The others are brokers only.
-    * ``controller_quorum_voters``: ``["0@host:port", ...]``; default: one entry per controller
-      from ``advertised_host`` and ``controller_port`` (a single node votes for itself).
+    * ``controller_quorum_voters``: ``["0@host:port", ...]``; default: ``voter_addresses``
+      numbered from ``voter_id_base``, else one entry per controller from ``advertised_host``
+      and ``controller_port`` (a single node votes for itself).
+    * ``roles``: ``broker``, ``controller`` or ``broker,controller``; default: by ``controllers``.
+    * ``node_id_base``: the id of replica 0 (``node_id`` counts from it).
     * ``data_dir``: where the node keeps its log dirs and generated config; kept across
       restarts (storage is formatted only when it holds no ``meta.properties``).
     * ``listen_host``: the address the listeners bind (``0.0.0.0`` in a pod).
@@ -74,6 +84,10 @@ class BrokerConfig:
     nodes: int = 1
     controllers: int | None = None
     controller_quorum_voters: tuple[str, ...] = ()
+    voter_addresses: tuple[str, ...] = ()
+    voter_id_base: int = 0
+    roles: str | None = None
+    node_id_base: int = 0
     data_dir: str = "kafka-data"
     listen_host: str = "127.0.0.1"
     advertised_host: str = "127.0.0.1"
@@ -87,8 +101,11 @@ class BrokerConfig:
     def __post_init__(self) -> None:
         if len(self.cluster_id) != 22:
             raise ConfigError("cluster_id must be a 22-character base64 UUID (cluster_id_for)")
-        if not 0 <= self.node_id < max(self.nodes, 1):
-            raise ConfigError(f"node_id {self.node_id} is outside 0..{self.nodes - 1}")
+        last = self.node_id_base + max(self.nodes, 1) - 1
+        if not self.node_id_base <= self.node_id <= last:
+            raise ConfigError(f"node_id {self.node_id} is outside {self.node_id_base}..{last}")
+        if self.roles not in (None, "broker", "controller", ROLE_COMBINED):
+            raise ConfigError(f"roles must be broker, controller or {ROLE_COMBINED}, not {self.roles!r}")
         if self.controllers is not None and not 1 <= self.controllers <= self.nodes:
             raise ConfigError(f"controllers must be within 1..{self.nodes}")
 
@@ -98,7 +115,9 @@ class BrokerConfig:
 
     @property
     def process_roles(self) -> str:
-        return ROLE_COMBINED if self.node_id < self.controller_count else "broker"
+        if self.roles:
+            return self.roles
+        return ROLE_COMBINED if self.node_id - self.node_id_base < self.controller_count else "broker"
 
     def host_of(self, node_id: int) -> str:
         return self.advertised_host.replace("{index}", str(node_id))
@@ -107,6 +126,10 @@ class BrokerConfig:
     def voters(self) -> tuple[str, ...]:
         if self.controller_quorum_voters:
             return self.controller_quorum_voters
+        if self.voter_addresses:
+            # Combined nodes: only the first `controller_count` of the workload's nodes vote.
+            addresses = self.voter_addresses if self.roles else self.voter_addresses[: self.controller_count]
+            return tuple(f"{self.voter_id_base + i}@{a}" for i, a in enumerate(addresses))
         return tuple(f"{i}@{self.host_of(i)}:{self.controller_port}" for i in range(self.controller_count))
 
     @property
@@ -117,6 +140,7 @@ class BrokerConfig:
     def to_json(self) -> str:
         d: dict[str, Any] = asdict(self)
         d["controller_quorum_voters"] = list(self.controller_quorum_voters)
+        d["voter_addresses"] = list(self.voter_addresses)
         d["properties"] = dict(self.properties)
         return json.dumps(d, indent=2, sort_keys=True)
 
@@ -130,6 +154,7 @@ class BrokerConfig:
         if "cluster_id" not in d:
             raise ConfigError("broker config: missing required field 'cluster_id'")
         d["controller_quorum_voters"] = tuple(d.get("controller_quorum_voters") or ())
+        d["voter_addresses"] = tuple(d.get("voter_addresses") or ())
         d["properties"] = {str(k): str(v) for k, v in (d.get("properties") or {}).items()}
         try:
             return cls(**d)
@@ -146,7 +171,11 @@ class BrokerConfig:
         env = os.environ if env is None else env
         d = load_config_json(env)
         d.setdefault("cluster_id", env.get("GYRE_KAFKA_CLUSTER_ID") or cluster_id_for("default"))
-        d["node_id"] = env_int(env, "GYRE_REPLICA_INDEX", int(d.get("node_id", 0)))
+        d["node_id_base"] = env_int(env, "GYRE_KAFKA_NODE_ID_BASE", int(d.get("node_id_base", 0)))
+        index = env_int(
+            env, "GYRE_REPLICA_INDEX", int(d.get("node_id", d["node_id_base"])) - d["node_id_base"]
+        )
+        d["node_id"] = d["node_id_base"] + index
         d["nodes"] = env_int(env, "GYRE_REPLICAS", int(d.get("nodes", 1)))
         d["kafka_port"] = env_int(env, "GYRE_PORT_KAFKA", int(d.get("kafka_port", 9092)))
         d["controller_port"] = env_int(env, "GYRE_PORT_CONTROLLER", int(d.get("controller_port", 9093)))
@@ -160,4 +189,15 @@ class BrokerConfig:
             d["advertised_host"] = env["GYRE_KAFKA_ADVERTISED"].rsplit(":", 1)[0]
         if env.get("GYRE_KAFKA_LISTEN_HOST"):
             d["listen_host"] = env["GYRE_KAFKA_LISTEN_HOST"]
+        peers = [p for p in env.get("GYRE_KAFKA_PEERS", "").split(",") if p]
+        if peers:
+            if index >= len(peers):
+                raise ConfigError(f"GYRE_KAFKA_PEERS has {len(peers)} entries; this is replica {index}")
+            d["advertised_host"] = peers[index].rsplit(":", 1)[0]
+        voters = [v for v in env.get("GYRE_KAFKA_VOTERS", "").split(",") if v]
+        if voters:
+            d["voter_addresses"] = voters
+            d["voter_id_base"] = env_int(env, "GYRE_KAFKA_VOTER_ID_BASE", int(d.get("voter_id_base", 0)))
+        if env.get("GYRE_KAFKA_ROLES"):
+            d["roles"] = env["GYRE_KAFKA_ROLES"]
         return cls.from_dict(d)

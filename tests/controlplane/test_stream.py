@@ -20,7 +20,20 @@ from operator_harness import OperatorProcess, fresh_namespace, install_crds, run
 pytestmark = [pytest.mark.controlplane, pytest.mark.integration]
 
 
-def stream(lake: Path, partitions: int = 2, sinks: bool = True) -> str:
+def stream(
+    lake: Path,
+    partitions: int = 2,
+    sinks: bool = True,
+    *,
+    name: str = "clicks",
+    cluster: str | None = None,
+    replicas: int = 1,
+    controllers: int = 0,
+    replication: int = 1,
+) -> str:
+    managed = f"replicas: {replicas}, controllers: {controllers}" + (
+        f", cluster: {cluster}" if cluster else ""
+    )
     sink = (
         f"""
   sinks:
@@ -32,10 +45,10 @@ def stream(lake: Path, partitions: int = 2, sinks: bool = True) -> str:
     return f"""
 apiVersion: gyre.dev/v1alpha1
 kind: Stream
-metadata: {{name: clicks}}
+metadata: {{name: {name}}}
 spec:
-  kafka: {{managed: {{replicas: 1}}}}
-  topic: {{partitions: {partitions}, retention: 7d}}
+  kafka: {{managed: {{{managed}}}}}
+  topic: {{partitions: {partitions}, replicationFactor: {replication}, retention: 7d}}
   schema:
     key: user_id
     timestampField: ts
@@ -57,13 +70,13 @@ def operator(cluster: Cluster, tmp_path: Path) -> Iterator[OperatorProcess]:
     print(cluster.kubectl("get", "gst", "-n", op.namespace, "-o", "yaml", check=False).stdout)
 
 
-def status(op: OperatorProcess) -> dict[str, Any]:
-    return dict(op.get("stream", "clicks").get("status") or {})
+def status(op: OperatorProcess, name: str = "clicks") -> dict[str, Any]:
+    return dict(op.get("stream", name).get("status") or {})
 
 
-def ready(op: OperatorProcess) -> dict[str, Any]:
-    st = status(op)
-    assert op.condition("stream", "clicks", "Ready")["status"] == "True", st.get("conditions")
+def ready(op: OperatorProcess, name: str = "clicks") -> dict[str, Any]:
+    st = status(op, name)
+    assert op.condition("stream", name, "Ready")["status"] == "True", st.get("conditions")
     return st
 
 
@@ -169,3 +182,93 @@ def test_partitions_grow_and_a_shrink_is_degraded_then_delete_stops_processes(
         assert running_pids_under(state) == []
 
     eventually(stopped, timeout=60, interval=1)
+
+
+def test_streams_share_one_cluster_which_stops_with_the_last_of_them(
+    operator: OperatorProcess, tmp_path: Path
+) -> None:
+    op, lake = operator, tmp_path / "lake"
+    op.apply(stream(lake, sinks=False, name="clicks", cluster="shared"))
+    op.apply(stream(lake, sinks=False, name="views", cluster="shared"))
+
+    def both_ready() -> tuple[dict[str, Any], dict[str, Any]]:
+        a, b = ready(op, "clicks"), ready(op, "views")
+        for st in (a, b):
+            assert st["kafkaCluster"] == {
+                "name": "shared",
+                "streams": ["clicks", "views"],
+                "nodes": 1,
+                "readyNodes": 1,
+            }
+        return a, b
+
+    a, b = eventually(both_ready, timeout=180, interval=1)
+    assert a["bootstrapServers"] == b["bootstrapServers"]
+    state = op.workdir / "local" / op.namespace
+    assert sorted(p.name for p in state.iterdir()) == ["kafkacluster-shared", "stream-clicks", "stream-views"]
+    broker = running_pids_under(state / "kafkacluster-shared")
+    assert broker, "the shared broker should be running"
+
+    # The first Stream goes: its collector stops, the broker serves the other one unchanged.
+    op.cluster.kubectl("delete", "stream", "clicks", "-n", op.namespace)
+
+    def collector_stopped() -> None:
+        assert running_pids_under(state / "stream-clicks") == []
+
+    eventually(collector_stopped, timeout=60, interval=1)
+    assert sorted(running_pids_under(state / "kafkacluster-shared")) == sorted(broker)
+
+    def listed_alone() -> dict[str, Any]:
+        st = ready(op, "views")
+        assert st["kafkaCluster"]["streams"] == ["views"]
+        return st
+
+    st = eventually(listed_alone, timeout=60, interval=1)
+    answer = post(st["collectorUrl"], [{"user_id": "u1", "ts": 1_700_000_000_000}])
+    assert answer["results"][0]["status"] == "accepted"
+
+    # The last one goes: so does the broker.
+    op.cluster.kubectl("delete", "stream", "views", "-n", op.namespace)
+
+    def stopped() -> None:
+        assert running_pids_under(state) == []
+
+    eventually(stopped, timeout=60, interval=1)
+
+
+@pytest.mark.parametrize("controllers", [0, 1], ids=["combined", "dedicated-controller"])
+def test_a_three_broker_cluster_forms_a_quorum_and_replicates_the_topic(
+    operator: OperatorProcess, tmp_path: Path, controllers: int
+) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    lake = tmp_path / "lake"
+    operator.apply(stream(lake, partitions=3, replicas=3, controllers=controllers, replication=3))
+    st = eventually(lambda: ready(operator), timeout=300, interval=2)
+    assert st["kafkaCluster"]["readyNodes"] == 3 + controllers
+    state = operator.workdir / "local" / operator.namespace / "kafkacluster-clicks"
+    roles = sorted(
+        line.split("=", 1)[1]
+        for props in state.glob("kafka*-*/data/config/server.properties")
+        for line in props.read_text().splitlines()
+        if line.startswith("process.roles=")
+    )
+    assert roles == (["broker,controller"] * 3 if controllers == 0 else ["broker"] * 3 + ["controller"])
+    admin = AdminClient({"bootstrap.servers": st["bootstrapServers"]})
+    meta = admin.list_topics(st["topic"]["name"], timeout=30)
+    assert len(meta.brokers) == 3
+    partitions = meta.topics[st["topic"]["name"]].partitions
+    assert len(partitions) == 3
+    for p in partitions.values():
+        assert sorted(p.replicas) == [0, 1, 2]
+    good = [{"user_id": f"u{i}", "ts": 1_700_000_000_000 + i} for i in range(300)]
+    answer = post(st["collectorUrl"], good)
+    assert {r["status"] for r in answer["results"]} == {"accepted"}
+
+    def in_lake() -> None:
+        assert lake.exists(), "no file committed yet"
+        table = pads.dataset(str(lake), format="parquet", partitioning="hive").to_table()
+        assert table.num_rows == len(good)
+        assert sorted(table.column("user_id").to_pylist()) == sorted(e["user_id"] for e in good)
+
+    eventually(in_lake, timeout=90, interval=1)

@@ -10,7 +10,7 @@ from gyre.pipelines._common.env import ConfigError
 from gyre.pipelines._common.schema import StreamSchema
 from gyre.pipelines.collector.config import CollectorConfig
 from gyre.pipelines.collector.validate import compile_validator, parse_timestamp_ms
-from gyre.pipelines.kafka.broker import build_server_properties
+from gyre.pipelines.kafka.broker import build_server_properties, server_properties_template
 from gyre.pipelines.kafka.config import BrokerConfig, cluster_id_for
 from gyre.pipelines.lakesink.arrow import lake_schema
 from gyre.pipelines.lakesink.config import LakeSinkConfig
@@ -179,3 +179,73 @@ def test_lake_schema_types_and_provenance_columns() -> None:
     assert str(schema.field("ts").type) == "timestamp[ms, tz=UTC]"
     assert not schema.field("user_id").nullable
     assert schema.field("page").nullable
+
+
+def test_peers_and_voters_from_the_runtime_make_each_node_advertise_itself(tmp_path: Any) -> None:
+    (tmp_path / "c.json").write_text(BrokerConfig(cluster_id=cluster_id_for("p"), nodes=3).to_json())
+    env = {
+        "GYRE_CONFIG": str(tmp_path / "c.json"),
+        "GYRE_REPLICA_INDEX": "1",
+        "GYRE_REPLICAS": "3",
+        "GYRE_KAFKA_PEERS": "127.0.0.1:4000,127.0.0.1:4001,127.0.0.1:4002",
+        "GYRE_KAFKA_VOTERS": "127.0.0.1:5000,127.0.0.1:5001,127.0.0.1:5002",
+        "GYRE_PORT_KAFKA": "4001",
+        "GYRE_PORT_CONTROLLER": "5001",
+    }
+    cfg = BrokerConfig.load(env)
+    props = build_server_properties(cfg)
+    assert props["node.id"] == "1"
+    assert props["process.roles"] == "broker,controller"
+    assert props["controller.quorum.voters"] == "0@127.0.0.1:5000,1@127.0.0.1:5001,2@127.0.0.1:5002"
+    assert props["advertised.listeners"] == "PLAINTEXT://127.0.0.1:4001,CONTROLLER://127.0.0.1:5001"
+
+
+def test_dedicated_controllers_and_brokers_have_distinct_ids_and_listeners(tmp_path: Any) -> None:
+    cid = cluster_id_for("d")
+    voters = {"GYRE_KAFKA_VOTERS": "h0:9093,h1:9093,h2:9093", "GYRE_KAFKA_VOTER_ID_BASE": "100"}
+    (tmp_path / "b.json").write_text(BrokerConfig(cluster_id=cid, nodes=3, roles="broker").to_json())
+    broker = BrokerConfig.load(
+        {"GYRE_CONFIG": str(tmp_path / "b.json"), "GYRE_REPLICA_INDEX": "2", "GYRE_REPLICAS": "3", **voters}
+    )
+    ctl_cfg = BrokerConfig(cluster_id=cid, nodes=3, roles="controller", node_id_base=100, node_id=100)
+    (tmp_path / "c.json").write_text(ctl_cfg.to_json())
+    controller = BrokerConfig.load(
+        {"GYRE_CONFIG": str(tmp_path / "c.json"), "GYRE_REPLICA_INDEX": "2", "GYRE_REPLICAS": "3", **voters}
+    )
+    b, c = build_server_properties(broker), build_server_properties(controller)
+    assert (b["node.id"], b["process.roles"], c["node.id"], c["process.roles"]) == (
+        "2",
+        "broker",
+        "102",
+        "controller",
+    )
+    assert (
+        b["controller.quorum.voters"]
+        == c["controller.quorum.voters"]
+        == "100@h0:9093,101@h1:9093,102@h2:9093"
+    )
+    # A controller-only node listens on the controller listener alone and has no broker listener.
+    assert c["listeners"] == "CONTROLLER://127.0.0.1:9093"
+    assert "inter.broker.listener.name" not in c
+    assert b["listeners"] == "PLAINTEXT://127.0.0.1:9092"
+    assert b["inter.broker.listener.name"] == "PLAINTEXT"
+
+
+def test_a_node_outside_the_peer_list_is_a_config_error(tmp_path: Any) -> None:
+    (tmp_path / "c.json").write_text(BrokerConfig(cluster_id=cluster_id_for("x"), nodes=3).to_json())
+    env = {
+        "GYRE_CONFIG": str(tmp_path / "c.json"),
+        "GYRE_REPLICA_INDEX": "2",
+        "GYRE_KAFKA_PEERS": "h0:1,h1:1",
+    }
+    with pytest.raises(ConfigError, match="GYRE_KAFKA_PEERS has 2 entries"):
+        BrokerConfig.load(env)
+
+
+def test_the_properties_template_leaves_per_node_values_to_the_start_script() -> None:
+    text = server_properties_template(BrokerConfig(cluster_id=cluster_id_for("t"), nodes=3), "/data/kraft")
+    lines = dict(line.split("=", 1) for line in text.splitlines())
+    assert lines["node.id"] == "@NODE_ID@"
+    assert lines["controller.quorum.voters"] == "@VOTERS@"
+    assert lines["advertised.listeners"] == "PLAINTEXT://@HOST@:9092,CONTROLLER://@HOST@:9093"
+    assert lines["log.dirs"] == "/data/kraft"

@@ -32,10 +32,12 @@ from gyre.core.workload import (
     ConfigDirRef,
     EndpointRef,
     Owner,
+    PeersRef,
     Port,
     Readiness,
     Resources,
     RestartPolicy,
+    SecretFile,
     Volume,
     VolumePathRef,
     Workload,
@@ -279,6 +281,7 @@ async def test_env_references_and_arg_expansion(tmp_path: Path) -> None:
         env={
             "DB_ADDR": EndpointRef(port="sql", workload="db"),
             "SELF": EndpointRef(port="http-api"),
+            "PEERS": PeersRef(port="http-api"),
             "DATA": VolumePathRef("data"),
             "CONF": ConfigDirRef(),
             "PLAIN": "plain value",
@@ -320,6 +323,12 @@ async def test_env_references_and_arg_expansion(tmp_path: Path) -> None:
             assert same_file(dump["executable"], sys.executable)
             assert dump["cwd"] == str(owner_dir / f"app-{i}")
         assert len(own_ports) == 2  # each replica has its own port
+        peers = [f"127.0.0.1:{p}" for p in sorted(own_ports, key=int)]
+        for i in range(2):
+            env = read_json(owner_dir / f"app-{i}" / "data" / "dump.json")["env"]
+            # Every replica sees all of them, in index order: its own entry is its index's.
+            assert env["PEERS"].split(",")[i] == env["SELF"]
+            assert sorted(env["PEERS"].split(",")) == sorted(peers)
 
 
 @run_async
@@ -612,6 +621,17 @@ async def test_invalid_reference_is_failed_not_raised(tmp_path: Path) -> None:
         status = await status_of(rt, "lost")
         assert status.phase is WorkloadPhase.FAILED
         assert "no workload 'nowhere'" in status.message
+
+
+@run_async
+async def test_secret_files_fail_locally_saying_what_to_use_instead(tmp_path: Path) -> None:
+    workload = service("api", "serve", secrets=(SecretFile(name="token", secret="api", key="t"),))
+    async with runtime(tmp_path) as rt:
+        await rt.apply(OWNER, [workload])
+        status = await status_of(rt, "api")
+        assert status.phase is WorkloadPhase.FAILED
+        assert "mounts Secret keys (api/t)" in status.message
+        assert "give the value as a file instead" in status.message
 
 
 @pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="this host has a GPU")

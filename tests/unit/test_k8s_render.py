@@ -8,11 +8,14 @@ import pytest
 from gyre.core.workload import (
     ConfigDirRef,
     EndpointRef,
+    KubernetesContainer,
     Owner,
+    PeersRef,
     Port,
     Readiness,
     Resources,
     RestartPolicy,
+    SecretFile,
     Volume,
     VolumePathRef,
     Workload,
@@ -337,3 +340,75 @@ def test_long_owner_names_still_make_valid_label_values() -> None:
     assert len(labels["gyre.dev/owner-name"]) <= 63
     other = Owner(kind="Stream", namespace=NS, name="n" * 199 + "m", uid="u")
     assert r.owner_labels(other)["gyre.dev/owner-name"] != labels["gyre.dev/owner-name"]
+
+
+def test_peers_are_the_stateful_pods_behind_the_headless_service_in_index_order() -> None:
+    nodes = workload(
+        name="kafka",
+        kind=WorkloadKind.STATEFUL,
+        replicas=3,
+        ports=(Port("kafka", 9092), Port("controller", 9093)),
+        env={"PEERS": PeersRef("kafka"), "VOTERS": PeersRef("controller")},
+    )
+    client = workload(name="probe", env={"NODES": PeersRef("kafka", workload="kafka")})
+    manifests = r.render(OWNER, [nodes, client], NS)
+    env = env_of(one(manifests, "StatefulSet"))
+    hosts = [f"clicks-kafka-{i}.clicks-kafka.ml.svc" for i in range(3)]
+    assert env["PEERS"] == ",".join(f"{h}:9092" for h in hosts)
+    assert env["VOTERS"] == ",".join(f"{h}:9093" for h in hosts)
+    assert env_of(one(manifests, "Deployment"))["NODES"] == env["PEERS"]
+
+
+def test_peers_of_a_deployment_are_an_error_since_its_pods_have_no_stable_names() -> None:
+    web = workload(name="web", ports=(Port("http", 80),))
+    with pytest.raises(ValueError, match="must be a Stateful or Batch workload"):
+        r.render(OWNER, [web, workload(name="x", env={"P": PeersRef("http", workload="web")})], NS)
+
+
+def test_secret_files_mount_one_key_in_a_directory_of_its_own() -> None:
+    token = SecretFile(name="token", secret="api-token", key="bearer")
+    dep = one(r.render(OWNER, [workload(secrets=(token,))], NS), "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "secret-token")
+    assert volume["secret"] == {"secretName": "api-token", "items": [{"key": "bearer", "path": "value"}]}
+    mount = next(m for m in container(dep)["volumeMounts"] if m["name"] == "secret-token")
+    # A directory mount (no subPath): a changed Secret reaches the running pod.
+    assert mount == {"name": "secret-token", "mountPath": "/etc/gyre/secrets/token", "readOnly": True}
+    assert token.path == "/etc/gyre/secrets/token/value"
+
+
+def test_a_kubernetes_container_replaces_image_and_command_and_adds_env() -> None:
+    w = workload(
+        kind=WorkloadKind.STATEFUL,
+        ports=(Port("kafka", 9092),),
+        env={"SHARED": "a", "SELF": EndpointRef("kafka")},
+        on_kubernetes=KubernetesContainer(
+            image="apache/kafka:4.4.0",
+            command=("/bin/sh", "-c", "exec run"),
+            env={"EXTRA": "b", "SHARED": "override"},
+            writable_paths=("/opt/kafka/logs",),
+        ),
+    )
+    sts = one(r.render(OWNER, [w], NS), "StatefulSet")
+    c = container(sts)
+    assert (c["image"], c["command"]) == ("apache/kafka:4.4.0", ["/bin/sh", "-c", "exec run"])
+    env = env_of(sts)
+    assert (env["SHARED"], env["EXTRA"], env["SELF"]) == ("override", "b", "clicks-broker.ml.svc:9092")
+    assert [e["name"] for e in c["env"]].count("SHARED") == 1
+    assert {"name": "writable-0", "mountPath": "/opt/kafka/logs"} in c["volumeMounts"]
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_a_shared_owner_references_each_of_its_users_none_as_controller() -> None:
+    users = (
+        Owner(kind="Stream", namespace=NS, name="b", uid="uid-b"),
+        Owner(kind="Stream", namespace=NS, name="a", uid="uid-a"),
+    )
+    shared = Owner(kind="KafkaCluster", namespace=NS, name="shared", uid="", users=users)
+    for m in r.render(shared, [workload(kind=WorkloadKind.STATEFUL, config_files={"f": "x"})], NS):
+        refs = m["metadata"]["ownerReferences"]
+        assert [(ref["name"], ref["uid"], ref["controller"]) for ref in refs] == [
+            ("a", "uid-a", False),
+            ("b", "uid-b", False),
+        ]
+        assert m["metadata"]["labels"][r.LABEL_OWNER_KIND] == "KafkaCluster"

@@ -38,13 +38,23 @@ class ManagedKafka(ApiModel):
                 "kafka.managed.replicas must be 1 (combined broker+controller) or at least 3",
                 ".replicas",
             ),
+            cel(
+                "!has(self.controllers) || self.controllers == 0 || self.replicas >= 3",
+                "kafka.managed.controllers (dedicated controller nodes) needs replicas >= 3; "
+                "with fewer brokers, set controllers to 0 (combined broker+controller nodes)",
+                ".controllers",
+            ),
         )
     )
 
     cluster: DnsName | None = None
-    """Cluster name; Streams naming the same cluster share it. Defaults to the Stream's name."""
+    """Cluster name; Streams of a namespace naming the same cluster share it (the oldest such
+    Stream's settings define it). Defaults to the Stream's name."""
     replicas: Annotated[int, Field(ge=1, le=9)] = 1
-    """Kafka nodes: 1 runs a combined broker+controller; 3 or more run a controller quorum."""
+    """Broker nodes: 1 runs a combined broker+controller; 3 or more run a controller quorum."""
+    controllers: Literal[0, 1, 3, 5] = 0
+    """Dedicated controller-only nodes (separate roles, replicas >= 3); 0: the first (up to 3)
+    brokers are controllers as well."""
     version: Annotated[str, Field(pattern=r"^4\.[0-9]+\.[0-9]+$", max_length=16)] = "4.4.0"
     """Kafka version (4.x, KRaft)."""
     storage: Quantity = "10Gi"
@@ -236,8 +246,20 @@ class SinkStatus(ApiModel):
     files_committed: Annotated[int, Field(ge=0)] | None = None
 
 
+class KafkaClusterStatus(ApiModel):
+    model_config = ConfigDict(frozen=False)
+
+    name: str
+    streams: Annotated[list[str], Field(max_length=256)] = []
+    """Streams of the namespace that use this managed cluster."""
+    ready_nodes: Annotated[int, Field(ge=0)] | None = None
+    nodes: Annotated[int, Field(ge=0)] | None = None
+
+
 class StreamStatus(BaseStatus):
     bootstrap_servers: str | None = None
+    kafka_cluster: KafkaClusterStatus | None = None
+    """The managed cluster in use (absent for external Kafka)."""
     topic: TopicStatus | None = None
     collector_url: str | None = None
     accepted_per_second: float | None = None

@@ -36,6 +36,7 @@ class ObjectMeta:
     generation: int
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
+    created: str = ""  # metadata.creationTimestamp (RFC 3339, so it sorts as text)
 
     @property
     def owner(self) -> Owner:
@@ -82,6 +83,17 @@ class Lookup(Protocol):
     def __call__(self, kind: str, namespace: str, name: str) -> Mapping[str, Any] | None: ...
 
 
+class Listing(Protocol):
+    """Every live object of a kind in a namespace: bodies with ``metadata`` (``name``, ``uid``,
+    ``creationTimestamp``), ``spec`` and ``status`` (for workloads several objects share)."""
+
+    def __call__(self, kind: str, namespace: str) -> list[Mapping[str, Any]]: ...
+
+
+def no_listing(kind: str, namespace: str) -> list[Mapping[str, Any]]:
+    return []
+
+
 @dataclass(frozen=True)
 class StatusInput:
     """Everything `compute_status` may look at."""
@@ -125,14 +137,37 @@ class Controller(abc.ABC, Generic[S]):
         """Cross-resource rules the API server cannot check; each problem is one sentence."""
         return []
 
+    async def prepare(
+        self,
+        meta: ObjectMeta,
+        spec: S,
+        status: Mapping[str, Any],
+        runtime: Runtime,
+        listing: Listing,
+    ) -> Mapping[str, Any]:
+        """Before `build`: converge what this object shares with others (a Kafka cluster
+        several Streams use). Returns facts that `build` and `compute_status` see."""
+        return {}
+
     def build(
-        self, meta: ObjectMeta, spec: S, deps: Mapping[str, Resolved], status: Mapping[str, Any]
+        self,
+        meta: ObjectMeta,
+        spec: S,
+        deps: Mapping[str, Resolved],
+        status: Mapping[str, Any],
+        prepared: Mapping[str, Any],
     ) -> list[Workload]:
-        """The workloads wanted now (``status``: the stored status, for lifecycle decisions)."""
+        """The workloads wanted now (``status``: the stored status, for lifecycle decisions;
+        ``prepared``: what `prepare` returned)."""
         return []
 
     async def converge(
-        self, meta: ObjectMeta, spec: S, deps: Mapping[str, Resolved], runtime: Runtime
+        self,
+        meta: ObjectMeta,
+        spec: S,
+        deps: Mapping[str, Resolved],
+        runtime: Runtime,
+        prepared: Mapping[str, Any],
     ) -> Mapping[str, Any]:
         """I/O beyond workloads (e.g. Kafka topics). Returns facts for `compute_status`."""
         return {}
@@ -140,8 +175,11 @@ class Controller(abc.ABC, Generic[S]):
     @abc.abstractmethod
     def compute_status(self, spec: S, inp: StatusInput) -> StatusOutput: ...
 
-    async def finalize(self, meta: ObjectMeta, runtime: Runtime) -> None:
-        """Release what lives outside the cluster when the object is deleted."""
+    async def finalize(
+        self, meta: ObjectMeta, raw_spec: Mapping[str, Any], runtime: Runtime, listing: Listing
+    ) -> None:
+        """Release what lives outside the cluster when the object is deleted (``listing`` no
+        longer shows it)."""
         await runtime.delete(meta.owner)
 
 
@@ -160,6 +198,7 @@ async def reconcile(
     lookup: Lookup,
     runtime: Runtime,
     retry: int = 0,
+    listing: Listing = no_listing,
 ) -> Outcome:
     """One pass; returns the status to write and whether to come back."""
     old_conditions = old_status.get("conditions")
@@ -231,10 +270,12 @@ async def reconcile(
         ", ".join(f"{d.ref.kind} {d.ref.name} Ready" for d in resolved.values()) or "none",
     )
 
-    workloads = controller.build(meta, spec, resolved, old_status)
+    workloads: list[Workload] = []
     try:
+        prepared = await controller.prepare(meta, spec, old_status, runtime, listing)
+        workloads = controller.build(meta, spec, resolved, old_status, prepared)
         await runtime.apply(meta.owner, workloads)
-        facts = await controller.converge(meta, spec, resolved, runtime)
+        facts = {**prepared, **await controller.converge(meta, spec, resolved, runtime, prepared)}
         observed = await runtime.observe(meta.owner)
     except Exception as exc:  # the runtime or an external system failed: retried
         log.warning("Reconcile of %s %s/%s failed: %s", meta.kind, meta.namespace, meta.name, exc)

@@ -1,11 +1,19 @@
 """Stream reconcile: Kafka (managed or external), the topic and its dead-letter topic, the
 collector and the sinks, and the figures a user wants at a glance.
 
-The broker starts first; the topics are converged with Kafka's admin API once it answers;
-the collector and sinks start once the topic exists. A topic change Kafka cannot make (fewer
-partitions, another replication factor) is a `Degraded` condition, never a retry loop.
-Deleting a Stream stops its workloads; its topics, its lake and the managed broker's data
-directory are kept (data outlives the resource that wrote it).
+A managed cluster belongs to every Stream of the namespace that names it (``kafka.managed.
+cluster``, by default the Stream's own name): its nodes run under a shared owner
+(``KafkaCluster/<name>``) whose users are those Streams, the oldest of which defines its
+settings. Each pass converges the cluster first (`prepare`), then the Stream's own collector
+and sinks, then the topics with Kafka's admin API once the brokers answer. A topic change Kafka
+cannot make (fewer partitions, another replication factor) is a `Degraded` condition, never a
+retry loop.
+
+Deleting a Stream stops its collector and sinks; the cluster stops when its last user goes
+(on Kubernetes the garbage collector does it through the users' owner references, even with
+the operator down). Topics and the lake are kept (data outlives the resource that wrote it);
+so is a local cluster's data directory, while Kubernetes deletes the cluster's volume claims
+with its StatefulSet.
 """
 
 from __future__ import annotations
@@ -15,22 +23,33 @@ import json
 import time
 import urllib.request
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import ValidationError
 
-from gyre.api.stream import StreamSpec
+from gyre.api.stream import ManagedKafka, StreamSpec
 from gyre.builders.stream import (
     BROKER,
     COLLECTOR,
     build_dead_letter_spec,
+    build_kafka_cluster,
     build_stream,
     build_topic_spec,
+    cluster_name,
     sink_workload_name,
 )
-from gyre.controllers.base import Controller, ObjectMeta, Resolved, StatusInput, StatusOutput
+from gyre.controllers.base import (
+    Controller,
+    Listing,
+    ObjectMeta,
+    Resolved,
+    StatusInput,
+    StatusOutput,
+)
 from gyre.core import conditions as cnd
-from gyre.core.workload import Workload, WorkloadPhase
+from gyre.core.workload import Owner, Workload, WorkloadPhase, WorkloadStatus
 from gyre.runtimes.base import Runtime
 
 POLL_S = 2.0
@@ -59,31 +78,153 @@ def _collector_counts(text: str | None) -> dict[str, float]:
     return out
 
 
+KAFKA_CLUSTER = "KafkaCluster"
+"""The kind of the shared owner a managed cluster's nodes run under (not a resource)."""
+
+
+def cluster_owner(namespace: str, cluster: str, users: tuple[Owner, ...] = ()) -> Owner:
+    return Owner(kind=KAFKA_CLUSTER, namespace=namespace, name=cluster, uid="", users=users)
+
+
+@dataclass(frozen=True)
+class ClusterUser:
+    name: str
+    uid: str
+    created: str
+    managed: ManagedKafka
+
+
+def cluster_users(
+    cluster: str, namespace: str, listing: Listing, this: tuple[ObjectMeta, StreamSpec] | None = None
+) -> list[ClusterUser]:
+    """The Streams of ``namespace`` using managed cluster ``cluster``, oldest first.
+
+    ``this`` is the Stream being reconciled, with its current spec: the index may not hold it
+    yet, or hold an older spec.
+    """
+    users: dict[str, ClusterUser] = {}
+    for body in listing("Stream", namespace):
+        md = body.get("metadata") or {}
+        try:
+            spec = StreamSpec.model_validate(body.get("spec") or {})
+        except ValidationError:
+            continue  # an invalid Stream uses nothing
+        if spec.kafka.managed is None or cluster_name(spec, str(md.get("name"))) != cluster:
+            continue
+        uid = str(md.get("uid") or "")
+        users[uid] = ClusterUser(
+            str(md.get("name")), uid, str(md.get("creationTimestamp") or ""), spec.kafka.managed
+        )
+    if this is not None:
+        meta, spec = this
+        users.pop(meta.uid, None)
+        if spec.kafka.managed is not None and cluster_name(spec, meta.name) == cluster:
+            users[meta.uid] = ClusterUser(meta.name, meta.uid, meta.created, spec.kafka.managed)
+    return sorted(users.values(), key=lambda u: (u.created or "~", u.name))
+
+
+def _settings(managed: ManagedKafka) -> dict[str, Any]:
+    return managed.model_dump(by_alias=True, exclude={"cluster"})
+
+
 class StreamController(Controller[StreamSpec]):
     kind = "Stream"
     spec_model = StreamSpec
 
-    def build(
-        self, meta: ObjectMeta, spec: StreamSpec, deps: Mapping[str, Resolved], status: Mapping[str, Any]
-    ) -> list[Workload]:
-        return build_stream(spec, meta.namespace, meta.name)
+    async def _converge_cluster(
+        self, namespace: str, cluster: str, users: list[ClusterUser], runtime: Runtime
+    ) -> Owner:
+        owner = cluster_owner(
+            namespace, cluster, tuple(Owner("Stream", namespace, u.name, u.uid) for u in users)
+        )
+        await runtime.apply(owner, build_kafka_cluster(users[0].managed, namespace, cluster))
+        return owner
 
-    def _bootstrap(self, meta: ObjectMeta, spec: StreamSpec, runtime: Runtime) -> str | None:
+    async def _release_cluster(
+        self, namespace: str, cluster: str, uid: str, runtime: Runtime, listing: Listing
+    ) -> None:
+        """The Stream ``uid`` no longer uses ``cluster``: stop it if nobody else does."""
+        rest = [u for u in cluster_users(cluster, namespace, listing) if u.uid != uid]
+        if rest:
+            await self._converge_cluster(namespace, cluster, rest, runtime)
+        else:
+            await runtime.delete(cluster_owner(namespace, cluster))
+
+    async def prepare(
+        self,
+        meta: ObjectMeta,
+        spec: StreamSpec,
+        status: Mapping[str, Any],
+        runtime: Runtime,
+        listing: Listing,
+    ) -> Mapping[str, Any]:
+        cluster = cluster_name(spec, meta.name)
+        previous = (status.get("kafkaCluster") or {}).get("name")
+        if previous and previous != cluster:
+            await self._release_cluster(meta.namespace, previous, meta.uid, runtime, listing)
         if spec.kafka.external:
-            return ",".join(spec.kafka.external.bootstrap_servers)
-        return runtime.endpoint(meta.owner, BROKER, "kafka")
+            return {"bootstrap": ",".join(spec.kafka.external.bootstrap_servers)}
+        if cluster is None or spec.kafka.managed is None:
+            raise ValueError("spec.kafka must name a managed or an external cluster")
+        users = cluster_users(cluster, meta.namespace, listing, (meta, spec))
+        owner = await self._converge_cluster(meta.namespace, cluster, users, runtime)
+        observed = await runtime.observe(owner)
+        facts: dict[str, Any] = {
+            "bootstrap": runtime.endpoint(owner, BROKER, "kafka"),
+            "cluster": {
+                "name": cluster,
+                "streams": [u.name for u in users],
+                "nodes": sum(w.replicas for w in observed.values()),
+                "readyNodes": sum(w.ready_replicas for w in observed.values()),
+            },
+            "cluster_workloads": observed,
+        }
+        defining = users[0]
+        if defining.uid != meta.uid and _settings(defining.managed) != _settings(spec.kafka.managed):
+            facts["cluster_conflict"] = (
+                f"Kafka cluster {cluster!r} is defined by Stream {defining.name!r}, the oldest that "
+                "uses it; this Stream's kafka.managed settings differ and are not applied"
+            )
+        return facts
+
+    async def finalize(
+        self, meta: ObjectMeta, raw_spec: Mapping[str, Any], runtime: Runtime, listing: Listing
+    ) -> None:
+        await runtime.delete(meta.owner)
+        try:
+            spec = StreamSpec.model_validate(dict(raw_spec))
+        except ValidationError:
+            return
+        cluster = cluster_name(spec, meta.name)
+        if cluster is not None:
+            await self._release_cluster(meta.namespace, cluster, meta.uid, runtime, listing)
+
+    def build(
+        self,
+        meta: ObjectMeta,
+        spec: StreamSpec,
+        deps: Mapping[str, Resolved],
+        status: Mapping[str, Any],
+        prepared: Mapping[str, Any],
+    ) -> list[Workload]:
+        return build_stream(spec, meta.namespace, meta.name, prepared.get("bootstrap"))
 
     async def converge(
-        self, meta: ObjectMeta, spec: StreamSpec, deps: Mapping[str, Resolved], runtime: Runtime
+        self,
+        meta: ObjectMeta,
+        spec: StreamSpec,
+        deps: Mapping[str, Resolved],
+        runtime: Runtime,
+        prepared: Mapping[str, Any],
     ) -> Mapping[str, Any]:
         from gyre.pipelines.kafka.topics import TopicAdminError, ensure_topic
 
-        facts: dict[str, Any] = {"bootstrap": self._bootstrap(meta, spec, runtime), "sampled_at": time.time()}
+        facts: dict[str, Any] = {"sampled_at": time.time()}
         if spec.kafka.managed:
-            broker = (await runtime.observe(meta.owner)).get(BROKER)
-            if broker is None or broker.phase != WorkloadPhase.READY:
+            nodes: Mapping[str, WorkloadStatus] = prepared.get("cluster_workloads") or {}
+            if not nodes or any(w.phase != WorkloadPhase.READY for w in nodes.values()):
                 return facts
-        bootstrap = facts["bootstrap"]
+        bootstrap = prepared.get("bootstrap")
         if not bootstrap:
             return facts
         try:
@@ -121,12 +262,22 @@ class StreamController(Controller[StreamSpec]):
 
     def compute_status(self, spec: StreamSpec, inp: StatusInput) -> StatusOutput:
         facts, old, observed = inp.facts, inp.old_status, inp.observed
-        fields: dict[str, Any] = {"bootstrapServers": facts.get("bootstrap")}
+        fields: dict[str, Any] = {
+            "bootstrapServers": facts.get("bootstrap"),
+            "kafkaCluster": facts.get("cluster"),
+        }
         if "topic" in facts:
             fields["topic"] = facts["topic"]
         topic_ready = bool((facts.get("topic") or {}).get("partitions"))
         waiting: list[str] = []
         failed: list[str] = []
+        cluster = facts.get("cluster") or {}
+        for name, st in (facts.get("cluster_workloads") or {}).items():
+            label = f"Kafka cluster {cluster.get('name')} {name}"
+            if st.phase != WorkloadPhase.READY:
+                waiting.append(f"{label} ({st.ready_replicas}/{st.replicas} ready)")
+            if st.phase == WorkloadPhase.FAILED:
+                failed.append(f"{label}: {st.message}")
         for w in inp.workloads:
             st = observed.get(w.name)
             if st is None or st.phase != WorkloadPhase.READY:
@@ -178,11 +329,17 @@ class StreamController(Controller[StreamSpec]):
             fields["maxSinkLag"] = max(lags) if lags else None
 
         problems = list(facts.get("topic_problems") or [])
-        conds: list[cnd.Cond] = []
+        degraded: list[tuple[str, str]] = []
+        if facts.get("cluster_conflict"):
+            degraded.append(("ClusterSettingsIgnored", facts["cluster_conflict"]))
         if problems:
-            conds.append(cnd.Cond(cnd.DEGRADED, True, "TopicMismatch", "; ".join(problems)))
+            degraded.append(("TopicMismatch", "; ".join(problems)))
         if failed:
-            conds.append(cnd.Cond(cnd.DEGRADED, True, cnd.WORKLOAD_FAILED, "; ".join(failed)))
+            degraded.append((cnd.WORKLOAD_FAILED, "; ".join(failed)))
+        conds: list[cnd.Cond] = []
+        if degraded:
+            message = "; ".join(m for _, m in degraded)
+            conds.append(cnd.Cond(cnd.DEGRADED, True, degraded[0][0], message))
         if waiting:
             message = "waiting for " + ", ".join(waiting)
             conds += [

@@ -135,6 +135,7 @@ class TrainingJobController(Controller[TrainingJobSpec]):
         spec: TrainingJobSpec,
         deps: Mapping[str, Resolved],
         status: Mapping[str, Any],
+        prepared: Mapping[str, Any],
     ) -> list[Any]:
         same_run = status.get("observedGeneration") == meta.generation
         phase = status.get("phase") if same_run else None
@@ -154,7 +155,12 @@ class TrainingJobController(Controller[TrainingJobSpec]):
         return workloads
 
     async def converge(
-        self, meta: ObjectMeta, spec: TrainingJobSpec, deps: Mapping[str, Resolved], runtime: Runtime
+        self,
+        meta: ObjectMeta,
+        spec: TrainingJobSpec,
+        deps: Mapping[str, Resolved],
+        runtime: Runtime,
+        prepared: Mapping[str, Any],
     ) -> Mapping[str, Any]:
         ckpt = _local_path(checkpoint_uri(spec, meta.name, meta.generation))
         art = _local_path(artifact_uri(spec, meta.name, meta.generation))

@@ -11,8 +11,14 @@ Conventions shared by both runtimes:
 * ``command`` arguments may contain ``$(VAR)`` and are expanded from ``env`` (Kubernetes does
   this natively; the local runtime does the same).
 * An env value is a plain string or a reference the runtime resolves: `EndpointRef` (the
-  ``host:port`` of another workload's port, or this one's), `VolumePathRef` (where a volume is
-  mounted), `ConfigDirRef` (the directory holding ``config_files``).
+  ``host:port`` of another workload's port, or this one's), `PeersRef` (the ``host:port`` of
+  every replica of a workload, in index order: how quorum members find each other),
+  `VolumePathRef` (where a volume is mounted), `ConfigDirRef` (the directory holding
+  ``config_files``).
+* ``secrets`` are Kubernetes Secret keys mounted as files under `SECRETS_DIR`; only the
+  ``kubernetes`` runtime has Secrets (the ``local`` runtime fails such a workload, saying so).
+* ``on_kubernetes`` lets a workload run a vendor image on Kubernetes (``apache/kafka`` for a
+  broker) while the ``local`` runtime runs ``command``; both get the same env references.
 * Every replica gets ``GYRE_REPLICA_INDEX`` (0-based) and ``GYRE_REPLICAS`` in its environment.
 """
 
@@ -86,6 +92,15 @@ class EndpointRef:
 
 
 @dataclass(frozen=True)
+class PeersRef:
+    """``host:port`` of ``port`` on every replica of a workload (None: this one), comma-separated
+    in index order. Kubernetes: the pods' stable names behind the headless Service."""
+
+    port: str
+    workload: str | None = None
+
+
+@dataclass(frozen=True)
 class VolumePathRef:
     volume: str
 
@@ -97,7 +112,41 @@ class ConfigDirRef:
     file: str | None = None
 
 
-EnvValue = str | EndpointRef | VolumePathRef | ConfigDirRef
+EnvValue = str | EndpointRef | PeersRef | VolumePathRef | ConfigDirRef
+
+SECRETS_DIR = "/etc/gyre/secrets"
+"""Where `SecretFile`s are mounted: ``<SECRETS_DIR>/<name>/value``."""
+
+
+@dataclass(frozen=True)
+class SecretFile:
+    """A key of a Kubernetes Secret (in the owner's namespace) as the file `path` names.
+
+    The file sits in a directory of its own (no ``subPath``), so a changed Secret reaches a
+    running pod.
+    """
+
+    name: str  # the directory under SECRETS_DIR; a DNS-1123 label
+    secret: str
+    key: str
+
+    @property
+    def path(self) -> str:
+        return f"{SECRETS_DIR}/{self.name}/value"
+
+
+@dataclass(frozen=True)
+class KubernetesContainer:
+    """How the workload's pods run on Kubernetes when not from the Gyre runtime image.
+
+    ``command`` and ``env`` (added to the workload's own env) may use ``$(VAR)``. The container
+    keeps a read-only root filesystem, so ``writable_paths`` become emptyDir mounts.
+    """
+
+    image: str
+    command: tuple[str, ...]
+    env: Mapping[str, EnvValue] = field(default_factory=dict)
+    writable_paths: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -117,6 +166,8 @@ class Workload:
     config_files: Mapping[str, str] = field(default_factory=dict)
     backoff_limit: int = 6  # batch: restarts of a failing replica before the workload fails
     labels: Mapping[str, str] = field(default_factory=dict)
+    secrets: tuple[SecretFile, ...] = ()
+    on_kubernetes: KubernetesContainer | None = None
 
     def port(self, name: str) -> Port:
         for p in self.ports:
@@ -134,6 +185,9 @@ class Owner:
     name: str
     uid: str
     api_version: str = "gyre.dev/v1alpha1"
+    users: tuple[Owner, ...] = ()
+    """A shared owner (``uid`` empty) is not an object: its workloads serve several objects,
+    the ``users``, and live while any of them does (Kubernetes: an owner reference per user)."""
 
     @property
     def key(self) -> str:

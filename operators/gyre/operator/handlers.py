@@ -60,6 +60,7 @@ def _meta(kind: str, body: Mapping[str, Any]) -> ObjectMeta:
         generation=int(md.get("generation", 0)),
         labels=dict(md.get("labels") or {}),
         annotations=dict(md.get("annotations") or {}),
+        created=str(md.get("creationTimestamp") or ""),
     )
 
 
@@ -105,6 +106,21 @@ class Handlers:
             return value  # type: ignore[no-any-return]
         return None
 
+    def listing(self, kind: str, namespace: str) -> list[Mapping[str, Any]]:
+        """Every object of ``kind`` in ``namespace`` the index holds, less those being deleted."""
+        index = self.indexes.get(_index_name(kind)) if kind in PLURALS else None
+        if index is None:
+            return []
+        out: list[Mapping[str, Any]] = []
+        for (ns, _name), store in list(index.items()):
+            if ns != namespace:
+                continue
+            for value in store:
+                if (value.get("metadata") or {}).get("uid") not in self.deleted:
+                    out.append(value)
+                break
+        return out
+
     async def run(
         self, kind: str, trigger: str, body: Mapping[str, Any], retry: int
     ) -> tuple[Outcome, dict[str, Any]]:
@@ -118,7 +134,14 @@ class Handlers:
                 return Outcome(status=old_status), {}
             try:
                 outcome = await reconcile(
-                    controller, meta, body.get("spec") or {}, old_status, self.lookup, self.runtime, retry
+                    controller,
+                    meta,
+                    body.get("spec") or {},
+                    old_status,
+                    self.lookup,
+                    self.runtime,
+                    retry,
+                    self.listing,
                 )
             except Exception:
                 metrics.ERRORS.labels(kind).inc()
@@ -207,11 +230,12 @@ def _register_kind(registry: kopf.OperatorRegistry, handlers: Handlers, kind: st
             # quietly, without the error log a TemporaryError would produce.
             raise HandlerChildrenRetry(delay=outcome.retry_after)
 
-    async def on_deleted(body: kopf.Body, **_: Any) -> None:
+    async def on_deleted(body: kopf.Body, **kwargs: Any) -> None:
+        handlers.indexes = kwargs
         meta = _meta(kind, body)
         handlers.deleted.add(meta.uid)
         async with handlers._locks[meta.owner.key]:
-            await CONTROLLERS[kind].finalize(meta, handlers.runtime)
+            await CONTROLLERS[kind].finalize(meta, body.get("spec") or {}, handlers.runtime, handlers.listing)
         handlers._locks.pop(meta.owner.key, None)
         log.info("Released the workloads of %s %s/%s", kind, meta.namespace, meta.name)
 
@@ -226,7 +250,15 @@ def _register_kind(registry: kopf.OperatorRegistry, handlers: Handlers, kind: st
             # once this index holds the new state, rather than at their next backoff.
             handlers._background(handlers._nudge_waiting(key[1], key))
         return {
-            (md.get("namespace"), md.get("name")): {"spec": body.get("spec"), "status": body.get("status")}
+            (md.get("namespace"), md.get("name")): {
+                "metadata": {
+                    "name": md.get("name"),
+                    "uid": md.get("uid"),
+                    "creationTimestamp": md.get("creationTimestamp"),
+                },
+                "spec": body.get("spec"),
+                "status": body.get("status"),
+            }
         }
 
     res = (GROUP, VERSION, plural)

@@ -28,6 +28,7 @@ from gyre.core.workload import (
     EndpointRef,
     EnvValue,
     Owner,
+    PeersRef,
     Readiness,
     RestartPolicy,
     VolumePathRef,
@@ -114,15 +115,23 @@ def workload_labels(owner: Owner, workload: Workload) -> dict[str, str]:
     return {**workload.labels, **selector_labels(owner, workload), LABEL_ROLE: workload.role}
 
 
-def owner_reference(owner: Owner) -> dict[str, Any]:
+def owner_reference(owner: Owner, controller: bool = True) -> dict[str, Any]:
     return {
         "apiVersion": owner.api_version,
         "kind": owner.kind,
         "name": owner.name,
         "uid": owner.uid,
-        "controller": True,
+        "controller": controller,
         "blockOwnerDeletion": True,
     }
+
+
+def owner_references(owner: Owner) -> list[dict[str, Any]]:
+    """The owner itself, or each user of a shared owner: the garbage collector removes the
+    children once the last of them is gone, and drops the references of those deleted before."""
+    if owner.users:
+        return [owner_reference(u, controller=False) for u in sorted(owner.users, key=lambda u: u.uid)]
+    return [owner_reference(owner)]
 
 
 def service_host(owner: Owner, workload: str, namespace: str) -> str:
@@ -133,6 +142,13 @@ def service_host(owner: Owner, workload: str, namespace: str) -> str:
 def endpoint(owner: Owner, workload: Workload, port: str, namespace: str) -> str:
     """``host:port`` of a workload's port through its Service."""
     return f"{service_host(owner, workload.name, namespace)}:{workload.port(port).port}"
+
+
+def peer_addresses(owner: Owner, workload: Workload, port: str, namespace: str) -> str:
+    """``host:port`` of every replica through the headless Service, in index order."""
+    name = child_name(owner, workload.name)
+    number = workload.port(port).port
+    return ",".join(f"{name}-{i}.{name}.{namespace}.svc:{number}" for i in range(workload.replicas))
 
 
 def render(owner: Owner, workloads: Sequence[Workload], namespace: str) -> list[Manifest]:
@@ -158,7 +174,7 @@ def _metadata(owner: Owner, workload: Workload, name: str, namespace: str) -> di
         "name": name,
         "namespace": namespace,
         "labels": workload_labels(owner, workload),
-        "ownerReferences": [owner_reference(owner)],
+        "ownerReferences": owner_references(owner),
     }
 
 
@@ -298,6 +314,20 @@ def build_pod_template(
         if workload.kind is not WorkloadKind.STATEFUL:  # STATEFUL: from volumeClaimTemplates
             volumes.append({"name": v.name, "emptyDir": {"sizeLimit": v.size}})
         mounts.append({"name": v.name, "mountPath": v.mount_path})
+    for secret in workload.secrets:
+        volume = f"secret-{secret.name}"
+        volumes.append(
+            {
+                "name": volume,
+                "secret": {"secretName": secret.secret, "items": [{"key": secret.key, "path": "value"}]},
+            }
+        )
+        mounts.append({"name": volume, "mountPath": secret.path.rsplit("/", 1)[0], "readOnly": True})
+    variant = workload.on_kubernetes
+    if variant is not None:
+        for i, path in enumerate(variant.writable_paths):
+            volumes.append({"name": f"writable-{i}", "emptyDir": {}})
+            mounts.append({"name": f"writable-{i}", "mountPath": path})
     annotations: dict[str, str] = {}
     if workload.config_files:
         volumes.append({"name": "gyre-config", "configMap": {"name": config_map_name(owner, workload.name)}})
@@ -307,8 +337,8 @@ def build_pod_template(
 
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
-        "image": workload.image,
-        "command": list(workload.command),
+        "image": variant.image if variant else workload.image,
+        "command": list(variant.command if variant else workload.command),
         "env": build_env(owner, workload, namespace, peers),
         "ports": [{"name": p.name, "containerPort": p.port, "protocol": p.protocol} for p in workload.ports],
         "resources": build_resources(workload),
@@ -417,6 +447,14 @@ def resolve_env_value(
                     f"{owner.key}: workload {workload.name} refers to unknown workload {target!r}"
                 )
             return endpoint(owner, other, port, namespace)
+        case PeersRef(port=port, workload=target):
+            other = workload if target is None else peers.get(target)
+            if other is None or other.kind is WorkloadKind.SERVICE:
+                raise ValueError(
+                    f"{owner.key}: workload {workload.name} needs the replicas of {target!r}, "
+                    "which must be a Stateful or Batch workload of the same owner"
+                )
+            return peer_addresses(owner, other, port, namespace)
         case VolumePathRef(volume=volume):
             for v in workload.volumes:
                 if v.name == volume:
@@ -443,6 +481,9 @@ def build_env(
         # value replaces the default.
         if entry["name"] not in workload.env
     ]
-    for key, value in workload.env.items():
+    own = dict(workload.env)
+    if workload.on_kubernetes is not None:
+        own.update(workload.on_kubernetes.env)
+    for key, value in own.items():
         env.append({"name": key, "value": resolve_env_value(owner, workload, value, namespace, peers)})
     return env

@@ -53,6 +53,7 @@ from gyre.core.workload import (
     EndpointRef,
     EnvValue,
     Owner,
+    PeersRef,
     RestartPolicy,
     VolumePathRef,
     Workload,
@@ -312,7 +313,7 @@ class LocalRuntime:
         """Changes when the workload or an address it was started with changes."""
         peers: dict[str, str] = {}
         for var, value in w.env.items():
-            if isinstance(value, EndpointRef) and value.workload not in (None, w.name):
+            if isinstance(value, EndpointRef | PeersRef) and value.workload not in (None, w.name):
                 try:
                     peers[var] = self._resolve_env_value(st, w, 0, value)
                 except _SpecError as exc:
@@ -336,6 +337,12 @@ class LocalRuntime:
                 if not numbers:
                     raise _SpecError(f"workload {target} has no port {port!r}")
                 return f"{LOOPBACK}:{numbers[0]}"
+            case PeersRef(port=port, workload=target):
+                name = w.name if target is None else target
+                numbers = st.ports.get(name, {}).get(port)
+                if not numbers:
+                    raise _SpecError(f"workload {name} has no port {port!r} in {st.owner.key}")
+                return ",".join(f"{LOOPBACK}:{n}" for n in numbers)
             case VolumePathRef(volume=volume):
                 if volume not in {vol.name for vol in w.volumes}:
                     raise _SpecError(f"workload {w.name} has no volume {volume!r}")
@@ -373,6 +380,12 @@ class LocalRuntime:
         w = run.workload
         if not w.command:
             raise _SpecError("the workload has no command")
+        if w.secrets:
+            names = ", ".join(f"{s.secret}/{s.key}" for s in w.secrets)
+            raise _SpecError(
+                f"it mounts Secret keys ({names}); Secrets exist only on the kubernetes runtime "
+                "(locally, give the value as a file instead)"
+            )
         if w.readiness is not None and w.readiness.port not in {p.name for p in w.ports}:
             raise _SpecError(f"readiness probes port {w.readiness.port!r}, which is not declared")
         for name in w.config_files:
