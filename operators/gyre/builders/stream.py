@@ -107,9 +107,9 @@ conf="$GYRE_KAFKA_DATA_DIR/config"
 mkdir -p "$conf"
 sed -e "s|@NODE_ID@|$id|g" -e "s|@HOST@|$host|g" -e "s|@VOTERS@|$voters|g" \
   "$GYRE_KAFKA_PROPERTIES" > "$conf/server.properties"
-/opt/kafka/bin/kafka-storage.sh format --cluster-id "$GYRE_KAFKA_CLUSTER_ID" \
+"${KAFKA_HOME:-/opt/kafka}/bin/kafka-storage.sh" format --cluster-id "$GYRE_KAFKA_CLUSTER_ID" \
   --config "$conf/server.properties" --ignore-formatted
-exec /opt/kafka/bin/kafka-server-start.sh "$conf/server.properties"
+exec "${KAFKA_HOME:-/opt/kafka}/bin/kafka-server-start.sh" "$conf/server.properties"
 """
 
 
