@@ -123,7 +123,7 @@ def test_a_stream_renders_a_kafka_statefulset_a_collector_and_a_sink_and_prunes_
     c = container(sts)
     assert c["image"] == "apache/kafka:4.4.0"
     assert c["command"][:2] == ["/bin/sh", "-c"]
-    assert "kafka-storage.sh format" in c["command"][2]
+    assert 'kafka-storage.sh" format --cluster-id' in c["command"][2]
     assert 'exec "${KAFKA_HOME:-/opt/kafka}/bin/kafka-server-start.sh"' in c["command"][2]
     assert c["readinessProbe"]["tcpSocket"] == {"port": "kafka"}
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"kafka": 9092, "controller": 9093}
