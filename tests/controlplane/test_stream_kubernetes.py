@@ -172,11 +172,14 @@ def test_a_stream_renders_a_kafka_statefulset_a_collector_and_a_sink_and_prunes_
 
     def status() -> None:
         st = op.get("stream", "clicks")["status"]
-        assert st["kafkaCluster"] == {"name": "clicks", "streams": ["clicks"], "nodes": 3, "readyNodes": 0}
+        cluster = st["kafkaCluster"]
+        assert (cluster["name"], cluster["streams"], cluster["nodes"]) == ("clicks", ["clicks"], 3)
         assert st["bootstrapServers"] == f"clicks-kafka.{ns}.svc:9092"
-        assert (
-            "Kafka cluster clicks kafka (0/3 ready)" in op.condition("stream", "clicks", "Ready")["message"]
-        )
+        # kwok runs no broker, so the Stream waits: for the nodes, or (once kwok calls the pods
+        # ready) for a topic on brokers it cannot reach.
+        ready = op.condition("stream", "clicks", "Ready")
+        assert ready["status"] == "False"
+        assert "Kafka cluster clicks kafka (" in ready["message"] or "topic (" in ready["message"]
 
     eventually(status, timeout=30)
 
