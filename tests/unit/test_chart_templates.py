@@ -374,7 +374,7 @@ class TestOperatorDeployment:
     def test_should_tell_the_operator_which_integrations_are_enabled(self, defaults: list[Manifest]) -> None:
         env = env_of(operator_container(defaults))
         assert env["GYRE_KAFKA_ENABLED"] == "true"
-        assert env["GYRE_KAFKA_IMAGE"] == "apache/kafka:4.1.0"
+        assert env["GYRE_KAFKA_IMAGE_REPOSITORY"] == "apache/kafka"
         assert env["GYRE_SPARK_ENABLED"] == "false"
         assert env["GYRE_KSERVE_ENABLED"] == "false"
         enabled = {"integrations": {"spark": {"enabled": True}, "kserve": {"enabled": True}}}

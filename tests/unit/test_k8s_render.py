@@ -412,3 +412,61 @@ def test_a_shared_owner_references_each_of_its_users_none_as_controller() -> Non
             ("b", "uid-b", False),
         ]
         assert m["metadata"]["labels"][r.LABEL_OWNER_KIND] == "KafkaCluster"
+
+
+def test_installation_settings_pick_images_pull_options_and_service_account() -> None:
+    settings = r.RenderSettings(
+        runtime_image="registry.local/gyre-runtime:dev",
+        pull_policy="Always",
+        pull_secrets=("regcred",),
+        service_account="workloads",
+        repositories={"apache/kafka": "mirror.local/kafka"},
+    )
+    gyre = workload()
+    kafka = workload(
+        name="kafka",
+        kind=WorkloadKind.STATEFUL,
+        on_kubernetes=KubernetesContainer(image="apache/kafka:4.4.0", command=("run",)),
+    )
+    pinned = workload(name="pinned", image="example.org/tool:1")
+    manifests = r.render(OWNER, [gyre, kafka, pinned], NS, settings)
+    images = {
+        m["metadata"]["name"]: container(m)["image"] for m in manifests if "template" in m.get("spec", {})
+    }
+    assert images == {
+        "clicks-broker": "registry.local/gyre-runtime:dev",
+        "clicks-kafka": "mirror.local/kafka:4.4.0",
+        "clicks-pinned": "example.org/tool:1",  # a workload's own image is left alone
+    }
+    for m in manifests:
+        if "template" in m.get("spec", {}):
+            pod = m["spec"]["template"]["spec"]
+            assert pod["serviceAccountName"] == "workloads"
+            assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+            assert container(m)["imagePullPolicy"] == "Always"
+    # Without settings: the images as written, the namespace's default account.
+    plain = one(r.render(OWNER, [gyre], NS), "Deployment")
+    assert container(plain)["image"] == gyre.image
+    assert "serviceAccountName" not in plain["spec"]["template"]["spec"]
+
+
+def test_the_operator_reads_the_charts_settings_from_its_environment() -> None:
+    from gyre.operator.main import render_settings
+
+    settings = render_settings(
+        {
+            "GYRE_RUNTIME_IMAGE": "r/runtime:t1",
+            "GYRE_RUNTIME_IMAGE_PULL_POLICY": "Always",
+            "GYRE_RUNTIME_IMAGE_PULL_SECRETS": "regcred,other",
+            "GYRE_RUNTIME_SERVICE_ACCOUNT": "",
+            "GYRE_KAFKA_IMAGE_REPOSITORY": "mirror/kafka",
+        }
+    )
+    assert settings == r.RenderSettings(
+        runtime_image="r/runtime:t1",
+        pull_policy="Always",
+        pull_secrets=("regcred", "other"),
+        service_account=None,
+        repositories={"apache/kafka": "mirror/kafka"},
+    )
+    assert render_settings({}) == r.RenderSettings()

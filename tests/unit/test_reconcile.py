@@ -118,3 +118,14 @@ def test_status_patch_carries_only_changes(
     old: dict[str, Any], new: dict[str, Any], patch: dict[str, Any]
 ) -> None:
     assert status_patch(old, new) == patch
+
+
+def test_a_managed_stream_is_invalid_where_the_installation_runs_no_kafka(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GYRE_KAFKA_ENABLED", "false")
+    out = run("Stream", EXAMPLES["Stream"]["spec"], {}, tmp_path)
+    c = cond(out.status, "Ready")
+    assert (c["status"], c["reason"]) == ("False", "InvalidSpec")
+    assert "integrations.kafka.enabled is false" in c["message"]
+    assert "spec.kafka.external" in c["message"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 import urllib.request
 from collections.abc import Mapping
@@ -127,9 +128,22 @@ def _settings(managed: ManagedKafka) -> dict[str, Any]:
     return managed.model_dump(by_alias=True, exclude={"cluster"})
 
 
+def managed_kafka_enabled() -> bool:
+    """The installation lets Streams run Kafka (Helm: ``integrations.kafka.enabled``)."""
+    return os.environ.get("GYRE_KAFKA_ENABLED", "true").lower() != "false"
+
+
 class StreamController(Controller[StreamSpec]):
     kind = "Stream"
     spec_model = StreamSpec
+
+    def check(self, meta: ObjectMeta, spec: StreamSpec, deps: Mapping[str, Resolved]) -> list[str]:
+        if spec.kafka.managed is not None and not managed_kafka_enabled():
+            return [
+                "spec.kafka.managed: this Gyre installation does not run Kafka clusters "
+                "(integrations.kafka.enabled is false); name your brokers in spec.kafka.external"
+            ]
+        return []
 
     async def _converge_cluster(
         self, namespace: str, cluster: str, users: list[ClusterUser], runtime: Runtime

@@ -112,6 +112,9 @@ class ConfigDirRef:
     file: str | None = None
 
 
+DEFAULT_IMAGE = "ghcr.io/gyre-ml/gyre-runtime:0.1.0"
+"""The runtime image (``images/runtime``); an installation may replace it (Helm values)."""
+
 EnvValue = str | EndpointRef | PeersRef | VolumePathRef | ConfigDirRef
 
 SECRETS_DIR = "/etc/gyre/secrets"
@@ -155,7 +158,7 @@ class Workload:
     role: str  # what it is for: "broker", "collector", "sink", "launcher", "worker", ...
     kind: WorkloadKind
     command: tuple[str, ...]
-    image: str = "ghcr.io/gyre-ml/gyre-runtime:0.1.0"
+    image: str = DEFAULT_IMAGE
     replicas: int = 1
     env: Mapping[str, EnvValue] = field(default_factory=dict)
     ports: tuple[Port, ...] = ()

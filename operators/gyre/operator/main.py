@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,10 @@ import kopf
 from prometheus_client import start_http_server
 
 from gyre.api import GROUP, KINDS, VERSION
+from gyre.builders.stream import KAFKA_IMAGE
 from gyre.operator.handlers import register
 from gyre.runtimes.base import Runtime
+from gyre.runtimes.k8s_render import RenderSettings
 
 log = logging.getLogger("gyre.operator")
 
@@ -92,8 +95,22 @@ def make_runtime(name: str, state_dir: Path | None) -> Runtime:
     if name == "kubernetes":
         from gyre.runtimes.kubernetes import KubernetesRuntime
 
-        return KubernetesRuntime(kube_api_client())
+        return KubernetesRuntime(kube_api_client(), render_settings(os.environ))
     raise SystemExit(f"unknown runtime {name!r}: use local or kubernetes")
+
+
+def render_settings(env: Mapping[str, str]) -> RenderSettings:
+    """What the Helm chart's values decide for workload pods, from the operator's environment."""
+    repositories = {}
+    if env.get("GYRE_KAFKA_IMAGE_REPOSITORY"):
+        repositories[KAFKA_IMAGE] = env["GYRE_KAFKA_IMAGE_REPOSITORY"]
+    return RenderSettings(
+        runtime_image=env.get("GYRE_RUNTIME_IMAGE") or None,
+        pull_policy=env.get("GYRE_RUNTIME_IMAGE_PULL_POLICY") or None,
+        pull_secrets=tuple(s for s in env.get("GYRE_RUNTIME_IMAGE_PULL_SECRETS", "").split(",") if s),
+        service_account=env.get("GYRE_RUNTIME_SERVICE_ACCOUNT") or None,
+        repositories=repositories,
+    )
 
 
 def default_state_dir() -> Path:

@@ -13,6 +13,10 @@ and a controller owner reference to the owning custom resource, so deleting the 
 garbage-collects its children even when the operator is down.
 
 Object names are ``<owner>-<workload>``: workload names are unique only within an owner.
+
+`RenderSettings` carry what an installation decides rather than a resource: the runtime
+image (a registry mirror, a locally built tag), its pull policy and secrets, the workload
+pods' ServiceAccount, and repository overrides for vendor images (``apache/kafka``).
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from gyre.core.workload import (
+    DEFAULT_IMAGE,
     ConfigDirRef,
     EndpointRef,
     EnvValue,
@@ -64,6 +70,34 @@ RUN_AS_USER = 1000  # the runtime image's non-root user
 MAX_NAME = 52
 MAX_LABEL = 63
 CONTAINER_NAME = "main"
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    runtime_image: str | None = None  # replaces the default runtime image (`DEFAULT_IMAGE`)
+    pull_policy: str | None = None  # IfNotPresent, Always, Never
+    pull_secrets: tuple[str, ...] = ()
+    service_account: str | None = None  # the namespace's default when None
+    repositories: Mapping[str, str] = field(default_factory=dict)  # vendor repository → mirror
+
+
+DEFAULT_SETTINGS = RenderSettings()
+
+
+def image_for(workload: Workload, settings: RenderSettings) -> str:
+    """The image a workload's pods run, after the installation's overrides."""
+    if workload.on_kubernetes is not None:
+        image = workload.on_kubernetes.image
+        repository, sep, tag = image.rpartition(":")
+        if not sep or "/" in tag:  # no tag: "registry:5000/repo" has a colon in its host
+            repository, tag = image, ""
+        mirror = settings.repositories.get(repository)
+        if mirror:
+            return f"{mirror}:{tag}" if tag else mirror
+        return image
+    if workload.image == DEFAULT_IMAGE and settings.runtime_image:
+        return settings.runtime_image
+    return workload.image
 
 
 def child_name(owner: Owner, workload: str) -> str:
@@ -151,7 +185,12 @@ def peer_addresses(owner: Owner, workload: Workload, port: str, namespace: str) 
     return ",".join(f"{name}-{i}.{name}.{namespace}.svc:{number}" for i in range(workload.replicas))
 
 
-def render(owner: Owner, workloads: Sequence[Workload], namespace: str) -> list[Manifest]:
+def render(
+    owner: Owner,
+    workloads: Sequence[Workload],
+    namespace: str,
+    settings: RenderSettings = DEFAULT_SETTINGS,
+) -> list[Manifest]:
     """Every object the owner's workloads need, ConfigMaps and Services before controllers."""
     by_name = {w.name: w for w in workloads}
     if len(by_name) != len(workloads):
@@ -165,7 +204,7 @@ def render(owner: Owner, workloads: Sequence[Workload], namespace: str) -> list[
         service = build_service(owner, w, namespace)
         if service is not None:
             services.append(service)
-        controllers.append(build_controller(owner, w, namespace, by_name))
+        controllers.append(build_controller(owner, w, namespace, by_name, settings))
     return config_maps + services + controllers
 
 
@@ -217,19 +256,27 @@ def build_service(owner: Owner, workload: Workload, namespace: str) -> Manifest 
 
 
 def build_controller(
-    owner: Owner, workload: Workload, namespace: str, peers: Mapping[str, Workload]
+    owner: Owner,
+    workload: Workload,
+    namespace: str,
+    peers: Mapping[str, Workload],
+    settings: RenderSettings = DEFAULT_SETTINGS,
 ) -> Manifest:
     match workload.kind:
         case WorkloadKind.SERVICE:
-            return build_deployment(owner, workload, namespace, peers)
+            return build_deployment(owner, workload, namespace, peers, settings)
         case WorkloadKind.STATEFUL:
-            return build_stateful_set(owner, workload, namespace, peers)
+            return build_stateful_set(owner, workload, namespace, peers, settings)
         case WorkloadKind.BATCH:
-            return build_job(owner, workload, namespace, peers)
+            return build_job(owner, workload, namespace, peers, settings)
 
 
 def build_deployment(
-    owner: Owner, workload: Workload, namespace: str, peers: Mapping[str, Workload]
+    owner: Owner,
+    workload: Workload,
+    namespace: str,
+    peers: Mapping[str, Workload],
+    settings: RenderSettings = DEFAULT_SETTINGS,
 ) -> Manifest:
     return {
         "apiVersion": "apps/v1",
@@ -238,13 +285,17 @@ def build_deployment(
         "spec": {
             "replicas": workload.replicas,
             "selector": {"matchLabels": selector_labels(owner, workload)},
-            "template": build_pod_template(owner, workload, namespace, peers),
+            "template": build_pod_template(owner, workload, namespace, peers, settings),
         },
     }
 
 
 def build_stateful_set(
-    owner: Owner, workload: Workload, namespace: str, peers: Mapping[str, Workload]
+    owner: Owner,
+    workload: Workload,
+    namespace: str,
+    peers: Mapping[str, Workload],
+    settings: RenderSettings = DEFAULT_SETTINGS,
 ) -> Manifest:
     name = child_name(owner, workload.name)
     claim_labels = workload_labels(owner, workload)
@@ -258,7 +309,7 @@ def build_stateful_set(
             # Peers start together (a Kafka quorum needs all of them to elect a leader).
             "podManagementPolicy": "Parallel",
             "selector": {"matchLabels": selector_labels(owner, workload)},
-            "template": build_pod_template(owner, workload, namespace, peers),
+            "template": build_pod_template(owner, workload, namespace, peers, settings),
             "volumeClaimTemplates": [
                 {
                     "apiVersion": "v1",
@@ -281,7 +332,13 @@ def build_stateful_set(
     }
 
 
-def build_job(owner: Owner, workload: Workload, namespace: str, peers: Mapping[str, Workload]) -> Manifest:
+def build_job(
+    owner: Owner,
+    workload: Workload,
+    namespace: str,
+    peers: Mapping[str, Workload],
+    settings: RenderSettings = DEFAULT_SETTINGS,
+) -> Manifest:
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -291,7 +348,7 @@ def build_job(owner: Owner, workload: Workload, namespace: str, peers: Mapping[s
             "completions": workload.replicas,
             "parallelism": workload.replicas,
             "backoffLimit": workload.backoff_limit,
-            "template": build_pod_template(owner, workload, namespace, peers),
+            "template": build_pod_template(owner, workload, namespace, peers, settings),
         },
     }
 
@@ -306,7 +363,11 @@ def _pod_restart_policy(workload: Workload) -> str:
 
 
 def build_pod_template(
-    owner: Owner, workload: Workload, namespace: str, peers: Mapping[str, Workload]
+    owner: Owner,
+    workload: Workload,
+    namespace: str,
+    peers: Mapping[str, Workload],
+    settings: RenderSettings = DEFAULT_SETTINGS,
 ) -> Manifest:
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": TMP_DIR}]
@@ -337,7 +398,7 @@ def build_pod_template(
 
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
-        "image": variant.image if variant else workload.image,
+        "image": image_for(workload, settings),
         "command": list(variant.command if variant else workload.command),
         "env": build_env(owner, workload, namespace, peers),
         "ports": [{"name": p.name, "containerPort": p.port, "protocol": p.protocol} for p in workload.ports],
@@ -350,6 +411,8 @@ def build_pod_template(
             "capabilities": {"drop": ["ALL"]},
         },
     }
+    if settings.pull_policy:
+        container["imagePullPolicy"] = settings.pull_policy
     if workload.readiness is not None:
         container["readinessProbe"] = build_probe(workload.readiness)
 
@@ -369,6 +432,10 @@ def build_pod_template(
         "containers": [container],
         "volumes": volumes,
     }
+    if settings.service_account:
+        spec["serviceAccountName"] = settings.service_account
+    if settings.pull_secrets:
+        spec["imagePullSecrets"] = [{"name": name} for name in settings.pull_secrets]
     if workload.kind is WorkloadKind.BATCH and workload.ports:
         # Indexed Job pods are named <job>-<index>; with a subdomain they resolve as
         # <job>-<index>.<svc>.<ns>.svc through the headless Service of the same name.

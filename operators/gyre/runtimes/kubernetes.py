@@ -72,8 +72,9 @@ class KubernetesRuntime:
 
     name = "kubernetes"
 
-    def __init__(self, api_client: ApiClient) -> None:
+    def __init__(self, api_client: ApiClient, settings: r.RenderSettings = r.DEFAULT_SETTINGS) -> None:
         self._api = api_client
+        self._settings = settings
         # The last workloads applied per owner: `endpoint` is synchronous and needs the ports.
         self._applied: dict[str, tuple[Workload, ...]] = {}
 
@@ -103,7 +104,7 @@ class KubernetesRuntime:
     # -- blocking implementations -----------------------------------------------------------
 
     def apply_sync(self, owner: Owner, workloads: Sequence[Workload]) -> None:
-        manifests = r.render(owner, workloads, owner.namespace)
+        manifests = r.render(owner, workloads, owner.namespace, self._settings)
         for manifest in manifests:
             self._apply_object(manifest)
         keep = {(m["kind"], m["metadata"]["name"]) for m in manifests}
