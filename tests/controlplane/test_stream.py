@@ -184,6 +184,14 @@ def test_partitions_grow_and_a_shrink_is_degraded_then_delete_stops_processes(
     eventually(stopped, timeout=60, interval=1)
 
 
+def workloads_gauge(op: OperatorProcess) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{op.metrics_port}/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith('gyre_workloads{kind="Stream"}'):
+                return float(line.split()[-1])
+    raise AssertionError("no gyre_workloads sample for Stream")
+
+
 def test_streams_share_one_cluster_which_stops_with_the_last_of_them(
     operator: OperatorProcess, tmp_path: Path
 ) -> None:
@@ -204,6 +212,7 @@ def test_streams_share_one_cluster_which_stops_with_the_last_of_them(
 
     a, b = eventually(both_ready, timeout=180, interval=1)
     assert a["bootstrapServers"] == b["bootstrapServers"]
+    assert workloads_gauge(op) == 2.0  # a collector each: the operator's total over Streams
     state = op.workdir / "local" / op.namespace
     assert sorted(p.name for p in state.iterdir()) == ["kafkacluster-shared", "stream-clicks", "stream-views"]
     broker = running_pids_under(state / "kafkacluster-shared")
@@ -224,6 +233,7 @@ def test_streams_share_one_cluster_which_stops_with_the_last_of_them(
         return st
 
     st = eventually(listed_alone, timeout=60, interval=1)
+    assert workloads_gauge(op) == 1.0
     answer = post(st["collectorUrl"], [{"user_id": "u1", "ts": 1_700_000_000_000}])
     assert answer["results"][0]["status"] == "accepted"
 

@@ -89,6 +89,7 @@ class Handlers:
         self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.objects: dict[tuple[str, str, str], Mapping[str, Any]] = {}  # (kind, ns, name) → body
         self.last_reconciled: dict[tuple[str, str, str], float] = {}
+        self.workloads: dict[tuple[str, str, str], int] = {}  # per object, as last applied
         self.indexes: Mapping[str, Any] = {}
         # uids of deleted objects: a reconcile queued before the deletion must not start
         # their workloads again.
@@ -155,13 +156,17 @@ class Handlers:
             metrics.STATUS_WRITES.labels(kind).inc()
         result = "invalid" if outcome.permanent_error else ("requeue" if outcome.retry_after else "ok")
         metrics.RECONCILES.labels(kind, trigger, result).inc()
-        metrics.WORKLOADS.labels(kind).set(outcome.workloads)
+        self.workloads[(kind, meta.namespace, meta.name)] = outcome.workloads
+        self._publish_workloads(kind)
         if outcome.delete_object:
             await self.writer.delete(kind, meta.namespace, meta.name)
             log.info(
                 "Deleted %s %s/%s as its spec asks (finished, TTL passed)", kind, meta.namespace, meta.name
             )
         return outcome, changes
+
+    def _publish_workloads(self, kind: str) -> None:
+        metrics.WORKLOADS.labels(kind).set(sum(n for k, n in self.workloads.items() if k[0] == kind))
 
     def _background(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -202,6 +207,8 @@ class Handlers:
                 if self.lookup(kind, namespace, name) is None:  # deleted: gone from the index
                     self.objects.pop(key, None)
                     self.last_reconciled.pop(key, None)
+                    if self.workloads.pop(key, None) is not None:
+                        self._publish_workloads(kind)
                     continue
                 body = self.objects.get(key)
                 if body is None or time.monotonic() - self.last_reconciled.get(key, 0) < interval / 2:
@@ -237,6 +244,8 @@ def _register_kind(registry: kopf.OperatorRegistry, handlers: Handlers, kind: st
         async with handlers._locks[meta.owner.key]:
             await CONTROLLERS[kind].finalize(meta, body.get("spec") or {}, handlers.runtime, handlers.listing)
         handlers._locks.pop(meta.owner.key, None)
+        if handlers.workloads.pop((kind, meta.namespace, meta.name), None) is not None:
+            handlers._publish_workloads(kind)
         log.info("Released the workloads of %s %s/%s", kind, meta.namespace, meta.name)
 
     async def index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:

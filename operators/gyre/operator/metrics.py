@@ -16,4 +16,8 @@ DURATION = Histogram(
 )
 STATUS_WRITES = Counter("gyre_status_writes_total", "Status patches written, by kind", ["kind"])
 OBJECTS = Gauge("gyre_objects", "Objects of each kind the operator knows", ["kind"])
-WORKLOADS = Gauge("gyre_workloads", "Workloads the operator last applied, by kind", ["kind"])
+WORKLOADS = Gauge(
+    "gyre_workloads",
+    "Workloads the operator applied for the objects of each kind (a total over them)",
+    ["kind"],
+)
