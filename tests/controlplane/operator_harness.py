@@ -132,3 +132,33 @@ def running_pids_under(path: Path) -> list[int]:
         if (cwd == root or cwd.startswith(root + "/")) and int(entry) != os.getpid():
             pids.append(int(entry))
     return pids
+
+
+def stream_manifest(
+    name: str,
+    *,
+    managed: str,
+    topic: str,
+    sink_lake: str | None = None,
+    collector: str | None = None,
+) -> str:
+    """A Stream (schema: a required ``user_id`` key, a ``ts`` timestamp, an enum ``plan``, an int
+    ``views``); ``managed``, ``topic``, ``sink_lake`` and ``collector`` are YAML flow-map bodies."""
+    sink = f"\n  sinks:\n    - name: lake\n      lake: {{{sink_lake}}}" if sink_lake else ""
+    collector_spec = f"\n  collector: {{{collector}}}" if collector else ""
+    return f"""
+apiVersion: gyre.dev/v1alpha1
+kind: Stream
+metadata: {{name: {name}}}
+spec:
+  kafka: {{managed: {{{managed}}}}}
+  topic: {{{topic}}}
+  schema:
+    key: user_id
+    timestampField: ts
+    fields:
+      - {{name: user_id, type: string, required: true}}
+      - {{name: ts, type: timestamp, required: true}}
+      - {{name: plan, type: string, enum: [free, pro]}}
+      - {{name: views, type: int}}{collector_spec}{sink}
+"""

@@ -15,7 +15,13 @@ from typing import Any
 import pyarrow.dataset as pads
 import pytest
 from gyre.controlplane.testing import Cluster, eventually
-from operator_harness import OperatorProcess, fresh_namespace, install_crds, running_pids_under
+from operator_harness import (
+    OperatorProcess,
+    fresh_namespace,
+    install_crds,
+    running_pids_under,
+    stream_manifest,
+)
 
 pytestmark = [pytest.mark.controlplane, pytest.mark.integration]
 
@@ -34,30 +40,12 @@ def stream(
     managed = f"replicas: {replicas}, controllers: {controllers}" + (
         f", cluster: {cluster}" if cluster else ""
     )
-    sink = (
-        f"""
-  sinks:
-    - name: lake
-      lake: {{uri: "file://{lake}", flushInterval: 1s}}"""
-        if sinks
-        else ""
+    return stream_manifest(
+        name,
+        managed=managed,
+        topic=f"partitions: {partitions}, replicationFactor: {replication}, retention: 7d",
+        sink_lake=f'uri: "file://{lake}", flushInterval: 1s' if sinks else None,
     )
-    return f"""
-apiVersion: gyre.dev/v1alpha1
-kind: Stream
-metadata: {{name: {name}}}
-spec:
-  kafka: {{managed: {{{managed}}}}}
-  topic: {{partitions: {partitions}, replicationFactor: {replication}, retention: 7d}}
-  schema:
-    key: user_id
-    timestampField: ts
-    fields:
-      - {{name: user_id, type: string, required: true}}
-      - {{name: ts, type: timestamp, required: true}}
-      - {{name: plan, type: string, enum: [free, pro]}}
-      - {{name: views, type: int}}{sink}
-"""
 
 
 @pytest.fixture

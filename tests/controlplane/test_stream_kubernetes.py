@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from gyre.controlplane.testing import Cluster, eventually
-from operator_harness import OperatorProcess, fresh_namespace, install_crds
+from operator_harness import OperatorProcess, fresh_namespace, install_crds, stream_manifest
 
 pytestmark = pytest.mark.controlplane
 
@@ -35,31 +35,14 @@ def stream(
     managed = f"replicas: {replicas}, controllers: {controllers}, storage: 5Gi"
     if cluster:
         managed += f", cluster: {cluster}"
-    auth = "\n    auth: {bearerTokenSecret: {name: collector-token, key: token}}" if token_secret else ""
-    sink = (
-        """
-  sinks:
-    - name: lake
-      lake: {uri: "file:///lake/clicks"}"""
-        if sinks
-        else ""
+    auth = ", auth: {bearerTokenSecret: {name: collector-token, key: token}}" if token_secret else ""
+    return stream_manifest(
+        name,
+        managed=managed,
+        topic="partitions: 6, replicationFactor: 3",
+        sink_lake='uri: "file:///lake/clicks"' if sinks else None,
+        collector=f"replicas: 2{auth}",
     )
-    return f"""
-apiVersion: gyre.dev/v1alpha1
-kind: Stream
-metadata: {{name: {name}}}
-spec:
-  kafka: {{managed: {{{managed}}}}}
-  topic: {{partitions: 6, replicationFactor: 3}}
-  schema:
-    key: user_id
-    timestampField: ts
-    fields:
-      - {{name: user_id, type: string, required: true}}
-      - {{name: ts, type: timestamp, required: true}}
-  collector:
-    replicas: 2{auth}{sink}
-"""
 
 
 @pytest.fixture

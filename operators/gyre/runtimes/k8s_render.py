@@ -84,6 +84,16 @@ class RenderSettings:
 DEFAULT_SETTINGS = RenderSettings()
 
 
+@dataclass(frozen=True)
+class RenderContext:
+    """What every object of one owner's render shares."""
+
+    owner: Owner
+    namespace: str
+    peers: Mapping[str, Workload]  # the owner's workloads by name, for references between them
+    settings: RenderSettings = DEFAULT_SETTINGS
+
+
 def image_for(workload: Workload, settings: RenderSettings) -> str:
     """The image a workload's pods run, after the installation's overrides."""
     if workload.on_kubernetes is not None:
@@ -195,6 +205,7 @@ def render(
     by_name = {w.name: w for w in workloads}
     if len(by_name) != len(workloads):
         raise ValueError(f"{owner.key}: workload names are not unique")
+    ctx = RenderContext(owner, namespace, by_name, settings)
     config_maps: list[Manifest] = []
     services: list[Manifest] = []
     controllers: list[Manifest] = []
@@ -204,7 +215,7 @@ def render(
         service = build_service(owner, w, namespace)
         if service is not None:
             services.append(service)
-        controllers.append(build_controller(owner, w, namespace, by_name, settings))
+        controllers.append(build_controller(ctx, w))
     return config_maps + services + controllers
 
 
@@ -255,29 +266,18 @@ def build_service(owner: Owner, workload: Workload, namespace: str) -> Manifest 
     }
 
 
-def build_controller(
-    owner: Owner,
-    workload: Workload,
-    namespace: str,
-    peers: Mapping[str, Workload],
-    settings: RenderSettings = DEFAULT_SETTINGS,
-) -> Manifest:
+def build_controller(ctx: RenderContext, workload: Workload) -> Manifest:
     match workload.kind:
         case WorkloadKind.SERVICE:
-            return build_deployment(owner, workload, namespace, peers, settings)
+            return build_deployment(ctx, workload)
         case WorkloadKind.STATEFUL:
-            return build_stateful_set(owner, workload, namespace, peers, settings)
+            return build_stateful_set(ctx, workload)
         case WorkloadKind.BATCH:
-            return build_job(owner, workload, namespace, peers, settings)
+            return build_job(ctx, workload)
 
 
-def build_deployment(
-    owner: Owner,
-    workload: Workload,
-    namespace: str,
-    peers: Mapping[str, Workload],
-    settings: RenderSettings = DEFAULT_SETTINGS,
-) -> Manifest:
+def build_deployment(ctx: RenderContext, workload: Workload) -> Manifest:
+    owner, namespace = ctx.owner, ctx.namespace
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -285,18 +285,13 @@ def build_deployment(
         "spec": {
             "replicas": workload.replicas,
             "selector": {"matchLabels": selector_labels(owner, workload)},
-            "template": build_pod_template(owner, workload, namespace, peers, settings),
+            "template": build_pod_template(ctx, workload),
         },
     }
 
 
-def build_stateful_set(
-    owner: Owner,
-    workload: Workload,
-    namespace: str,
-    peers: Mapping[str, Workload],
-    settings: RenderSettings = DEFAULT_SETTINGS,
-) -> Manifest:
+def build_stateful_set(ctx: RenderContext, workload: Workload) -> Manifest:
+    owner, namespace = ctx.owner, ctx.namespace
     name = child_name(owner, workload.name)
     claim_labels = workload_labels(owner, workload)
     return {
@@ -309,7 +304,7 @@ def build_stateful_set(
             # Peers start together (a Kafka quorum needs all of them to elect a leader).
             "podManagementPolicy": "Parallel",
             "selector": {"matchLabels": selector_labels(owner, workload)},
-            "template": build_pod_template(owner, workload, namespace, peers, settings),
+            "template": build_pod_template(ctx, workload),
             "volumeClaimTemplates": [
                 {
                     "apiVersion": "v1",
@@ -332,13 +327,8 @@ def build_stateful_set(
     }
 
 
-def build_job(
-    owner: Owner,
-    workload: Workload,
-    namespace: str,
-    peers: Mapping[str, Workload],
-    settings: RenderSettings = DEFAULT_SETTINGS,
-) -> Manifest:
+def build_job(ctx: RenderContext, workload: Workload) -> Manifest:
+    owner, namespace = ctx.owner, ctx.namespace
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -348,7 +338,7 @@ def build_job(
             "completions": workload.replicas,
             "parallelism": workload.replicas,
             "backoffLimit": workload.backoff_limit,
-            "template": build_pod_template(owner, workload, namespace, peers, settings),
+            "template": build_pod_template(ctx, workload),
         },
     }
 
@@ -362,13 +352,8 @@ def _pod_restart_policy(workload: Workload) -> str:
     return RestartPolicy.ON_FAILURE.value
 
 
-def build_pod_template(
-    owner: Owner,
-    workload: Workload,
-    namespace: str,
-    peers: Mapping[str, Workload],
-    settings: RenderSettings = DEFAULT_SETTINGS,
-) -> Manifest:
+def build_pod_template(ctx: RenderContext, workload: Workload) -> Manifest:
+    owner, settings = ctx.owner, ctx.settings
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": TMP_DIR}]
     for v in workload.volumes:
@@ -400,7 +385,7 @@ def build_pod_template(
         "name": CONTAINER_NAME,
         "image": image_for(workload, settings),
         "command": list(variant.command if variant else workload.command),
-        "env": build_env(owner, workload, namespace, peers),
+        "env": build_env(ctx, workload),
         "ports": [{"name": p.name, "containerPort": p.port, "protocol": p.protocol} for p in workload.ports],
         "resources": build_resources(workload),
         "volumeMounts": mounts,
@@ -496,14 +481,9 @@ def _index_env(workload: Workload) -> dict[str, Any]:
     return {"name": "GYRE_REPLICA_INDEX", "valueFrom": {"fieldRef": {"fieldPath": path}}}
 
 
-def resolve_env_value(
-    owner: Owner,
-    workload: Workload,
-    value: EnvValue,
-    namespace: str,
-    peers: Mapping[str, Workload],
-) -> str:
+def resolve_env_value(ctx: RenderContext, workload: Workload, value: EnvValue) -> str:
     """The string an env reference stands for inside a pod of ``workload``."""
+    owner, namespace, peers = ctx.owner, ctx.namespace, ctx.peers
     match value:
         case str():
             return value
@@ -534,9 +514,10 @@ def resolve_env_value(
     raise TypeError(f"unsupported env value {value!r}")
 
 
-def build_env(
-    owner: Owner, workload: Workload, namespace: str, peers: Mapping[str, Workload]
-) -> list[dict[str, Any]]:
+def build_env(ctx: RenderContext, workload: Workload) -> list[dict[str, Any]]:
+    own = dict(workload.env)
+    if workload.on_kubernetes is not None:
+        own.update(workload.on_kubernetes.env)
     # The index and count come first so that later values and the command may use $(VAR).
     env: list[dict[str, Any]] = [
         entry
@@ -546,11 +527,8 @@ def build_env(
         )
         # Server-side apply keys env by name: a duplicate name is rejected, so an explicit
         # value replaces the default.
-        if entry["name"] not in workload.env
+        if entry["name"] not in own
     ]
-    own = dict(workload.env)
-    if workload.on_kubernetes is not None:
-        own.update(workload.on_kubernetes.env)
     for key, value in own.items():
-        env.append({"name": key, "value": resolve_env_value(owner, workload, value, namespace, peers)})
+        env.append({"name": key, "value": resolve_env_value(ctx, workload, value)})
     return env
