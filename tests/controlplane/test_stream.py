@@ -201,6 +201,9 @@ def test_streams_share_one_cluster_which_stops_with_the_last_of_them(
     a, b = eventually(both_ready, timeout=180, interval=1)
     assert a["bootstrapServers"] == b["bootstrapServers"]
     assert workloads_gauge(op) == 2.0  # a collector each: the operator's total over Streams
+    table = op.cluster.kubectl("get", "streams", "-n", op.namespace, "-o", "wide").stdout.splitlines()
+    at = table[0].index("CLUSTER")  # a fixed-width table: cells start under their headers
+    assert [row[at:].split()[0] for row in table[1:]] == ["shared", "shared"], table
     state = op.workdir / "local" / op.namespace
     assert sorted(p.name for p in state.iterdir()) == ["kafkacluster-shared", "stream-clicks", "stream-views"]
     broker = running_pids_under(state / "kafkacluster-shared")

@@ -216,6 +216,8 @@ class StreamSpec(Kind):
             {"name": "Accepted/s", "type": "number", "jsonPath": ".status.acceptedPerSecond"},
             {"name": "DLQ", "type": "integer", "jsonPath": ".status.deadLetterCount"},
             {"name": "Lag", "type": "integer", "jsonPath": ".status.maxSinkLag"},
+            {"name": "Cluster", "type": "string", "jsonPath": ".status.kafkaCluster.name", "priority": 1},
+            {"name": "Bootstrap", "type": "string", "jsonPath": ".status.bootstrapServers", "priority": 1},
             age_column(),
         ],
     )
