@@ -42,7 +42,10 @@ class CollectorConfig:
     * ``retry_after_s``: the ``Retry-After`` value for 429/503 answers.
     * ``delivery_timeout_ms``: how long the producer tries to deliver an event before the
       response reports it ``failed``.
-    * ``linger_ms`` / ``compression``: producer batching (latency vs. throughput).
+    * ``linger_ms`` / ``compression``: producer batching (latency vs. throughput). A request's
+      records are produced over a few milliseconds of validation, so a 2 ms linger split them
+      into many small produce requests, each costing the broker CPU; 5 ms roughly halves the
+      broker's CPU per event under load for 3 ms more request latency.
     * ``producer_config``: extra librdkafka producer settings; they win over the above, except
       ``enable.idempotence`` and ``acks``, which stay ``true``/``all``.
     """
@@ -59,7 +62,7 @@ class CollectorConfig:
     max_queued_events: int = 200_000
     retry_after_s: int = 1
     delivery_timeout_ms: int = 30_000
-    linger_ms: float = 2.0
+    linger_ms: float = 5.0
     compression: str = "lz4"
     producer_config: Mapping[str, str] = field(default_factory=dict)
 

@@ -66,25 +66,26 @@ def _mismatch(name: str, expected: str, value: Any) -> tuple[str, str]:
     return ("type_mismatch", f"field {name!r} must be {expected}, got {got}")
 
 
-def _field_code(f: FieldSpec, idx: int, consts: dict[str, Any]) -> list[str]:
+def _int_problem(name: str, ftype: str, value: Any) -> tuple[str, str]:
+    """Why ``value`` is not a valid ``int``/``long``: its type or its range (the cold path)."""
+    if type(value) is not int:
+        return _mismatch(name, "an integer", value)
+    return ("out_of_range", f"field {name!r} is outside the {ftype} range")
+
+
+def _check_code(f: FieldSpec, idx: int, consts: dict[str, Any]) -> list[str]:
+    """Statements returning a verdict when ``v`` (present, not null) is not a valid value."""
     n = repr(f.name)
-    lines = [f"    v = e.get({n}, _MISSING)", "    if v is _MISSING or v is None:"]
-    if f.required:
-        lines.append(f"        return ('missing_field', {f'required field {f.name!r} is missing'!r})")
-    else:
-        lines.append("        pass")
-    lines.append("    else:")
-    body: list[str] = []
     t = f.type
+    body: list[str] = []
     if t == "string":
         body += ["if type(v) is not str:", f"    return _mismatch({n}, 'a string', v)"]
     elif t in ("int", "long"):
         lo, hi = _INT32 if t == "int" else _INT64
+        # One test on the hot path; `_int_problem` works out which of the two failed.
         body += [
-            "if type(v) is not int:",
-            f"    return _mismatch({n}, 'an integer', v)",
-            f"if not ({lo} <= v <= {hi}):",
-            f"    return ('out_of_range', {f'field {f.name!r} is outside the {t} range'!r})",
+            f"if type(v) is not int or not {lo} <= v <= {hi}:",
+            f"    return _int_problem({n}, {t!r}, v)",
         ]
     elif t in ("float", "double"):
         body += [
@@ -98,7 +99,7 @@ def _field_code(f: FieldSpec, idx: int, consts: dict[str, Any]) -> list[str]:
         bad = f"field {f.name!r} is not an RFC 3339 timestamp with an offset"
         body += [
             "if type(v) is int:",
-            f"    if not ({lo} <= v <= {hi}):",
+            f"    if not {lo} <= v <= {hi}:",
             f"        return ('out_of_range', {f'field {f.name!r} is outside years 1..9999'!r})",
             "elif type(v) is str:",
             "    ms = _parse_ts(v)",
@@ -118,15 +119,28 @@ def _field_code(f: FieldSpec, idx: int, consts: dict[str, Any]) -> list[str]:
             f"if v not in {cname}:",
             f"    return ('enum_mismatch', {f'field {f.name!r} must be one of {allowed}'!r})",
         ]
-    lines += ["        " + b for b in body]
+    return body
+
+
+def _field_code(f: FieldSpec, idx: int, consts: dict[str, Any]) -> list[str]:
+    # A missing key and an explicit null mean the same, so one `get` answers both.
+    lines = [f"    v = e.get({f.name!r})"]
+    body = _check_code(f, idx, consts)
+    if f.required:
+        msg = f"required field {f.name!r} is missing"
+        lines += ["    if v is None:", f"        return ('missing_field', {msg!r})"]
+        lines += ["    " + b for b in body]
+    else:
+        lines.append("    if v is not None:")
+        lines += ["        " + b for b in body]
     return lines
 
 
 def compile_validator(schema: StreamSchema) -> Validator:
     """The validator function for ``schema`` (see the module docstring)."""
     consts: dict[str, Any] = {
-        "_MISSING": object(),
         "_mismatch": _mismatch,
+        "_int_problem": _int_problem,
         "_parse_ts": parse_timestamp_ms,
         "_KNOWN": frozenset(f.name for f in schema.fields),
     }

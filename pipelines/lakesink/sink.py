@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    Message,
+    TopicPartition,
+)
 from gyre.pipelines._common.httpserver import MetricsServer
 from gyre.pipelines.lakesink.arrow import RecordDecoder, split_by_date
 from gyre.pipelines.lakesink.committer import (
@@ -69,6 +76,9 @@ class LakeSink:
             keep_records=cfg.keep_commit_records,
         )  # fmt: skip
         self.decoder = RecordDecoder(cfg.schema)
+        # Kafka record timestamps stand in for a null event time; a required timestamp field
+        # is never null in what the sink writes, so then they need not be kept.
+        self._keep_timestamps = not cfg.schema.field(cfg.schema.timestamp_field).required
         self.consumer = Consumer(
             {**cfg.consumer_settings(), "logger": logging.getLogger("gyre.lakesink.kafka")}
         )
@@ -154,7 +164,9 @@ class LakeSink:
             RECORDS_SKIPPED.inc(skipped)
             log.warning("Skipped %d unreadable records of partition %d (offsets %d..%d)",
                         skipped, p, first, last)  # fmt: skip
-        fallback = buf.timestamps if kept is None else [buf.timestamps[i] for i in kept]
+        fallback: list[int] = []  # only kept when the timestamp field may be null
+        if buf.timestamps:
+            fallback = buf.timestamps if kept is None else [buf.timestamps[i] for i in kept]
         staged: list[StagedFile] = []
         for day, part in split_by_date(table, self.cfg.schema.timestamp_field, fallback):
             rel = f"date={day}/{data_file_name(p, first, last)}"
@@ -240,24 +252,11 @@ class LakeSink:
         while not self.stopping:
             msgs = self.consumer.consume(num_messages=10_000, timeout=0.2)
             now = time.monotonic()
-            for m in msgs:
-                err = m.error()
-                if err is not None:
-                    if err.code() != KafkaError._PARTITION_EOF:
-                        log.warning("Consumer error: %s", err)
-                    continue
-                st = self.parts.get(m.partition())  # type: ignore[arg-type]
-                if st is None:
-                    continue
-                buf = st.buf
-                if not buf.values:
-                    buf.first_at = now
-                    if not oldest:
-                        oldest = now
-                buf.values.append(m.value() or b"")  # a tombstone is skipped as unreadable
-                buf.offsets.append(m.offset())  # type: ignore[arg-type]
-                buf.timestamps.append(m.timestamp()[1])
-            self._buffered += len(msgs)
+            taken = self._take(msgs, now) if msgs else 0
+            if taken:
+                self._buffered += taken
+                if not oldest:
+                    oldest = now
             if self._buffered and (
                 self._buffered >= cfg.flush_records or now - oldest >= cfg.flush_interval_s
             ):
@@ -272,6 +271,39 @@ class LakeSink:
         if self._buffered:
             self._flush()  # graceful stop: commit what is buffered
         self.consumer.close()
+
+    def _take(self, msgs: list[Message], now: float) -> int:
+        """Buffer a batch of consumed records; the number buffered.
+
+        The per-record work is the sink's only Python work per record, so it is kept to
+        sorting records by partition; each partition's fields are then read in one pass.
+        """
+        groups: dict[int, list[Message]] = {}
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("Consumer error: %s", err)
+                continue
+            p = m.partition()
+            group = groups.get(p)  # type: ignore[arg-type]
+            if group is None:
+                groups[p] = group = []  # type: ignore[index]
+            group.append(m)
+        taken = 0
+        for p, group in groups.items():
+            st = self.parts.get(p)
+            if st is None:
+                continue
+            buf = st.buf
+            if not buf.values:
+                buf.first_at = now
+            buf.values += [m.value() or b"" for m in group]  # a tombstone is skipped as unreadable
+            buf.offsets += [m.offset() for m in group]  # type: ignore[misc]
+            if self._keep_timestamps:
+                buf.timestamps += [m.timestamp()[1] for m in group]
+            taken += len(group)
+        return taken
 
     def stop(self, *_: Any) -> None:
         self.stopping = True

@@ -16,6 +16,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
+from gyre.pipelines._common.schema import StreamSchema
 from gyre.pipelines.collector.config import CollectorConfig
 from gyre.pipelines.kafka.local import LocalKafka
 from gyre.pipelines.kafka.topics import TopicSpec, ensure_topic
@@ -212,3 +213,45 @@ def test_exactly_once_while_the_sink_is_killed_repeatedly(
 def _committed(sink: Workload) -> int:
     parts = sink.get_json("/status")["partitions"]
     return sum(p["committed_offset"] or 0 for p in parts.values())
+
+
+def test_a_record_without_event_time_lands_on_the_date_of_its_kafka_timestamp(
+    kafka_broker: LocalKafka, tmp_path: Path
+) -> None:
+    """The sink keeps Kafka record timestamps only when the timestamp field may be null; guards
+    that the fallback still works then (records produced directly, as another producer would)."""
+    from confluent_kafka import Producer
+
+    schema = StreamSchema.from_dict(
+        {**CLICK_SCHEMA.to_dict(), "fields": [
+            {**f.to_dict(), "required": False} if f.name == "ts" else f.to_dict()
+            for f in CLICK_SCHEMA.fields
+        ]}
+    )  # fmt: skip
+    topic = f"clicks-{uuid.uuid4().hex[:8]}"
+    assert ensure_topic(kafka_broker.bootstrap, TopicSpec(topic, partitions=1)).converged
+    producer = Producer({"bootstrap.servers": kafka_broker.bootstrap})
+    kafka_ts = 1_700_000_000_000  # 2023-11-14
+    for i in range(3):
+        event = make_event(i)
+        if i == 1:
+            event["ts"] = None
+        producer.produce(topic, orjson.dumps(event), timestamp=kafka_ts)
+    assert producer.flush(30) == 0
+    lake_uri = f"file://{tmp_path / 'lake'}"
+    cfg = LakeSinkConfig(
+        topic=topic, schema=schema, lake_uri=lake_uri, host="127.0.0.1", flush_interval_s=0.3
+    )
+    env = {"GYRE_KAFKA_BOOTSTRAP": kafka_broker.bootstrap}
+    sink = Workload("gyre.pipelines.lakesink", cfg.to_json(), tmp_path / "sink", env).start()
+    try:
+        sink.wait_ready()
+        eventually(lambda: _written(sink) == 3, 60, 0.2, "3 records in the lake")
+        table = read_committed(lake_uri, columns=["event_id"])
+        assert sorted(table["event_id"].to_pylist()) == [0, 1, 2]
+        lake = Path(tmp_path / "lake")
+        undated = [p.parent.name for p in lake.glob("date=*/*.parquet")
+                   if ds.dataset(str(p)).to_table()["event_id"].to_pylist() == [1]]  # fmt: skip
+        assert undated == ["date=2023-11-14"]
+    finally:
+        sink.stop()

@@ -1,20 +1,28 @@
 """Stream data-plane benchmark: collector → Kafka → Parquet lake against raw Kafka, one run.
 
-On one real KRaft broker started for the run:
+On one real KRaft broker started for the run, each phase after an untimed warm-up of
+``--warmup-events`` through the same path (JIT-compiled broker, open connections, loaded
+code), so neither side is timed cold:
 
-1. ``raw_events_per_s``: a plain confluent-kafka producer (``acks=all``, idempotent, the
-   same linger and compression as the collector) sends the serialized events while a consumer
-   reads them back; the clock stops at the last record consumed.
+1. ``raw_events_per_s``: a plain confluent-kafka producer with the collector's producer
+   settings (``acks=all``, idempotent, the same linger and compression) sends the serialized
+   events while a consumer with the lake sink's consumer settings reads them back; the clock
+   stops at the last record consumed.
 2. ``events_per_s``: the same events, batched into ``POST /v1/events`` requests, go through
    the collector workload (validation, keying, delivery reports) into a topic that the lake
    sink workload turns into committed Parquet files; the clock stops when the lake's commit
    log covers every event.
 3. ``p50_ms`` / ``p99_ms``: collector request latency under an open-loop load of
    ``offered_per_s`` events/s in requests of ``latency_batch`` events, measured from each
-   request's scheduled send time (so a stalled server is not hidden by a stalled client).
+   request's scheduled send time (so a stalled server is not hidden by a stalled client),
+   after ``--latency-warmup-s`` seconds of unmeasured requests. ``latency_requests`` says how
+   many requests were measured and ``send_lag_p99_ms`` how late the client itself was.
 
-``ratio`` = ``events_per_s`` / ``raw_events_per_s``. Progress goes to stderr; stdout gets one
-JSON object. Usage: ``gyre bench stream [--events N] ...`` (``--help``).
+``ratio`` = ``events_per_s`` / ``raw_events_per_s``. ``*_cpu_us_per_event``: CPU time each
+process spent per event in the timed phase (``client``: this process, the load generator).
+Every process shares the machine's cores, so these say where the time goes. Progress goes to
+stderr; stdout gets one JSON object. Usage: ``gyre bench stream [--events N] ...``
+(``--help``).
 """
 
 from __future__ import annotations
@@ -30,8 +38,9 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -57,6 +66,7 @@ SCHEMA = StreamSchema.from_dict(
     }
 )
 _KINDS = ("click", "view", "buy")
+_T = TypeVar("_T")
 
 
 def _log(msg: str) -> None:
@@ -109,20 +119,27 @@ def _producer_conf(bootstrap: str, linger_ms: float) -> dict[str, Any]:
     return conf
 
 
+def _sink_config(bootstrap: str, lake_uri: str) -> LakeSinkConfig:
+    return LakeSinkConfig(
+        topic="bench-stream", schema=SCHEMA, bootstrap_servers=bootstrap, lake_uri=lake_uri,
+        host="127.0.0.1", flush_records=200_000, flush_interval_s=1.0,
+    )  # fmt: skip
+
+
+def _consumer_conf(bootstrap: str, group: str) -> dict[str, Any]:
+    # The lake sink's consumer settings (fetch sizes and waits, isolation level), for the
+    # same reason.
+    conf: dict[str, Any] = dict(_sink_config(bootstrap, "file:///unused").consumer_settings())
+    conf.update({"group.id": group, "client.id": group, "auto.offset.reset": "earliest"})
+    return conf
+
+
 def run_raw(bootstrap: str, topic: str, values: list[bytes], keys: list[bytes], linger_ms: float) -> float:
     """Events/s of raw produce → consume of ``values``."""
     from confluent_kafka import Consumer, Producer
 
     n = len(values)
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": "bench-raw",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "fetch.wait.max.ms": 100,
-        }
-    )
+    consumer = Consumer(_consumer_conf(bootstrap, f"bench-raw-{topic}"))
     consumer.subscribe([topic])
     consumer.consume(num_messages=1, timeout=5)  # join the group before the clock starts
     consumed = 0
@@ -139,7 +156,7 @@ def run_raw(bootstrap: str, topic: str, values: list[bytes], keys: list[bytes], 
         done.set()
 
     producer = Producer(_producer_conf(bootstrap, linger_ms))
-    progress = _Progress("raw produce→consume", n)
+    progress = _Progress(f"raw produce→consume ({topic})", n)
     reader = threading.Thread(target=consume, daemon=True)
     t0 = time.perf_counter()
     reader.start()
@@ -210,14 +227,25 @@ class _Proc:
                 self.proc.wait()
 
 
-async def _post_all(url: str, bodies: list[bytes], concurrency: int, total: int) -> int:
+def _run_async(coro: Coroutine[Any, Any, _T]) -> _T:
+    """Run ``coro`` on uvloop when installed: a cheaper client leaves more CPU to the
+    system under test, which shares the machine."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+async def _post_all(url: str, bodies: list[bytes], concurrency: int, total: int, what: str) -> int:
     import aiohttp
 
     accepted = 0
     queue: asyncio.Queue[bytes] = asyncio.Queue()
     for b in bodies:
         queue.put_nowait(b)
-    progress = _Progress("collector POSTs", total)
+    progress = _Progress(what, total)
+    headers = {"Content-Type": "application/json"}
 
     async with aiohttp.ClientSession() as session:
 
@@ -227,11 +255,9 @@ async def _post_all(url: str, bodies: list[bytes], concurrency: int, total: int)
                 body = queue.get_nowait()
                 while True:
                     async with session.post(
-                        url + "/v1/events?results=errors",
-                        data=body,
-                        headers={"Content-Type": "application/json"},
+                        url + "/v1/events?results=errors", data=body, headers=headers
                     ) as r:
-                        reply = await r.json(loads=orjson.loads)
+                        reply = orjson.loads(await r.read())
                         if r.status in (429, 503):
                             await asyncio.sleep(float(r.headers.get("Retry-After", "1")))
                             continue
@@ -247,11 +273,14 @@ async def _post_all(url: str, bodies: list[bytes], concurrency: int, total: int)
 
 
 async def _open_loop(
-    url: str, offered: int, seconds: float, batch: int, start_id: int, warmup_s: float = 1.0
-) -> list[float]:
-    """Latencies (s) of requests sent on a fixed schedule of ``offered`` events/s.
+    url: str, offered: int, seconds: float, batch: int, start_id: int, warmup_s: float
+) -> tuple[list[float], list[float]]:
+    """(latencies, send lags) in seconds of requests sent on a fixed schedule of ``offered``
+    events/s, both from each request's scheduled send time.
 
-    Requests of the first ``warmup_s`` seconds are sent but not measured (connections opened).
+    Requests of the first ``warmup_s`` seconds are sent but not measured. A request's latency
+    ends when its whole response is read; its send lag is how late the client started it
+    (a large lag means the load generator, not the collector, fell behind).
     """
     import aiohttp
 
@@ -260,6 +289,8 @@ async def _open_loop(
     count = max(int(seconds * offered / batch), 1) + skip
     bodies = [orjson.dumps([_event(start_id + k * batch + j) for j in range(batch)]) for k in range(count)]
     latencies: list[float] = []
+    lags: list[float] = []
+    headers = {"Content-Type": "application/json"}
     connector = aiohttp.TCPConnector(limit=256)
     async with aiohttp.ClientSession(connector=connector) as session:
 
@@ -267,16 +298,18 @@ async def _open_loop(
             delay = scheduled - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            async with session.post(url + "/v1/events?results=errors", data=bodies[k]) as r:
+            lag = time.perf_counter() - scheduled
+            async with session.post(url + "/v1/events?results=errors", data=bodies[k], headers=headers) as r:
                 reply = await r.read()
                 if r.status != 200:
                     raise RuntimeError(f"collector answered {r.status}: {reply[:300]!r}")
             if k >= skip:
                 latencies.append(time.perf_counter() - scheduled)
+                lags.append(lag)
 
         t0 = time.perf_counter() + 0.2
         await asyncio.gather(*(one(k, t0 + k * interval) for k in range(count)))
-    return latencies
+    return latencies, lags
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -298,9 +331,20 @@ def _committed(sink: _Proc) -> int:
     return sum(p["committed_offset"] or 0 for p in parts.values())
 
 
+def _wait_committed(sink: _Proc, base: int, target: int, progress: _Progress) -> int:
+    """Wait until the lake's commit log covers ``base + target`` events; events past ``base``."""
+    while (committed := _committed(sink) - base) < target:
+        progress.update(committed)
+        time.sleep(0.05)
+    progress.update(committed, force=True)
+    return committed
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="gyre bench stream", description=__doc__.splitlines()[0])
     p.add_argument("--events", type=int, default=1_000_000)
+    p.add_argument("--warmup-events", type=int, default=100_000,
+                   help="untimed events through each path before its timed phase")  # fmt: skip
     p.add_argument("--batch", type=int, default=1000, help="events per POST in the throughput run")
     p.add_argument("--concurrency", type=int, default=8, help="POSTs in flight")
     p.add_argument("--linger-ms", type=float, default=CollectorConfig.linger_ms,
@@ -308,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--partitions", type=int, default=3)
     p.add_argument("--offered-per-s", type=int, default=5000)
     p.add_argument("--latency-seconds", type=float, default=10.0)
+    p.add_argument("--latency-warmup-s", type=float, default=2.0)
     p.add_argument("--latency-batch", type=int, default=50, help="events per POST, latency run")
     p.add_argument("--workdir", type=Path, default=None, help="kept when given")
     args = p.parse_args(argv)
@@ -315,12 +360,14 @@ def main(argv: list[str] | None = None) -> int:
     load_start = os.getloadavg()[0]
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="gyre-bench-stream-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    n = args.events
-    _log(f"generating {n} events")
-    events = [_event(i) for i in range(n)]
+    n, w = args.events, args.warmup_events
+    _log(f"generating {n} events (+{w} for warm-up)")
+    # Warm-up events have ids past the timed ones, so no event is sent twice.
+    events = [_event(i) for i in range(n + w)]
     values = [orjson.dumps(e) for e in events]
     keys = [e["user_id"].encode() for e in events]
-    bodies = [orjson.dumps(events[i : i + args.batch]) for i in range(0, n, args.batch)]
+    bodies = [orjson.dumps(events[i : min(i + args.batch, n)]) for i in range(0, n, args.batch)]
+    warm_bodies = [orjson.dumps(events[i : i + args.batch]) for i in range(n, n + w, args.batch)]
     del events
 
     broker = LocalKafka(workdir / "kafka", heap="1g")
@@ -328,25 +375,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _log("starting the Kafka broker")
         broker.start()
-        for name in ("bench-raw", "bench-stream"):
+        for name in ("bench-raw-warmup", "bench-raw", "bench-stream"):
             state = ensure_topic(broker.bootstrap, TopicSpec(name, partitions=args.partitions))
             if not state.converged:
                 raise RuntimeError(f"topic {name}: {state.problems}")
 
-        raw = run_raw(broker.bootstrap, "bench-raw", values, keys, args.linger_ms)
+        if w:
+            run_raw(broker.bootstrap, "bench-raw-warmup", values[n:], keys[n:], args.linger_ms)
+        raw_cpu0 = (_cpu_s(broker.pid), time.process_time())
+        raw = run_raw(broker.bootstrap, "bench-raw", values[:n], keys[:n], args.linger_ms)
+        raw_cpu = {
+            "raw_broker_cpu_us_per_event": round((_cpu_s(broker.pid) - raw_cpu0[0]) / n * 1e6, 2),
+            "raw_client_cpu_us_per_event": round((time.process_time() - raw_cpu0[1]) / n * 1e6, 2),
+        }
         del values, keys
         _log(f"raw: {raw:,.0f} events/s")
 
         env = {"GYRE_KAFKA_BOOTSTRAP": broker.bootstrap}
         collector_cfg = _collector_config(broker.bootstrap, args.linger_ms)
-        sink_cfg = LakeSinkConfig(
-            topic="bench-stream",
-            schema=SCHEMA,
-            lake_uri=f"file://{workdir / 'lake'}",
-            host="127.0.0.1",
-            flush_records=200_000,
-            flush_interval_s=1.0,
-        )
+        sink_cfg = _sink_config(broker.bootstrap, f"file://{workdir / 'lake'}")
         collector = _Proc("gyre.pipelines.collector", collector_cfg.to_json(), workdir, env)
         procs.append(collector)
         sink = _Proc("gyre.pipelines.lakesink", sink_cfg.to_json(), workdir, env)
@@ -354,27 +401,32 @@ def main(argv: list[str] | None = None) -> int:
         collector.wait_ready()
         sink.wait_ready()
 
+        warm = 0
+        if warm_bodies:
+            warm = _run_async(_post_all(collector.url, warm_bodies, args.concurrency, w, "warm-up POSTs"))
+            _wait_committed(sink, 0, warm, _Progress("warm-up lake commits", warm))
+
         pids = {"collector": collector.proc.pid, "sink": sink.proc.pid, "broker": broker.pid}
         cpu0 = {k: _cpu_s(v) for k, v in pids.items()}
+        client_cpu0 = time.process_time()
         t0 = time.perf_counter()
         started = time.monotonic()
-        accepted = asyncio.run(_post_all(collector.url, bodies, args.concurrency, n))
+        accepted = _run_async(_post_all(collector.url, bodies, args.concurrency, n, "collector POSTs"))
         posted_s = time.perf_counter() - t0
-        progress = _Progress("lake commits", n, started)
-        while (committed := _committed(sink)) < accepted:
-            progress.update(committed)
-            time.sleep(0.05)
+        _wait_committed(sink, warm, accepted, _Progress("lake commits", n, started))
         pipeline_s = time.perf_counter() - t0
         cpu = {f"{k}_cpu_us_per_event": round((_cpu_s(v) - cpu0[k]) / n * 1e6, 2)
                for k, v in pids.items()}  # fmt: skip
-        progress.update(committed, force=True)
+        cpu["client_cpu_us_per_event"] = round((time.process_time() - client_cpu0) / n * 1e6, 2)
         pipeline = accepted / pipeline_s
         _log(f"pipeline: {pipeline:,.0f} events/s (collector alone {accepted / posted_s:,.0f}/s)")
 
-        _log(f"latency: {args.offered_per_s} events/s for {args.latency_seconds}s")
-        lat = asyncio.run(
-            _open_loop(collector.url, args.offered_per_s, args.latency_seconds, args.latency_batch, n)
-        )
+        _log(f"latency: {args.offered_per_s} events/s for {args.latency_seconds}s "
+             f"after {args.latency_warmup_s}s of warm-up")  # fmt: skip
+        lat, lags = _run_async(
+            _open_loop(collector.url, args.offered_per_s, args.latency_seconds,
+                       args.latency_batch, n + w, args.latency_warmup_s)
+        )  # fmt: skip
         result = {
             "events": n,
             "events_per_s": round(pipeline),
@@ -387,6 +439,9 @@ def main(argv: list[str] | None = None) -> int:
             "p50_ms": round(_percentile(lat, 0.50) * 1000, 2),
             "p90_ms": round(_percentile(lat, 0.90) * 1000, 2),
             "p99_ms": round(_percentile(lat, 0.99) * 1000, 2),
+            "max_ms": round(max(lat) * 1000, 2),
+            "send_lag_p99_ms": round(_percentile(lags, 0.99) * 1000, 2),
+            "warmup_events": w,
             "batch": args.batch,
             "concurrency": args.concurrency,
             "linger_ms": args.linger_ms,
@@ -396,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
             # Other work on the machine skews every figure; the 1-minute load says how much.
             "loadavg_1m": [round(load_start, 2), round(os.getloadavg()[0], 2)],
             **cpu,
+            **raw_cpu,
         }
         print(json.dumps(result))
         return 0
