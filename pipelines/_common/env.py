@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 CONFIG_ENV = "GYRE_CONFIG"
 BOOTSTRAP_ENV = "GYRE_KAFKA_BOOTSTRAP"
@@ -64,3 +66,39 @@ def require(data: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ConfigError(f"{where}.{key} must be {kind.__name__}, got {type(value).__name__}")
     return value
+
+
+def build_config(
+    cls: type[T],
+    data: Mapping[str, Any],
+    what: str,
+    *,
+    required: tuple[str, ...] = (),
+    convert: Mapping[str, Callable[[Any], Any]] | None = None,
+) -> T:
+    """``cls(**data)`` for a config dataclass, with errors a user can act on.
+
+    Unknown and missing ``required`` fields, and values the dataclass rejects, become
+    `ConfigError`s that start with ``what``. ``convert`` turns the JSON value of a field into
+    its type (a nested object, a tuple, a string map) when the field is present.
+    """
+    fields = getattr(cls, "__dataclass_fields__", {})
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ConfigError(f"{what}: unknown fields {sorted(unknown)}")
+    for key in required:
+        if key not in data:
+            raise ConfigError(f"{what}: missing required field {key!r}")
+    d = dict(data)
+    for key, fn in (convert or {}).items():
+        if key in d:
+            d[key] = fn(d[key])
+    try:
+        return cls(**d)
+    except TypeError as e:
+        raise ConfigError(f"{what}: {e}") from e
+
+
+def string_map(value: Any) -> dict[str, str]:
+    """A JSON object of settings as strings (``null`` is empty)."""
+    return {str(k): str(v) for k, v in (value or {}).items()}

@@ -141,3 +141,10 @@ class StreamSchema:
             timestamp_field=ts_field,
             extra_fields=extra,
         )
+
+
+def schema_from_json(value: Any) -> StreamSchema:
+    """A config file's ``schema`` object (a `ConfigError` if it is not one)."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"schema must be an object, got {type(value).__name__}")
+    return StreamSchema.from_dict(value)

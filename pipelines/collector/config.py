@@ -16,10 +16,12 @@ from typing import Any
 from gyre.pipelines._common.env import (
     BOOTSTRAP_ENV,
     ConfigError,
+    build_config,
     env_int,
     load_config_json,
+    string_map,
 )
-from gyre.pipelines._common.schema import StreamSchema
+from gyre.pipelines._common.schema import StreamSchema, schema_from_json
 
 
 @dataclass(frozen=True)
@@ -114,18 +116,13 @@ class CollectorConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CollectorConfig:
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ConfigError(f"collector config: unknown fields {sorted(unknown)}")
-        if "schema" not in data or not isinstance(data["schema"], Mapping):
-            raise ConfigError("collector config: missing required object 'schema'")
-        d = dict(data)
-        d["schema"] = StreamSchema.from_dict(data["schema"])
-        d["producer_config"] = {str(k): str(v) for k, v in (data.get("producer_config") or {}).items()}
-        try:
-            return cls(**d)
-        except TypeError as e:
-            raise ConfigError(f"collector config: {e}") from e
+        return build_config(
+            cls,
+            data,
+            "collector config",
+            required=("schema",),
+            convert={"schema": schema_from_json, "producer_config": string_map},
+        )
 
     @classmethod
     def from_json(cls, text: str) -> CollectorConfig:

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from gyre.pipelines._common.env import ConfigError, env_int, load_config_json
+from gyre.pipelines._common.env import ConfigError, build_config, env_int, load_config_json, string_map
 from gyre.pipelines.kafka.fetch import KAFKA_VERSION
 
 ROLE_COMBINED = "broker,controller"
@@ -146,20 +146,17 @@ class BrokerConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BrokerConfig:
-        known = set(cls.__dataclass_fields__)
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"broker config: unknown fields {sorted(unknown)}")
-        d = dict(data)
-        if "cluster_id" not in d:
-            raise ConfigError("broker config: missing required field 'cluster_id'")
-        d["controller_quorum_voters"] = tuple(d.get("controller_quorum_voters") or ())
-        d["voter_addresses"] = tuple(d.get("voter_addresses") or ())
-        d["properties"] = {str(k): str(v) for k, v in (d.get("properties") or {}).items()}
-        try:
-            return cls(**d)
-        except TypeError as e:
-            raise ConfigError(f"broker config: {e}") from e
+        return build_config(
+            cls,
+            data,
+            "broker config",
+            required=("cluster_id",),
+            convert={
+                "controller_quorum_voters": lambda v: tuple(v or ()),
+                "voter_addresses": lambda v: tuple(v or ()),
+                "properties": string_map,
+            },
+        )
 
     @classmethod
     def from_json(cls, text: str) -> BrokerConfig:

@@ -13,8 +13,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gyre.pipelines._common.env import BOOTSTRAP_ENV, ConfigError, env_int, load_config_json
-from gyre.pipelines._common.schema import StreamSchema
+from gyre.pipelines._common.env import (
+    BOOTSTRAP_ENV,
+    ConfigError,
+    build_config,
+    env_int,
+    load_config_json,
+    string_map,
+)
+from gyre.pipelines._common.schema import StreamSchema, schema_from_json
 
 COMMITTERS = ("auto", "rename", "object-store")
 
@@ -116,18 +123,13 @@ class LakeSinkConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LakeSinkConfig:
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ConfigError(f"lake sink config: unknown fields {sorted(unknown)}")
-        if "schema" not in data or not isinstance(data["schema"], Mapping):
-            raise ConfigError("lake sink config: missing required object 'schema'")
-        d = dict(data)
-        d["schema"] = StreamSchema.from_dict(data["schema"])
-        d["consumer_config"] = {str(k): str(v) for k, v in (data.get("consumer_config") or {}).items()}
-        try:
-            return cls(**d)
-        except TypeError as e:
-            raise ConfigError(f"lake sink config: {e}") from e
+        return build_config(
+            cls,
+            data,
+            "lake sink config",
+            required=("schema",),
+            convert={"schema": schema_from_json, "consumer_config": string_map},
+        )
 
     @classmethod
     def from_json(cls, text: str) -> LakeSinkConfig:

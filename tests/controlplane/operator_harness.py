@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -13,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from gyre.controlplane.procs import running_in
 from gyre.controlplane.testing import Cluster
 from gyre.manifests import repo_root
 
@@ -120,18 +120,7 @@ def children(cluster: Cluster, namespace: str, selector: str) -> dict[tuple[str,
 
 def running_pids_under(path: Path) -> list[int]:
     """Processes working in ``path`` (the local runtime runs each replica in a directory there)."""
-    root = str(path.resolve())
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cwd = os.readlink(f"/proc/{entry}/cwd")
-        except OSError:
-            continue
-        if (cwd == root or cwd.startswith(root + "/")) and int(entry) != os.getpid():
-            pids.append(int(entry))
-    return pids
+    return running_in(path)
 
 
 def stream_manifest(

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from gyre.controlplane.procs import Proc, processes
 from gyre.controlplane.testing import Cluster, eventually
 from operator_harness import OperatorProcess, fresh_namespace, install_crds
 
@@ -84,20 +85,13 @@ def status(op: OperatorProcess, name: str) -> dict[str, Any]:
 
 
 def worker_pids(namespace_state: Path) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            env = Path(f"/proc/{entry}/environ").read_bytes()
-        except OSError:
-            continue
+    def is_worker(p: Proc) -> bool:
         # The worker itself, not the local runtime's supervisor that names it in its arguments.
-        is_worker = cmd[1:4] == [b"-m", b"gyre.pipelines.trainer", b"worker"]
-        if is_worker and str(namespace_state).encode() in env:
-            pids.append(int(entry))
-    return pids
+        return p.cmdline()[1:4] == ["-m", "gyre.pipelines.trainer", "worker"] and (
+            str(namespace_state).encode() in p.environ()
+        )
+
+    return processes(is_worker)
 
 
 def test_trains_to_a_model_that_beats_the_majority_class(operator: OperatorProcess, tmp_path: Path) -> None:

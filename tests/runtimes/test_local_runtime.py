@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar, overload
 
 import pytest
+from gyre.controlplane.procs import running_in
 from gyre.core.workload import (
     ConfigDirRef,
     EndpointRef,
@@ -489,15 +490,7 @@ async def test_failed_batch_replica_stops_the_others(tmp_path: Path) -> None:
 
 
 def nothing_runs_in(directory: str) -> None:
-    left = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                cwd = os.readlink(f"/proc/{entry}/cwd")
-            except OSError:
-                continue
-            if cwd == directory or cwd.startswith(directory + "/"):
-                left.append(int(entry))
+    left = running_in(directory)
     assert not left, f"still running in {directory}: {left}"
 
 

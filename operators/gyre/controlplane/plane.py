@@ -43,6 +43,7 @@ from kubernetes import config as kube_config
 from kubernetes.client import ApiClient
 
 from gyre.controlplane import pki as pkimod
+from gyre.controlplane.procs import Proc, processes
 
 log = logging.getLogger("gyre.controlplane")
 
@@ -173,14 +174,6 @@ def _proc_state(pid: int) -> str | None:
     except (FileNotFoundError, ProcessLookupError):
         return None
     return stat.rsplit(")", 1)[1].split()[0]
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (FileNotFoundError, ProcessLookupError):
-        return []
-    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
 
 
 def _reap(pid: int) -> None:
@@ -395,7 +388,7 @@ class ControlPlane:
             return None
         if not _alive(pid):
             return None
-        args = _cmdline(pid)
+        args = Proc(pid).cmdline()
         # Guards against a recycled pid: the process must be our binary, for this state dir.
         if not args or Path(args[0]).name != component or not any(str(self.state_dir) in a for a in args):
             return None
@@ -857,11 +850,4 @@ def status(state_dir: Path | str | None = None) -> ControlPlaneStatus:
 def running_pids(state_dir: Path | str) -> Iterator[int]:
     """Every process on this host whose command line names ``state_dir`` (for leak checks)."""
     needle = str(Path(state_dir).expanduser().resolve())
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        pid = int(entry.name)
-        if pid == os.getpid():
-            continue
-        if any(needle in a for a in _cmdline(pid)) and _alive(pid):
-            yield pid
+    yield from processes(lambda p: any(needle in a for a in p.cmdline()) and _alive(p.pid))

@@ -1,0 +1,59 @@
+"""This host's processes, found by where they run or how they were started (for leak checks).
+
+Tests and ``gyre cluster down`` ask the same question — what still runs that belongs to X? —
+of different X: a working directory, a path in the command line, a variable in the
+environment. `processes` walks ``/proc`` once per call; a process that vanishes meanwhile
+simply does not match.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Proc:
+    pid: int
+
+    def cwd(self) -> str | None:
+        try:
+            return os.readlink(f"/proc/{self.pid}/cwd")
+        except OSError:
+            return None
+
+    def cmdline(self) -> list[str]:
+        try:
+            raw = Path(f"/proc/{self.pid}/cmdline").read_bytes()
+        except OSError:
+            return []
+        return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+    def environ(self) -> bytes:
+        try:
+            return Path(f"/proc/{self.pid}/environ").read_bytes()
+        except OSError:
+            return b""
+
+
+def processes(where: Callable[[Proc], bool]) -> list[int]:
+    """The pids, other than this process's, of the processes ``where`` accepts."""
+    me = os.getpid()
+    return [
+        int(entry)
+        for entry in os.listdir("/proc")
+        if entry.isdigit() and int(entry) != me and where(Proc(int(entry)))
+    ]
+
+
+def running_in(directory: Path | str) -> list[int]:
+    """Processes whose working directory is ``directory`` or below it."""
+    root = str(Path(directory).resolve())
+
+    def inside(p: Proc) -> bool:
+        cwd = p.cwd()
+        return cwd is not None and (cwd == root or cwd.startswith(root + "/"))
+
+    return processes(inside)
