@@ -199,7 +199,10 @@ class Launcher:
         self.gang = Gang(size, gang_timeout_s, heartbeat_timeout_s)
         handler = _make_handler(self.gang, RendezvousHandler)
         self._server = RendezvousHTTPServer((host, port), handler, 0)
-        self._server.daemon_threads = True
+        # Handler threads are joined on close: the last worker's `done` must get its whole
+        # answer before the launcher exits, or that worker reads a cut response and fails.
+        self._server.daemon_threads = False
+        self._server.block_on_close = True
         plan = [SlotInfo(**vars(s)) for s in build_slots(size, workers_per_host)]
         self._server.init(plan)
         self.port: int = self._server.server_address[1]
