@@ -10,7 +10,6 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from types import TracebackType
 from typing import Any
 
 from confluent_kafka.admin import AdminClient
+from gyre.controlplane import procs
 from gyre.pipelines.kafka.config import BrokerConfig, cluster_id_for
 from gyre.pipelines.kafka.fetch import ensure_kafka_libs
 
@@ -115,21 +115,11 @@ class LocalKafka:
             time.sleep(0.2)
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return procs.log_tail(self.log_path, lines)
 
     def stop(self, timeout_s: float = 30.0) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        procs.stop(proc, timeout_s)
 
     def __enter__(self) -> LocalKafka:
         self.start()

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from gyre.controlplane import procs
 from gyre.controlplane.procs import running_in
 from gyre.controlplane.testing import Cluster
 from gyre.manifests import repo_root
@@ -72,19 +73,12 @@ class OperatorProcess:
         self.proc.wait(timeout=30)
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        procs.stop(self.proc, timeout_s=60)
 
     def log(self, lines: int = 80) -> str:
         if not self.log_path.exists():
             return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return procs.log_tail(self.log_path, lines)
 
     def get(self, kind: str, name: str) -> Mapping[str, Any]:
         out = self.cluster.kubectl("get", kind, name, "-n", self.namespace, "-o", "json").stdout

@@ -43,7 +43,7 @@ from kubernetes import config as kube_config
 from kubernetes.client import ApiClient
 
 from gyre.controlplane import pki as pkimod
-from gyre.controlplane.procs import Proc, processes
+from gyre.controlplane.procs import Proc, log_tail, processes
 
 log = logging.getLogger("gyre.controlplane")
 
@@ -773,10 +773,7 @@ def _guard_alive(plane: ControlPlane, component: str) -> bool:
 
 
 def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return "(no log)"
+    return log_tail(path, lines)
 
 
 def _http_ok(url: str) -> bool:

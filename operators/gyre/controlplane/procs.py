@@ -1,14 +1,17 @@
-"""This host's processes, found by where they run or how they were started (for leak checks).
+"""This host's processes: finding them (for leak checks), stopping them, reading their logs.
 
 Tests and ``gyre cluster down`` ask the same question — what still runs that belongs to X? —
 of different X: a working directory, a path in the command line, a variable in the
 environment. `processes` walks ``/proc`` once per call; a process that vanishes meanwhile
-simply does not match.
+simply does not match. `stop` and `log_tail` serve whatever starts a process and must end
+it or explain its death.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,3 +60,23 @@ def running_in(directory: Path | str) -> list[int]:
         return cwd is not None and (cwd == root or cwd.startswith(root + "/"))
 
     return processes(inside)
+
+
+def stop(proc: subprocess.Popen[bytes] | None, timeout_s: float) -> None:
+    """SIGTERM, then SIGKILL if ``proc`` has not exited within ``timeout_s``; reaps it."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def log_tail(path: Path, lines: int) -> str:
+    """The last ``lines`` lines of a log file, or ``(no log)`` when it cannot be read."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
