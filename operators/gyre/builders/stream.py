@@ -8,6 +8,7 @@ cluster's bootstrap address as a plain value, since the cluster has an owner of 
 
 from __future__ import annotations
 
+from gyre.api._base import Resources as ApiResources
 from gyre.api.stream import LakeSink, ManagedKafka, SinkSpec, StreamSpec
 from gyre.core.durations import parse_duration
 from gyre.core.workload import (
@@ -111,14 +112,6 @@ sed -e "s|@NODE_ID@|$id|g" -e "s|@HOST@|$host|g" -e "s|@VOTERS@|$voters|g" \
   --config "$conf/server.properties" --ignore-formatted
 exec "${KAFKA_HOME:-/opt/kafka}/bin/kafka-server-start.sh" "$conf/server.properties"
 """
-
-
-def bootstrap_env(spec: StreamSpec, bootstrap: str | None) -> EnvValue:
-    if spec.kafka.external:
-        return ",".join(spec.kafka.external.bootstrap_servers)
-    if not bootstrap:
-        raise ValueError("a managed cluster's bootstrap address is needed to build the collector and sinks")
-    return bootstrap
 
 
 def cluster_name(spec: StreamSpec, name: str) -> str | None:
@@ -237,7 +230,7 @@ def _kafka_node(
     )
 
 
-def build_collector(spec: StreamSpec, namespace: str, name: str, bootstrap: str | None) -> Workload:
+def build_collector(spec: StreamSpec, namespace: str, name: str, bootstrap: str) -> Workload:
     c = spec.collector
     auth_file = None
     secrets: tuple[SecretFile, ...] = ()
@@ -257,26 +250,21 @@ def build_collector(spec: StreamSpec, namespace: str, name: str, bootstrap: str 
         max_events_per_request=c.max_batch,
         max_queued_events=max(c.max_queue_messages, c.max_batch),
     )
-    return Workload(
-        name=COLLECTOR,
-        role="collector",
-        kind=WorkloadKind.SERVICE,
-        command=("python", "-m", "gyre.pipelines.collector"),
+    return _pipeline_service(
+        COLLECTOR,
+        "collector",
+        "gyre.pipelines.collector",
+        HTTP_PORT,
+        config.to_json(),
+        bootstrap,
         replicas=c.replicas,
-        env={
-            "GYRE_CONFIG": ConfigDirRef(CONFIG_FILE),
-            "GYRE_KAFKA_BOOTSTRAP": bootstrap_env(spec, bootstrap),
-        },
-        ports=(Port("http", HTTP_PORT),),
-        resources=Resources(cpu=c.resources.cpu, memory=c.resources.memory),
-        readiness=Readiness(port="http", http_path="/healthz", period_s=1.0),
-        config_files={CONFIG_FILE: config.to_json()},
+        resources=c.resources,
         secrets=secrets,
     )
 
 
 def build_lake_sink(
-    spec: StreamSpec, namespace: str, name: str, sink: SinkSpec, lake: LakeSink, bootstrap: str | None
+    spec: StreamSpec, namespace: str, name: str, sink: SinkSpec, lake: LakeSink, bootstrap: str
 ) -> Workload:
     config = LakeSinkConfig(
         topic=topic_name(spec, namespace, name),
@@ -287,19 +275,42 @@ def build_lake_sink(
         flush_interval_s=parse_duration(lake.flush_interval),
         port=SINK_PORT,
     )
+    return _pipeline_service(
+        sink_workload_name(sink),
+        "sink",
+        "gyre.pipelines.lakesink",
+        SINK_PORT,
+        config.to_json(),
+        bootstrap,
+        resources=sink.resources,
+    )
+
+
+def _pipeline_service(
+    name: str,
+    role: str,
+    module: str,
+    port: int,
+    config_json: str,
+    bootstrap: str,
+    *,
+    resources: ApiResources,
+    replicas: int = 1,
+    secrets: tuple[SecretFile, ...] = (),
+) -> Workload:
+    """A Kafka client behind an HTTP port: its JSON config, the cluster address, /healthz."""
     return Workload(
-        name=sink_workload_name(sink),
-        role="sink",
+        name=name,
+        role=role,
         kind=WorkloadKind.SERVICE,
-        command=("python", "-m", "gyre.pipelines.lakesink"),
-        env={
-            "GYRE_CONFIG": ConfigDirRef(CONFIG_FILE),
-            "GYRE_KAFKA_BOOTSTRAP": bootstrap_env(spec, bootstrap),
-        },
-        ports=(Port("http", SINK_PORT),),
-        resources=Resources(cpu=sink.resources.cpu, memory=sink.resources.memory),
+        command=("python", "-m", module),
+        replicas=replicas,
+        env={"GYRE_CONFIG": ConfigDirRef(CONFIG_FILE), "GYRE_KAFKA_BOOTSTRAP": bootstrap},
+        ports=(Port("http", port),),
+        resources=Resources(cpu=resources.cpu, memory=resources.memory),
         readiness=Readiness(port="http", http_path="/healthz", period_s=1.0),
-        config_files={CONFIG_FILE: config.to_json()},
+        config_files={CONFIG_FILE: config_json},
+        secrets=secrets,
     )
 
 
@@ -307,8 +318,10 @@ def build_stream(spec: StreamSpec, namespace: str, name: str, bootstrap: str | N
     """The Stream's own workloads, collector and sinks (they retry until the topic exists).
 
     A managed cluster is not among them: several Streams may share it (`build_kafka_cluster`,
-    under a shared owner); ``bootstrap`` is its address.
+    under a shared owner); ``bootstrap`` is the address of the cluster in use, managed or not.
     """
+    if not bootstrap:
+        raise ValueError("the Kafka cluster's bootstrap address is needed to build the collector and sinks")
     out: list[Workload] = []
     if spec.collector.enabled:
         out.append(build_collector(spec, namespace, name, bootstrap))
