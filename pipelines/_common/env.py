@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 T = TypeVar("T")
 
@@ -102,3 +102,22 @@ def build_config(
 def string_map(value: Any) -> dict[str, str]:
     """A JSON object of settings as strings (``null`` is empty)."""
     return {str(k): str(v) for k, v in (value or {}).items()}
+
+
+class JsonConfig:
+    """``to_json``/``from_json`` for a config dataclass that defines ``to_dict``/``from_dict``
+    (what builders write into a workload's config file and the workload reads back)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        raise NotImplementedError
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Self:
+        return cls.from_dict(json.loads(text))

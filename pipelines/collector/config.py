@@ -7,7 +7,6 @@ runtime supplies ``GYRE_PORT_HTTP`` (listen port) and ``GYRE_KAFKA_BOOTSTRAP`` (
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from typing import Any
 from gyre.pipelines._common.env import (
     BOOTSTRAP_ENV,
     ConfigError,
+    JsonConfig,
     build_config,
     env_int,
     load_config_json,
@@ -25,7 +25,7 @@ from gyre.pipelines._common.schema import StreamSchema, schema_from_json
 
 
 @dataclass(frozen=True)
-class CollectorConfig:
+class CollectorConfig(JsonConfig):
     """Everything the collector needs; the JSON keys are the field names.
 
     * ``topic``: the Kafka topic valid events are produced to.
@@ -111,9 +111,6 @@ class CollectorConfig:
             "producer_config": dict(self.producer_config),
         }
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CollectorConfig:
         return build_config(
@@ -123,10 +120,6 @@ class CollectorConfig:
             required=("schema",),
             convert={"schema": schema_from_json, "producer_config": string_map},
         )
-
-    @classmethod
-    def from_json(cls, text: str) -> CollectorConfig:
-        return cls.from_dict(json.loads(text))
 
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None) -> CollectorConfig:

@@ -22,14 +22,20 @@ supplies the per-node ones through the environment:
 from __future__ import annotations
 
 import base64
-import json
 import os
 import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from gyre.pipelines._common.env import ConfigError, build_config, env_int, load_config_json, string_map
+from gyre.pipelines._common.env import (
+    ConfigError,
+    JsonConfig,
+    build_config,
+    env_int,
+    load_config_json,
+    string_map,
+)
 from gyre.pipelines.kafka.fetch import KAFKA_VERSION
 
 ROLE_COMBINED = "broker,controller"
@@ -51,7 +57,7 @@ def cluster_id_for(name: str) -> str:
 
 
 @dataclass(frozen=True)
-class BrokerConfig:
+class BrokerConfig(JsonConfig):
     """One KRaft node.
 
     Fields (JSON keys of the config file are the same names):
@@ -137,12 +143,12 @@ class BrokerConfig:
         """``host:port`` at which clients reach this node."""
         return f"{self.host_of(self.node_id)}:{self.kafka_port}"
 
-    def to_json(self) -> str:
+    def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = asdict(self)
         d["controller_quorum_voters"] = list(self.controller_quorum_voters)
         d["voter_addresses"] = list(self.voter_addresses)
         d["properties"] = dict(self.properties)
-        return json.dumps(d, indent=2, sort_keys=True)
+        return d
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BrokerConfig:
@@ -157,10 +163,6 @@ class BrokerConfig:
                 "properties": string_map,
             },
         )
-
-    @classmethod
-    def from_json(cls, text: str) -> BrokerConfig:
-        return cls.from_dict(json.loads(text))
 
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None) -> BrokerConfig:

@@ -7,7 +7,6 @@ runtime supplies ``GYRE_PORT_HTTP`` (metrics/status port), ``GYRE_KAFKA_BOOTSTRA
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from typing import Any
 from gyre.pipelines._common.env import (
     BOOTSTRAP_ENV,
     ConfigError,
+    JsonConfig,
     build_config,
     env_int,
     load_config_json,
@@ -27,7 +27,7 @@ COMMITTERS = ("auto", "rename", "object-store")
 
 
 @dataclass(frozen=True)
-class LakeSinkConfig:
+class LakeSinkConfig(JsonConfig):
     """Everything the lake sink needs; the JSON keys are the field names.
 
     * ``topic``: the Kafka topic to consume.
@@ -118,9 +118,6 @@ class LakeSinkConfig:
         d["consumer_config"] = dict(self.consumer_config)
         return d
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LakeSinkConfig:
         return build_config(
@@ -130,10 +127,6 @@ class LakeSinkConfig:
             required=("schema",),
             convert={"schema": schema_from_json, "consumer_config": string_map},
         )
-
-    @classmethod
-    def from_json(cls, text: str) -> LakeSinkConfig:
-        return cls.from_dict(json.loads(text))
 
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None) -> LakeSinkConfig:
