@@ -48,6 +48,16 @@ def load_config_json(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     return data
 
 
+def load_client_config(env: Mapping[str, str], default_port: int) -> dict[str, Any]:
+    """The config file of a Kafka client with an HTTP port (collector, sink), with the
+    runtime's values for the cluster address (``$GYRE_KAFKA_BOOTSTRAP``) and the port."""
+    d = load_config_json(env)
+    if env.get(BOOTSTRAP_ENV):
+        d["bootstrap_servers"] = env[BOOTSTRAP_ENV]
+    d["port"] = env_int(env, "GYRE_PORT_HTTP", int(d.get("port", default_port)))
+    return d
+
+
 def env_int(env: Mapping[str, str], name: str, default: int) -> int:
     raw = env.get(name)
     if raw is None or raw == "":

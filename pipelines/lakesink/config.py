@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gyre.pipelines._common.env import (
-    BOOTSTRAP_ENV,
     ConfigError,
     JsonConfig,
     build_config,
     env_int,
-    load_config_json,
+    load_client_config,
     string_map,
 )
 from gyre.pipelines._common.schema import StreamSchema, schema_from_json
@@ -131,10 +130,7 @@ class LakeSinkConfig(JsonConfig):
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None) -> LakeSinkConfig:
         env = os.environ if env is None else env
-        d = load_config_json(env)
-        if env.get(BOOTSTRAP_ENV):
-            d["bootstrap_servers"] = env[BOOTSTRAP_ENV]
-        d["port"] = env_int(env, "GYRE_PORT_HTTP", int(d.get("port", 8081)))
+        d = load_client_config(env, default_port=8081)
         d["replica_index"] = env_int(env, "GYRE_REPLICA_INDEX", int(d.get("replica_index", 0)))
         d["replicas"] = env_int(env, "GYRE_REPLICAS", int(d.get("replicas", 1)))
         return cls.from_dict(d)
