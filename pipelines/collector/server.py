@@ -1,4 +1,5 @@
-"""The collector's HTTP service: ``POST /v1/events`` → Kafka, plus ``/metrics`` and ``/healthz``.
+"""The collector's HTTP service: ``POST /v1/events`` → Kafka, plus ``/metrics``, ``/status``
+(`CollectorStatus`) and ``/healthz``.
 
 Per request: decode the JSON array (orjson), validate each event with the compiled schema
 validator, produce valid events to the topic (key = the schema's key field) and invalid ones
@@ -38,7 +39,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 from confluent_kafka import KafkaError, Message, Producer
+from gyre.pipelines._common.status import STATUS_PATH
 from gyre.pipelines.collector.config import CollectorConfig
+from gyre.pipelines.collector.status import CollectorStatus
 from gyre.pipelines.collector.validate import compile_validator
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
@@ -166,6 +169,8 @@ class Collector:
         )
         self.tokens = TokenFile(cfg.auth_token_file) if cfg.auth_token_file else None
         self.ready = False
+        # since the process started: what /status reports (the Prometheus counters say the same)
+        self.counts = {"accepted": 0, "rejected": 0, "failed": 0}
         self._waiting = 0  # requests waiting for delivery reports
         self._wake: asyncio.Event | None = None  # set when a request starts waiting
         QUEUED.set_function(lambda: len(self.producer))
@@ -339,6 +344,7 @@ class Collector:
         if errors_only and not (rejected or unsent or unknown or batch.failures):
             # The common case, without a pass over the events.
             EVENTS_ACCEPTED.inc(n)
+            self.counts["accepted"] += n
             return self._reply(200, {"accepted": n, "rejected": 0, "failed": 0, "results": []})
         failed: dict[int, str] = dict(unsent)
         sent = self._sent(events, rejected, unsent)
@@ -368,11 +374,21 @@ class Collector:
                     results.append({"index": i, "status": "accepted"})
         EVENTS_ACCEPTED.inc(counts["accepted"])
         EVENTS_FAILED.inc(counts["failed"])
+        for key, value in counts.items():
+            self.counts[key] += value
         status = 503 if n and counts["failed"] == n else 200
         return self._reply(status, {**counts, "results": results}, retry=status == 503)
 
     async def handle_metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    def status(self) -> CollectorStatus:
+        return CollectorStatus(
+            topic=self.cfg.topic, ready=self.ready, queued=len(self.producer), **self.counts
+        )
+
+    async def handle_status(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.status().model_dump_json(), content_type="application/json")
 
     async def handle_healthz(self, request: web.Request) -> web.Response:
         body = {"ready": self.ready, "topic": self.cfg.topic, "queued": len(self.producer)}
@@ -404,6 +420,7 @@ def build_app(collector: Collector) -> web.Application:
     app.router.add_post("/v1/events", collector.handle_events)
     app.router.add_get("/metrics", collector.handle_metrics)
     app.router.add_get("/healthz", collector.handle_healthz)
+    app.router.add_get(STATUS_PATH, collector.handle_status)
 
     async def on_startup(app: web.Application) -> None:
         app["reports"] = asyncio.create_task(collector.serve_delivery_reports())

@@ -25,6 +25,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 from gyre.pipelines._common.httpserver import MetricsServer
+from gyre.pipelines._common.status import STATUS_PATH
 from gyre.pipelines.lakesink.arrow import RecordDecoder, split_by_date
 from gyre.pipelines.lakesink.committer import (
     CommitRecord,
@@ -34,6 +35,7 @@ from gyre.pipelines.lakesink.committer import (
     make_committer,
 )
 from gyre.pipelines.lakesink.config import LakeSinkConfig
+from gyre.pipelines.lakesink.status import PartitionStatus, SinkStatus
 from prometheus_client import Counter, Gauge, Histogram
 
 log = logging.getLogger("gyre.lakesink")
@@ -195,29 +197,28 @@ class LakeSink:
 
     # -- status ----------------------------------------------------------------------------
 
-    def status(self) -> tuple[int, dict[str, Any]]:
+    def status(self) -> SinkStatus:
         parts = {}
         total_lag = 0
         for p, st in sorted(self.parts.items()):
             lag = max(st.high_watermark - (st.next_offset or 0), 0) if st.high_watermark >= 0 else None
             total_lag += lag or 0
-            parts[str(p)] = {
-                "committed_offset": st.next_offset,
-                "high_watermark": st.high_watermark if st.high_watermark >= 0 else None,
-                "lag": lag,
-                "buffered": len(st.buf.values),
-            }
-        body = {
-            "topic": self.cfg.topic,
-            "lake": self.lake.uri,
-            "ready": self.ready,
-            "lag": total_lag,
-            "records_written": self.records_written,
-            "files_committed": self.files_committed,
-            "last_commit_ms": self.last_commit_ms or None,
-            "partitions": parts,
-        }
-        return 200, body
+            parts[str(p)] = PartitionStatus(
+                committed_offset=st.next_offset,
+                high_watermark=st.high_watermark if st.high_watermark >= 0 else None,
+                lag=lag,
+                buffered=len(st.buf.values),
+            )
+        return SinkStatus(
+            topic=self.cfg.topic,
+            lake=self.lake.uri,
+            ready=self.ready,
+            lag=total_lag,
+            records_written=self.records_written,
+            files_committed=self.files_committed,
+            last_commit_ms=self.last_commit_ms or None,
+            partitions=parts,
+        )
 
     def healthz(self) -> tuple[int, dict[str, Any]]:
         return (200 if self.ready else 503), {"ready": self.ready}
@@ -318,7 +319,9 @@ def serve(cfg: LakeSinkConfig) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    server = MetricsServer(cfg.host, cfg.port, {"/status": sink.status, "/healthz": sink.healthz})
+    server = MetricsServer(
+        cfg.host, cfg.port, {STATUS_PATH: lambda: (200, sink.status().to_body()), "/healthz": sink.healthz}
+    )
     server.start()
     try:
         sink.run()

@@ -118,6 +118,9 @@ class TrainerConfig:
     data_shards: int | None = None
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     status_file: str | None = None  # None: <checkpoint.dir>/status.json, else no status file
+    # The launcher serves the run's `/status`; after the gang ended it stays up to this long
+    # until the final status has been read once (0: exit at once).
+    status_linger_s: float = 0.0
     gang_timeout_s: float = 120.0  # all workers must join within this
     heartbeat_timeout_s: float = 30.0  # a silent worker after the start fails the gang
     # Placement of workers on hosts, for Horovod's local/cross ranks: 0 means all workers

@@ -24,8 +24,10 @@ import time
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
+from gyre.pipelines._common.status import STATUS_PATH
 from gyre.pipelines.trainer.config import TrainerConfig
 from gyre.pipelines.trainer.progress import mark_failed
+from gyre.pipelines.trainer.status import GangStatus, TrainerProgress, TrainerStatus
 from gyre.pipelines.trainer.topology import build_slots
 
 log = logging.getLogger("gyre.trainer.launcher")
@@ -47,6 +49,8 @@ class Gang:
         self.joined: dict[int, float] = {}
         self.done: set[int] = set()
         self.store_port: int | None = None
+        self.progress: TrainerProgress | None = None  # what rank 0 last reported
+        self.final_status_read = False  # /status was served after the gang ended
         self._lock = threading.Lock()
         self.changed = threading.Condition(self._lock)
 
@@ -60,6 +64,44 @@ class Gang:
                 "size": self.size,
                 "store_port": self.store_port,
             }
+
+    def status(self) -> TrainerStatus:
+        """The `/status` document; marks the final one as read once the gang has ended."""
+        with self._lock:
+            if self.phase in ("succeeded", "failed"):
+                self.final_status_read = True
+                self.changed.notify_all()
+            return TrainerStatus(
+                gang=GangStatus(
+                    phase=self.phase,
+                    message=self.message,
+                    size=self.size,
+                    joined=sorted(self.joined),
+                    done=sorted(self.done),
+                ),
+                progress=self.progress,
+            )
+
+    def report(self, body: str) -> None:
+        """Rank 0's progress (a `TrainerProgress` document); a malformed one is ignored."""
+        try:
+            progress = TrainerProgress.model_validate_json(body)
+        except ValueError:
+            log.warning("Ignored a malformed progress report: %.200s", body)
+            return
+        with self._lock:
+            self.progress = progress
+
+    def wait_read(self, timeout_s: float) -> bool:
+        """After the gang ended: wait until the final `/status` was served once."""
+        end = time.monotonic() + timeout_s
+        with self._lock:
+            while not self.final_status_read:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self.changed.wait(left)
+            return True
 
     def _fail(self, message: str) -> None:
         if self.phase in ("gathering", "running"):
@@ -154,6 +196,8 @@ def _make_handler(gang: Gang, base: type[BaseHTTPRequestHandler]) -> type[BaseHT
                 gang.finish(rank)
             elif method == "PUT" and verb == "fail":
                 gang.fail(rank, body or "unknown error")
+            elif method == "PUT" and verb == "progress":
+                gang.report(body)
             elif not (method == "GET" and verb == "state"):
                 self.send_response(404)
                 self.send_header("Content-Length", "0")
@@ -168,7 +212,14 @@ def _make_handler(gang: Gang, base: type[BaseHTTPRequestHandler]) -> type[BaseHT
             return True
 
         def do_GET(self) -> None:  # noqa: N802 - the stdlib's naming
-            if not self._gyre("GET"):
+            if self.path.split("?", 1)[0] == STATUS_PATH:
+                payload = gang.status().model_dump_json().encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+            elif not self._gyre("GET"):
                 super().do_GET()
 
         def do_PUT(self) -> None:  # noqa: N802
@@ -258,6 +309,10 @@ def run_launcher(config: TrainerConfig, port: int, store_port: int | None) -> in
     ).start()
     try:
         phase = launcher.wait()
+        # The run's figures live here only: stay until the controller has read the final
+        # status (or the linger ran out: it reads the last figures it saw).
+        if config.status_linger_s > 0 and not launcher.gang.wait_read(config.status_linger_s):
+            log.info("Final status not read within %gs; exiting", config.status_linger_s)
     finally:
         launcher.stop()
     state = launcher.gang.state()

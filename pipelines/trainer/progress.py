@@ -1,7 +1,9 @@
-"""Training progress: a JSON status file, log lines, and Prometheus metrics.
+"""Training progress: rank 0's reports to the launcher, a JSON status file, log lines, metrics.
 
-Rank 0 writes the status file (atomically, so a reader never sees half a file) at every log
-interval and at phase changes. The local runtime's reconciler reads it; its fields:
+At every log interval and at phase changes rank 0 sends its progress to the launcher, which
+serves it on ``/status`` (`gyre.pipelines.trainer.status`: what the controller reads), and
+writes the same document to the status file (atomically, so a reader never sees half a file):
+the run's record next to its checkpoints. Its fields (`TrainerProgress`):
 
 =====================  =======================================================================
 ``phase``              ``starting`` | ``running`` | ``succeeded`` | ``failed``
@@ -32,9 +34,12 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from gyre.pipelines.trainer.status import TrainerProgress
 
 log = logging.getLogger("gyre.trainer")
 
@@ -107,8 +112,11 @@ class Progress:
         backend: str,
         global_batch: int,
         enabled: bool,
+        publish: Callable[[str], None] | None = None,
     ) -> None:
+        """``publish`` receives each report as `TrainerProgress` JSON (to the launcher)."""
         self.path = path
+        self.publish = publish
         self.job = job
         self.enabled = enabled
         self.state: dict[str, Any] = {
@@ -199,5 +207,8 @@ class Progress:
             self.write()
 
     def write(self) -> None:
+        doc = {**self.state, "updated_at": now_rfc3339()}
         if self.path is not None:
-            write_json_atomic(self.path, {**self.state, "updated_at": now_rfc3339()})
+            write_json_atomic(self.path, doc)
+        if self.publish is not None:
+            self.publish(TrainerProgress.model_validate(doc).model_dump_json())

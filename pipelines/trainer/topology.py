@@ -19,6 +19,7 @@ The gang protocol (HTTP on the launcher's rendezvous port, under ``/gyre/``):
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import urllib.error
@@ -26,6 +27,8 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+log = logging.getLogger("gyre.trainer.topology")
 
 REPLICA_INDEX_ENV = "GYRE_REPLICA_INDEX"
 REPLICAS_ENV = "GYRE_REPLICAS"
@@ -210,6 +213,16 @@ class GangClient:
 
     def done(self) -> None:
         self._call("PUT", f"done/{self.rank}")
+
+    def progress(self, body: str) -> None:
+        """Send rank 0's progress (a `TrainerProgress` document) to the launcher's /status.
+
+        Best effort: a launcher that does not answer must not stop training (it is then
+        restarting the gang, and this worker learns it at its next heartbeat)."""
+        try:
+            self._call("PUT", f"progress/{self.rank}", body)
+        except (OSError, urllib.error.URLError) as e:
+            log.debug("Progress not delivered to the launcher: %s", e)
 
     def fail(self, reason: str) -> None:
         self._call("PUT", f"fail/{self.rank}", reason[:2000])

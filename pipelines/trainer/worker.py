@@ -24,6 +24,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -123,7 +124,7 @@ def run_worker(cfg: TrainerConfig, ident: WorkerIdentity) -> int:
             default_iface(ident.launcher_host, cfg.network_interface),
         )
         log.info("Worker %d/%d joined %s", backend.rank, backend.size, backend.name)
-        train(cfg, backend)
+        train(cfg, backend, publish=gang.progress)
         heartbeat.stopped.set()
         backend.barrier()
         gang.done()
@@ -226,7 +227,7 @@ def evaluate(
     return {"val_loss": loss_t / n, "val_rmse": float(np.sqrt(sq / n))}
 
 
-def train(cfg: TrainerConfig, backend: Backend) -> None:
+def train(cfg: TrainerConfig, backend: Backend, publish: Callable[[str], None] | None = None) -> None:
     hp = cfg.hyperparameters
     torch.manual_seed(hp.seed)
     np.random.seed(hp.seed % 2**32)
@@ -269,6 +270,7 @@ def train(cfg: TrainerConfig, backend: Backend) -> None:
         backend=backend.name,
         global_batch=hp.batch_size * backend.size,
         enabled=rank0,
+        publish=publish,
     )
     progress.update(
         phase="running",

@@ -298,7 +298,8 @@ def _pipeline_service(
     replicas: int = 1,
     secrets: tuple[SecretFile, ...] = (),
 ) -> Workload:
-    """A Kafka client behind an HTTP port: its JSON config, the cluster address, /healthz."""
+    """A Kafka client behind an HTTP port: its JSON config, the cluster address, /healthz and
+    /status on that port."""
     return Workload(
         name=name,
         role=role,
@@ -311,6 +312,7 @@ def _pipeline_service(
         readiness=Readiness(port="http", http_path="/healthz", period_s=1.0),
         config_files={CONFIG_FILE: config_json},
         secrets=secrets,
+        status_port="http",
     )
 
 

@@ -32,6 +32,9 @@ CONFIG_FILE = "trainer.json"
 RENDEZVOUS_PORT = 29400
 STORE_PORT = 29401
 METRICS_PORT = 9400
+# The launcher waits this long after the run for the controller to read its final status
+# (the controller polls every few seconds while a job runs).
+STATUS_LINGER_S = 30.0
 TASKS = {"binary": "binary_classification", "regression": "regression"}
 
 
@@ -88,6 +91,7 @@ def build_trainer_config(
             keep=spec.checkpoint.keep,
         ),
         gang_timeout_s=float(spec.run_policy.gang_timeout_seconds),
+        status_linger_s=STATUS_LINGER_S,
         output=artifact_uri(spec, name, generation),
         model_version=model_version(name, generation),
     )
@@ -108,6 +112,7 @@ def build_launcher(spec: TrainingJobSpec, config: TrainerConfig) -> Workload:
         restart_policy=RestartPolicy.ON_FAILURE,
         backoff_limit=spec.run_policy.backoff_limit,
         config_files={CONFIG_FILE: config.to_json()},
+        status_port="rendezvous",  # the run's `TrainerStatus`
     )
 
 

@@ -168,8 +168,10 @@ class Controller(abc.ABC, Generic[S]):
         deps: Mapping[str, Resolved],
         runtime: Runtime,
         prepared: Mapping[str, Any],
+        workloads: Sequence[Workload],
     ) -> Mapping[str, Any]:
-        """I/O beyond workloads (e.g. Kafka topics). Returns facts for `compute_status`."""
+        """I/O beyond workloads (e.g. Kafka topics) and reading the applied ``workloads``'
+        ``/status`` (`Runtime.read_status`). Returns facts for `compute_status`."""
         return {}
 
     @abc.abstractmethod
@@ -275,7 +277,7 @@ async def reconcile(
         prepared = await controller.prepare(meta, spec, old_status, runtime, listing)
         workloads = controller.build(meta, spec, resolved, old_status, prepared)
         await runtime.apply(meta.owner, workloads)
-        facts = {**prepared, **await controller.converge(meta, spec, resolved, runtime, prepared)}
+        facts = {**prepared, **await controller.converge(meta, spec, resolved, runtime, prepared, workloads)}
         observed = await runtime.observe(meta.owner)
     except Exception as exc:  # the runtime or an external system failed: retried
         log.warning("Reconcile of %s %s/%s failed: %s", meta.kind, meta.namespace, meta.name, exc)

@@ -19,15 +19,12 @@ with its StatefulSet.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
-import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
 from gyre.api.stream import ManagedKafka, StreamSpec
@@ -51,6 +48,8 @@ from gyre.controllers.base import (
 )
 from gyre.core import conditions as cnd
 from gyre.core.workload import Owner, Workload, WorkloadPhase, WorkloadStatus
+from gyre.pipelines.collector.status import CollectorStatus
+from gyre.pipelines.lakesink.status import SinkStatus
 from gyre.runtimes.base import Runtime
 
 POLL_S = 2.0
@@ -58,25 +57,12 @@ REFRESH_S = 15.0  # figures (rates, lag) of a Ready Stream are refreshed this of
 ADMIN_TIMEOUT_S = 5.0
 
 
-def _get(url: str, timeout: float = 2.0) -> str | None:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return str(r.read().decode())
-    except OSError:
-        return None
+@dataclass(frozen=True)
+class CollectorCounts:
+    """Events the collector replicas accepted and rejected, summed from their `/status`."""
 
-
-def _collector_counts(text: str | None) -> dict[str, float]:
-    if text is None:
-        return {}
-    out: dict[str, float] = {"accepted": 0.0, "rejected": 0.0}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "gyre_collector_events_accepted_total":
-                out["accepted"] += sample.value
-            elif sample.name == "gyre_collector_events_rejected_total":
-                out["rejected"] += sample.value
-    return out
+    accepted: int
+    rejected: int
 
 
 KAFKA_CLUSTER = "KafkaCluster"
@@ -230,6 +216,7 @@ class StreamController(Controller[StreamSpec]):
         deps: Mapping[str, Resolved],
         runtime: Runtime,
         prepared: Mapping[str, Any],
+        workloads: Sequence[Workload],
     ) -> Mapping[str, Any]:
         from gyre.pipelines.kafka.topics import TopicAdminError, ensure_topic
 
@@ -262,15 +249,21 @@ class StreamController(Controller[StreamSpec]):
         collector = runtime.endpoint(meta.owner, COLLECTOR, "http")
         if collector:
             facts["collector_url"] = f"http://{collector}/v1/events"
-            facts["collector"] = _collector_counts(
-                await asyncio.to_thread(_get, f"http://{collector}/metrics")
-            )
-        sinks: dict[str, Any] = {}
+        by_name = {w.name: w for w in workloads}
+        if COLLECTOR in by_name:
+            replicas = await runtime.read_status(meta.owner, by_name[COLLECTOR])
+            docs = [d for d in map(CollectorStatus.parse, replicas) if d is not None]
+            if docs:
+                # every replica counts what it accepted since it started: the Stream's total
+                facts["collector"] = CollectorCounts(
+                    accepted=sum(d.accepted for d in docs), rejected=sum(d.rejected for d in docs)
+                )
+        sinks: dict[str, SinkStatus] = {}
         for sink in spec.sinks:
-            addr = runtime.endpoint(meta.owner, sink_workload_name(sink), "http")
-            text = await asyncio.to_thread(_get, f"http://{addr}/status") if addr else None
-            if text:
-                sinks[sink.name] = json.loads(text)
+            w = by_name.get(sink_workload_name(sink))
+            doc = SinkStatus.parse(next(iter(await runtime.read_status(meta.owner, w)), None)) if w else None
+            if doc is not None:
+                sinks[sink.name] = doc
         facts["sinks"] = sinks
         return facts
 
@@ -301,11 +294,11 @@ class StreamController(Controller[StreamSpec]):
         if not topic_ready:
             waiting.append(f"topic ({facts.get('topic_error') or 'waiting for the broker'})")
         # Figures.
-        counts = facts.get("collector") or {}
+        counts: CollectorCounts | None = facts.get("collector")
         if facts.get("collector_url"):
             fields["collectorUrl"] = facts["collector_url"]
-        if counts:
-            accepted, rejected = int(counts["accepted"]), int(counts["rejected"])
+        if counts is not None:
+            accepted, rejected = counts.accepted, counts.rejected
             prev_at = old.get("sampledAt")
             prev_acc, prev_rej = old.get("acceptedTotal"), old.get("rejectedTotal")
             now = float(facts["sampled_at"])
@@ -327,14 +320,14 @@ class StreamController(Controller[StreamSpec]):
             )
         sink_status = []
         for sink in spec.sinks:
-            s = (facts.get("sinks") or {}).get(sink.name) or {}
+            doc: SinkStatus | None = (facts.get("sinks") or {}).get(sink.name)
             sink_status.append(
                 {
                     "name": sink.name,
-                    "ready": bool(s.get("ready")),
-                    "lag": s.get("lag"),
-                    "recordsWritten": s.get("records_written"),
-                    "filesCommitted": s.get("files_committed"),
+                    "ready": bool(doc and doc.ready),
+                    "lag": doc.lag if doc else None,
+                    "recordsWritten": doc.records_written if doc else None,
+                    "filesCommitted": doc.files_committed if doc else None,
                 }
             )
         if sink_status:

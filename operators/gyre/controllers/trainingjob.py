@@ -4,17 +4,17 @@ Lifecycle, as Kubeflow's training jobs: `runPolicy.suspend` stops the workers (a
 again from the newest checkpoint); `activeDeadlineSeconds` fails a job that runs too long;
 once finished, `cleanPodPolicy` decides which workloads stay (None: all, Running: the ones
 that already ended, All: none) and `ttlSecondsAfterFinished` deletes the TrainingJob itself.
-Progress and metrics come from the status file rank 0 writes next to the checkpoints, read
-when the operator can reach it (the local runtime; on Kubernetes the phases come from the
-Jobs alone).
+Progress and metrics come from the launcher's ``/status`` (`TrainerStatus`, the status
+contract), read through the runtime: loopback locally, the API server's pod proxy on
+Kubernetes, so both runtimes show the same figures. The phase is decided by a small pure
+function (`decide_phase`) of the workloads' states and the run's clock.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from gyre.api.trainingjob import TrainingJobSpec
@@ -23,12 +23,12 @@ from gyre.builders.trainingjob import (
     WORKER,
     artifact_uri,
     build_trainingjob,
-    checkpoint_uri,
     model_version,
 )
 from gyre.controllers.base import Controller, ObjectMeta, Ref, Resolved, StatusInput, StatusOutput
 from gyre.core import conditions as cnd
-from gyre.core.workload import WorkloadPhase, WorkloadStatus
+from gyre.core.workload import Workload, WorkloadPhase, WorkloadStatus
+from gyre.pipelines.trainer.status import TrainerProgress, TrainerStatus
 from gyre.runtimes.base import Runtime
 
 # Condition types of a TrainingJob, as Kubeflow's.
@@ -63,24 +63,6 @@ def dataset_uri(spec: TrainingJobSpec, deps: Mapping[str, Resolved]) -> str | No
         if dep.ref.kind == "FeatureJob":
             return str((dep.spec.get("offline") or {}).get("uri"))
     return None
-
-
-def _local_path(uri: str) -> Path | None:
-    if uri.startswith("file://"):
-        return Path(uri.removeprefix("file://"))
-    if "://" not in uri:
-        return Path(uri)
-    return None
-
-
-def _read_json(path: Path | None) -> dict[str, Any] | None:
-    if path is None:
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _parse_time(text: str | None) -> dt.datetime | None:
@@ -161,22 +143,22 @@ class TrainingJobController(Controller[TrainingJobSpec]):
         deps: Mapping[str, Resolved],
         runtime: Runtime,
         prepared: Mapping[str, Any],
+        workloads: Sequence[Workload],
     ) -> Mapping[str, Any]:
-        ckpt = _local_path(checkpoint_uri(spec, meta.name, meta.generation))
-        art = _local_path(artifact_uri(spec, meta.name, meta.generation))
+        launcher = next((w for w in workloads if w.name == LAUNCHER), None)
+        if launcher is None:
+            return {}
         return {
-            "progress": _read_json(ckpt / "status.json" if ckpt else None),
-            "artifact": _read_json(art / "metadata.json" if art else None),
+            "trainer": TrainerStatus.parse(next(iter(await runtime.read_status(meta.owner, launcher)), None))
         }
 
     def compute_status(self, spec: TrainingJobSpec, inp: StatusInput) -> StatusOutput:
         meta, old = inp.meta, inp.old_status
         same_run = old.get("observedGeneration") == meta.generation
-        prev_phase = old.get("phase") if same_run else None
         launcher = inp.observed.get(LAUNCHER)
         workers = inp.observed.get(WORKER)
-        progress: dict[str, Any] = dict(inp.facts.get("progress") or {})
-        artifact = inp.facts.get("artifact")
+        trainer: TrainerStatus | None = inp.facts.get("trainer")
+        progress = trainer.progress if trainer else None
         now = cnd.now_rfc3339()
         fields: dict[str, Any] = {}
         if not same_run:  # a new generation is a new run: forget the old run's figures
@@ -194,140 +176,56 @@ class TrainingJobController(Controller[TrainingJobSpec]):
             for name, st in inp.observed.items()
             if st.phase in (WorkloadPhase.SUCCEEDED, WorkloadPhase.FAILED)
         ) or (old.get("endedWorkloads") if same_run else None)
-        self._progress_fields(spec, progress, fields)
-        if artifact and (
-            launcher is None or launcher.phase == WorkloadPhase.SUCCEEDED or prev_phase == "Succeeded"
-        ):
-            fields["model"] = {
-                "uri": artifact_uri(spec, meta.name, meta.generation),
-                "version": model_version(meta.name, meta.generation),
-            }
+        if progress is not None:
+            fields.update(progress_fields(spec, progress))
 
-        # Gang semantics before the launcher can judge: workers that cannot all be placed
-        # (e.g. no node has the GPUs) fail the job after gangTimeoutSeconds instead of hanging.
         workers_pending = workers is not None and workers.phase == WorkloadPhase.PENDING
         pending_since = (old.get("gangPendingSince") if same_run else None) or (
             now if workers_pending else None
         )
         fields["gangPendingSince"] = pending_since if workers_pending else None
-        gang_timed_out: str | None = None
-        timeout = spec.run_policy.gang_timeout_seconds
-        if workers_pending and (_seconds_since(pending_since) or 0) > timeout and workers is not None:
-            gang_timed_out = (
-                f"GangTimeout: {workers.replicas - workers.ready_replicas} of {workers.replicas} workers "
-                f"not started within gangTimeoutSeconds={timeout}: {workers.message or 'pending'}"
+        decision = decide_phase(
+            PhaseInput(
+                previous=(old.get("phase") if same_run else None),
+                suspended=spec.run_policy.suspend,
+                launcher=launcher.phase if launcher else None,
+                workers=workers.phase if workers else None,
+                failure=_failure(launcher, workers, trainer),
+                running_s=_seconds_since(start),
+                active_deadline_s=spec.run_policy.active_deadline_seconds,
+                pending_s=_seconds_since(pending_since) if workers_pending else None,
+                gang_timeout_s=spec.run_policy.gang_timeout_seconds,
+                pending_workers=(workers.replicas - workers.ready_replicas) if workers else 0,
+                worker_count=workers.replicas if workers else 0,
+                pending_detail=(workers.message if workers else "") or "pending",
             )
-        conds: list[cnd.Cond] = [
-            cnd.Cond(CREATED, True, "WorkloadsCreated", "launcher and workers are applied")
-        ]
-        total = spec.run_policy.backoff_limit
-        failed_msg = self._failure(launcher, workers, progress)
-        if prev_phase in TERMINAL:
-            phase = prev_phase
-        elif spec.run_policy.suspend:
-            phase = "Suspended"
-        elif launcher and launcher.phase == WorkloadPhase.SUCCEEDED and not workers_pending:
-            # The launcher exits 0 only once every worker reported done (as an MPIJob's
-            # launcher decides its job); a straggling worker is cleaned by cleanPodPolicy.
-            # A launcher that ended while no worker ever started trained nothing (a launcher
-            # image that exits early; kwok, which runs no containers): the gang timeout
-            # judges that job instead.
-            phase = "Succeeded"
-        elif failed_msg:
-            phase = "Failed"
-        elif (
-            spec.run_policy.active_deadline_seconds
-            and start
-            and (_seconds_since(start) or 0) > spec.run_policy.active_deadline_seconds
-        ):
-            phase = "Failed"
-            limit = spec.run_policy.active_deadline_seconds
-            failed_msg = f"DeadlineExceeded: running longer than activeDeadlineSeconds={limit}"
-        elif gang_timed_out:
-            phase = "Failed"
-            failed_msg = gang_timed_out
-        elif (
-            launcher
-            and launcher.phase in (WorkloadPhase.RUNNING, WorkloadPhase.READY)
-            and not workers_pending
-        ):
-            phase = "Running"
-        else:
-            phase = "Created"
+        )
+        if decision.phase == "Failed" and not decision.message:  # failed in an earlier pass
+            message = str(old.get("failureMessage") or "training failed")
+            head = message.split(":", 1)[0]
+            reason = head if head in ("DeadlineExceeded", "GangTimeout") else "BackoffLimitExceeded"
+            decision = PhaseDecision("Failed", reason, message)
+        phase = decision.phase
         if phase in ("Running", "Succeeded", "Failed") and not start:
             start = now
         if phase in TERMINAL and not done_at:
             done_at = now
         fields["startTime"] = start
         fields["completionTime"] = done_at
-
-        restarting = phase == "Running" and progress.get("phase") == "failed"
-        if phase == "Suspended":
-            conds += [
-                cnd.Cond(SUSPENDED, True, "Suspended", "runPolicy.suspend is true: workers are stopped"),
-                cnd.Cond(RUNNING, False, "Suspended"),
-                cnd.Cond(cnd.READY, False, "Suspended", "resume by setting runPolicy.suspend to false"),
-                cnd.Cond(cnd.PROGRESSING, False, "Suspended"),
-            ]
-        else:
-            conds.append(cnd.Cond(SUSPENDED, False, "NotSuspended"))
         if phase == "Succeeded":
-            metric = (fields.get("metrics") or {}).get("validation")
-            conds += [
-                cnd.Cond(
-                    SUCCEEDED,
-                    True,
-                    "TrainingSucceeded",
-                    f"model {model_version(meta.name, meta.generation)}"
-                    + (f", validation {metric:.4f}" if isinstance(metric, float) else ""),
-                ),
-                cnd.Cond(RUNNING, False, "TrainingSucceeded"),
-                cnd.Cond(RESTARTING, False, "TrainingSucceeded"),
-                cnd.Cond(FAILED, False, "TrainingSucceeded"),
-                cnd.Cond(
-                    cnd.READY,
-                    True,
-                    "ModelAvailable",
-                    f"artifact at {artifact_uri(spec, meta.name, meta.generation)}",
-                ),
-                cnd.Cond(cnd.PROGRESSING, False, "TrainingSucceeded"),
-            ]
-        elif phase == "Failed":
-            message = failed_msg or str(old.get("failureMessage") or "training failed")
-            head = message.split(":", 1)[0]
-            reason = head if head in ("DeadlineExceeded", "GangTimeout") else "BackoffLimitExceeded"
-            conds += [
-                cnd.Cond(FAILED, True, reason, message),
-                cnd.Cond(RUNNING, False, reason),
-                cnd.Cond(RESTARTING, False, reason),
-                cnd.Cond(SUCCEEDED, False, reason),
-                cnd.Cond(cnd.READY, False, reason, message),
-                cnd.Cond(cnd.PROGRESSING, False, reason),
-                cnd.Cond(cnd.DEGRADED, True, reason, message),
-            ]
-            fields["failureMessage"] = message
-        elif phase in ("Running", "Created"):
-            step = progress.get("step")
-            conds += [
-                cnd.Cond(
-                    RUNNING,
-                    phase == "Running",
-                    "GangRunning" if phase == "Running" else "WaitingForGang",
-                    f"step {step}" if step is not None else "",
-                ),
-                cnd.Cond(
-                    RESTARTING,
-                    restarting,
-                    "GangRestarting" if restarting else "NoRestart",
-                    f"restart {restarts} of backoffLimit {total}; resuming from the newest checkpoint"
-                    if restarting
-                    else "",
-                ),
-                cnd.Cond(SUCCEEDED, False, "Training"),
-                cnd.Cond(FAILED, False, "Training"),
-                cnd.Cond(cnd.READY, False, "Training", "the model is not trained yet"),
-                cnd.Cond(cnd.PROGRESSING, True, "Training", progress.get("message") or ""),
-            ]
+            # The launcher exits 0 only after rank 0 wrote the artifact and every worker ended.
+            fields["model"] = {
+                "uri": artifact_uri(spec, meta.name, meta.generation),
+                "version": model_version(meta.name, meta.generation),
+            }
+        restarting = phase == "Running" and (
+            (progress is not None and progress.phase == "failed")
+            or (trainer is not None and trainer.gang.phase == "failed")
+        )
+        metric = (fields.get("metrics") or old.get("metrics") or {}).get("validation")
+        conds = self._conditions(spec, meta, phase, decision, restarting, restarts, progress, metric)
+        if phase == "Failed":
+            fields["failureMessage"] = decision.message
         ttl = spec.run_policy.ttl_seconds_after_finished
         delete = bool(phase in TERMINAL and ttl is not None and (_seconds_since(done_at) or 0) >= ttl)
         still_running = any(
@@ -344,41 +242,183 @@ class TrainingJobController(Controller[TrainingJobSpec]):
         )
 
     @staticmethod
-    def _failure(
-        launcher: WorkloadStatus | None, workers: WorkloadStatus | None, progress: Mapping[str, Any]
-    ) -> str | None:
-        for st in (launcher, workers):
-            if st is not None and st.phase == WorkloadPhase.FAILED:
-                detail = st.message.strip().splitlines()[-1] if st.message.strip() else ""
-                reason = progress.get("message") or detail or f"{st.name} failed"
-                return f"{st.name} failed after {st.restarts} restart(s): {reason}"
-        return None
+    def _conditions(
+        spec: TrainingJobSpec,
+        meta: ObjectMeta,
+        phase: str,
+        decision: PhaseDecision,
+        restarting: bool,
+        restarts: int,
+        progress: TrainerProgress | None,
+        metric: Any,
+    ) -> list[cnd.Cond]:
+        conds = [cnd.Cond(CREATED, True, "WorkloadsCreated", "launcher and workers are applied")]
+        if phase == "Suspended":
+            return [
+                *conds,
+                cnd.Cond(SUSPENDED, True, "Suspended", "runPolicy.suspend is true: workers are stopped"),
+                cnd.Cond(RUNNING, False, "Suspended"),
+                cnd.Cond(cnd.READY, False, "Suspended", "resume by setting runPolicy.suspend to false"),
+                cnd.Cond(cnd.PROGRESSING, False, "Suspended"),
+            ]
+        conds.append(cnd.Cond(SUSPENDED, False, "NotSuspended"))
+        if phase == "Succeeded":
+            version = model_version(meta.name, meta.generation)
+            return [
+                *conds,
+                cnd.Cond(
+                    SUCCEEDED,
+                    True,
+                    "TrainingSucceeded",
+                    f"model {version}" + (f", validation {metric:.4f}" if isinstance(metric, float) else ""),
+                ),
+                cnd.Cond(RUNNING, False, "TrainingSucceeded"),
+                cnd.Cond(RESTARTING, False, "TrainingSucceeded"),
+                cnd.Cond(FAILED, False, "TrainingSucceeded"),
+                cnd.Cond(
+                    cnd.READY,
+                    True,
+                    "ModelAvailable",
+                    f"artifact at {artifact_uri(spec, meta.name, meta.generation)}",
+                ),
+                cnd.Cond(cnd.PROGRESSING, False, "TrainingSucceeded"),
+            ]
+        if phase == "Failed":
+            reason, message = decision.reason, decision.message or "training failed"
+            return [
+                *conds,
+                cnd.Cond(FAILED, True, reason, message),
+                cnd.Cond(RUNNING, False, reason),
+                cnd.Cond(RESTARTING, False, reason),
+                cnd.Cond(SUCCEEDED, False, reason),
+                cnd.Cond(cnd.READY, False, reason, message),
+                cnd.Cond(cnd.PROGRESSING, False, reason),
+                cnd.Cond(cnd.DEGRADED, True, reason, message),
+            ]
+        step = progress.step if progress else None
+        return [
+            *conds,
+            cnd.Cond(
+                RUNNING,
+                phase == "Running",
+                "GangRunning" if phase == "Running" else "WaitingForGang",
+                f"step {step}" if step is not None else "",
+            ),
+            cnd.Cond(
+                RESTARTING,
+                restarting,
+                "GangRestarting" if restarting else "NoRestart",
+                f"restart {restarts} of backoffLimit {spec.run_policy.backoff_limit}; "
+                "resuming from the newest checkpoint"
+                if restarting
+                else "",
+            ),
+            cnd.Cond(SUCCEEDED, False, "Training"),
+            cnd.Cond(FAILED, False, "Training"),
+            cnd.Cond(cnd.READY, False, "Training", "the model is not trained yet"),
+            cnd.Cond(cnd.PROGRESSING, True, "Training", progress.message if progress else ""),
+        ]
 
-    @staticmethod
-    def _progress_fields(spec: TrainingJobSpec, progress: Mapping[str, Any], fields: dict[str, Any]) -> None:
-        if not progress:
-            return
-        percent = progress.get("percent")
-        fields["progress"] = {
-            "epoch": progress.get("epoch"),
-            "step": progress.get("step"),
-            "totalSteps": progress.get("total_steps"),
-            "percent": f"{percent:.0f}%" if isinstance(percent, int | float) else None,
-            "etaSeconds": progress.get("eta_s"),
+
+@dataclass(frozen=True)
+class PhaseInput:
+    """What the phase of a run depends on (`decide_phase`)."""
+
+    previous: str | None  # the stored phase of this generation's run
+    suspended: bool
+    launcher: WorkloadPhase | None  # None: not applied
+    workers: WorkloadPhase | None
+    failure: str | None = None  # a workload failed past its restarts: why
+    running_s: float | None = None  # since the run started
+    active_deadline_s: int | None = None
+    pending_s: float | None = None  # since the workers became unplaceable (None: they are not)
+    gang_timeout_s: float = 120.0
+    pending_workers: int = 0
+    worker_count: int = 0
+    pending_detail: str = "pending"
+
+
+@dataclass(frozen=True)
+class PhaseDecision:
+    phase: str  # Created | Running | Suspended | Succeeded | Failed
+    reason: str = ""  # for Failed: BackoffLimitExceeded | DeadlineExceeded | GangTimeout
+    message: str = ""
+
+
+def decide_phase(i: PhaseInput) -> PhaseDecision:
+    """The run's phase: pure, first match wins (the order is the precedence)."""
+    if i.previous in TERMINAL:
+        return PhaseDecision(i.previous)  # a finished run stays finished
+    if i.suspended:
+        return PhaseDecision("Suspended")
+    workers_pending = i.workers == WorkloadPhase.PENDING
+    if i.launcher == WorkloadPhase.SUCCEEDED and not workers_pending:
+        # The launcher exits 0 only once every worker reported done (as an MPIJob's launcher
+        # decides its job); a straggling worker is cleaned by cleanPodPolicy. A launcher that
+        # ended while no worker ever started trained nothing (kwok runs no containers): the
+        # gang timeout judges that job instead.
+        return PhaseDecision("Succeeded")
+    if i.failure:
+        return PhaseDecision("Failed", "BackoffLimitExceeded", i.failure)
+    if i.active_deadline_s and (i.running_s or 0) > i.active_deadline_s:
+        return PhaseDecision(
+            "Failed",
+            "DeadlineExceeded",
+            f"DeadlineExceeded: running longer than activeDeadlineSeconds={i.active_deadline_s}",
+        )
+    if workers_pending and (i.pending_s or 0) > i.gang_timeout_s:
+        # Gang semantics: workers that cannot all be placed (no node has the GPUs) fail the
+        # job after gangTimeoutSeconds instead of hanging.
+        return PhaseDecision(
+            "Failed",
+            "GangTimeout",
+            f"GangTimeout: {i.pending_workers} of {i.worker_count} workers not started within "
+            f"gangTimeoutSeconds={i.gang_timeout_s:g}: {i.pending_detail}",
+        )
+    if i.launcher in (WorkloadPhase.RUNNING, WorkloadPhase.READY) and not workers_pending:
+        return PhaseDecision("Running")
+    return PhaseDecision("Created")
+
+
+def progress_fields(spec: TrainingJobSpec, p: TrainerProgress) -> dict[str, Any]:
+    """The TrainingJob status fields the run's progress fills."""
+    out: dict[str, Any] = {
+        "progress": {
+            "epoch": p.epoch,
+            "step": p.step,
+            "totalSteps": p.total_steps,
+            "percent": f"{p.percent:.0f}%",
+            "etaSeconds": p.eta_s,
         }
-        metrics: dict[str, float] = {}
-        for key, value in (progress.get("metrics") or {}).items():
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                metrics[_camel(key)] = float(value)
-        main = "val_rmse" if spec.model.task == "regression" else "val_accuracy"
-        if isinstance((progress.get("metrics") or {}).get(main), int | float):
-            metrics["validation"] = float(progress["metrics"][main])
-        if metrics:
-            fields["metrics"] = metrics
-        if progress.get("samples_per_s") is not None:
-            fields["samplesPerSecond"] = round(float(progress["samples_per_s"]), 1)
-        if progress.get("resumed_from_step") is not None:
-            fields["resumedFromStep"] = int(progress["resumed_from_step"])
+    }
+    metrics = {_camel(k): float(v) for k, v in p.metrics.items() if v is not None}
+    main = "val_rmse" if spec.model.task == "regression" else "val_accuracy"
+    if p.metrics.get(main) is not None:
+        metrics["validation"] = float(p.metrics[main])  # type: ignore[arg-type]
+    if metrics:
+        out["metrics"] = metrics
+    if p.samples_per_s is not None:
+        out["samplesPerSecond"] = round(p.samples_per_s, 1)
+    if p.resumed_from_step is not None:
+        out["resumedFromStep"] = p.resumed_from_step
+    return out
+
+
+def _failure(
+    launcher: WorkloadStatus | None, workers: WorkloadStatus | None, trainer: TrainerStatus | None
+) -> str | None:
+    """Why a workload failed past its restarts, in the run's own words where it said them."""
+    said = ""
+    if trainer is not None:
+        said = (
+            trainer.progress.message if trainer.progress and trainer.progress.phase == "failed" else ""
+        ) or (trainer.gang.message if trainer.gang.phase == "failed" else "")
+    for st in (launcher, workers):
+        if st is not None and st.phase == WorkloadPhase.FAILED:
+            detail = st.message.strip().splitlines()[-1] if st.message.strip() else ""
+            reason = said or detail or f"{st.name} failed"
+            return f"{st.name} failed after {st.restarts} restart(s): {reason}"
+    return None
 
 
 def _camel(snake: str) -> str:

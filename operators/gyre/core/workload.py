@@ -19,7 +19,11 @@ Conventions shared by both runtimes:
   ``kubernetes`` runtime has Secrets (the ``local`` runtime fails such a workload, saying so).
 * ``on_kubernetes`` lets a workload run a vendor image on Kubernetes (``apache/kafka`` for a
   broker) while the ``local`` runtime runs ``command``; both get the same env references.
-* Every replica gets ``GYRE_REPLICA_INDEX`` (0-based) and ``GYRE_REPLICAS`` in its environment.
+* Every replica gets the same environment from both runtimes: ``GYRE_OWNER`` (the owner's
+  name), ``GYRE_WORKLOAD``, ``GYRE_REPLICA_INDEX`` (0-based), ``GYRE_REPLICAS`` and
+  ``GYRE_PORT_<NAME>`` for each declared port (`port_env`). Ports are declared once, here.
+* ``status_port`` names the port on which the workload serves ``GET /status`` (the status
+  contract, `gyre.pipelines._common.status`); controllers read it with `Runtime.read_status`.
 """
 
 from __future__ import annotations
@@ -57,6 +61,13 @@ class Port:
     name: str
     port: int  # the container port on Kubernetes; the local runtime allocates a free loopback port
     protocol: str = "TCP"
+
+
+def port_env(port_name: str) -> str:
+    """The variable that holds a port's number in the workload's environment."""
+    return "GYRE_PORT_" + "".join(
+        c if c.isascii() and (c.isalnum() or c == "_") else "_" for c in port_name.upper()
+    )
 
 
 @dataclass(frozen=True)
@@ -171,6 +182,7 @@ class Workload:
     labels: Mapping[str, str] = field(default_factory=dict)
     secrets: tuple[SecretFile, ...] = ()
     on_kubernetes: KubernetesContainer | None = None
+    status_port: str | None = None  # a Port.name: where GET /status is served
 
     def port(self, name: str) -> Port:
         for p in self.ports:

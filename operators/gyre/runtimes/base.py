@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from gyre.core.workload import Owner, Workload, WorkloadStatus
 
@@ -25,6 +25,15 @@ class Runtime(Protocol):
 
     async def delete(self, owner: Owner) -> None:
         """Stop and remove everything the owner has (used when the resource is deleted)."""
+        ...
+
+    async def read_status(self, owner: Owner, workload: Workload) -> list[dict[str, Any]]:
+        """What the workload's replicas serve on ``GET /status`` at ``workload.status_port``,
+        one JSON object per replica that answered, in replica order.
+
+        Empty when the workload declares no status port or no replica answers (not started
+        yet, or gone). Controllers parse each with the workload's `StatusDoc` model.
+        """
         ...
 
     def endpoint(self, owner: Owner, workload: str, port: str) -> str | None:

@@ -40,6 +40,7 @@ from gyre.core.workload import (
     VolumePathRef,
     Workload,
     WorkloadKind,
+    port_env,
 )
 
 Manifest = dict[str, Any]
@@ -481,6 +482,18 @@ def _index_env(workload: Workload) -> dict[str, Any]:
     return {"name": "GYRE_REPLICA_INDEX", "valueFrom": {"fieldRef": {"fieldPath": path}}}
 
 
+def replica_index(pod: Mapping[str, Any]) -> int | None:
+    """A pod's replica index (indexed Job or StatefulSet); None for a Deployment's pods."""
+    md = pod.get("metadata") or {}
+    raw = (md.get("annotations") or {}).get(JOB_INDEX_ANNOTATION) or (md.get("labels") or {}).get(
+        POD_INDEX_LABEL
+    )
+    try:
+        return None if raw is None else int(raw)
+    except ValueError:
+        return None
+
+
 def resolve_env_value(ctx: RenderContext, workload: Workload, value: EnvValue) -> str:
     """The string an env reference stands for inside a pod of ``workload``."""
     owner, namespace, peers = ctx.owner, ctx.namespace, ctx.peers
@@ -519,11 +532,15 @@ def build_env(ctx: RenderContext, workload: Workload) -> list[dict[str, Any]]:
     if workload.on_kubernetes is not None:
         own.update(workload.on_kubernetes.env)
     # The index and count come first so that later values and the command may use $(VAR).
+    # The same environment the local runtime gives (see `gyre.core.workload`).
     env: list[dict[str, Any]] = [
         entry
         for entry in (
             _index_env(workload),
             {"name": "GYRE_REPLICAS", "value": str(workload.replicas)},
+            {"name": "GYRE_OWNER", "value": ctx.owner.name},
+            {"name": "GYRE_WORKLOAD", "value": workload.name},
+            *({"name": port_env(p.name), "value": str(p.port)} for p in workload.ports),
         )
         # Server-side apply keys env by name: a duplicate name is rejected, so an explicit
         # value replaces the default.

@@ -23,11 +23,13 @@ from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
 from gyre.core.workload import Owner, Workload, WorkloadKind, WorkloadPhase, WorkloadStatus
+from gyre.pipelines._common.status import STATUS_PATH
 from gyre.runtimes import k8s_render as r
 
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT_S = 30.0
+STATUS_TIMEOUT_S = 3.0
 RECREATE_TIMEOUT_S = 60.0
 
 
@@ -89,6 +91,9 @@ class KubernetesRuntime:
     async def delete(self, owner: Owner) -> None:
         await asyncio.to_thread(self.delete_sync, owner)
 
+    async def read_status(self, owner: Owner, workload: Workload) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self.read_status_sync, owner, workload)
+
     def endpoint(self, owner: Owner, workload: str, port: str) -> str | None:
         for w in self._applied.get(owner.key, ()):
             if w.name == workload:
@@ -136,6 +141,35 @@ class KubernetesRuntime:
         for w in self._applied.get(owner.key, ()):
             if w.name not in out:
                 out[w.name] = WorkloadStatus(name=w.name, phase=WorkloadPhase.MISSING)
+        return out
+
+    def read_status_sync(self, owner: Owner, workload: Workload) -> list[dict[str, Any]]:
+        """``/status`` of each running pod of the workload, through the API server's pod proxy.
+
+        The operator need not reach the pod network itself (it may run outside the cluster);
+        the API server does. Pods are in replica order (indexed Jobs, StatefulSets), else in
+        order of creation; a pod that does not answer is left out."""
+        if workload.status_port is None:
+            return []
+        port = workload.port(workload.status_port).port
+        selector = ",".join(f"{k}={v}" for k, v in r.selector_labels(owner, workload).items())
+        running = [
+            p
+            for p in self._list(POD, owner.namespace, selector)
+            if (p.get("status") or {}).get("phase") == "Running"
+            and not (p.get("metadata") or {}).get("deletionTimestamp")
+        ]
+        running.sort(
+            key=lambda p: (r.replica_index(p) or 0, str(p["metadata"].get("creationTimestamp") or ""))
+        )
+        out: list[dict[str, Any]] = []
+        for pod in running:
+            name = pod["metadata"]["name"]
+            path = f"{POD.path(owner.namespace, name)}:{port}/proxy{STATUS_PATH}"
+            try:
+                out.append(self._request("GET", path, timeout_s=STATUS_TIMEOUT_S)[1])
+            except Exception as e:  # API errors, proxy errors, timeouts: the pod is left out
+                log.debug("Reading /status of pod %s/%s failed: %s", owner.namespace, name, e)
         return out
 
     def delete_sync(self, owner: Owner) -> None:
@@ -238,6 +272,7 @@ class KubernetesRuntime:
         query: Iterable[tuple[str, str]] = (),
         body: dict[str, Any] | None = None,
         content_type: str = "application/json",
+        timeout_s: float = REQUEST_TIMEOUT_S,
     ) -> tuple[int, dict[str, Any]]:
         serialized = self._api.param_serialize(
             method=method,
@@ -254,7 +289,7 @@ class KubernetesRuntime:
             header_params=headers,
             body=data,
             post_params=post,
-            _request_timeout=REQUEST_TIMEOUT_S,
+            _request_timeout=timeout_s,
         )
         raw: bytes = response.response.data
         status: int = response.status

@@ -46,7 +46,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from gyre.core.workload import (
     ConfigDirRef,
@@ -60,8 +60,11 @@ from gyre.core.workload import (
     WorkloadKind,
     WorkloadPhase,
     WorkloadStatus,
+    port_env,
 )
+from gyre.pipelines._common.status import STATUS_PATH
 from gyre.runtimes import _reaper
+from gyre.runtimes._http import fetch_json
 from gyre.runtimes._ports import LOOPBACK, PortAllocator, shared_allocator
 
 log = logging.getLogger(__name__)
@@ -225,6 +228,17 @@ class LocalRuntime:
         # The resource is gone: its ports need not be remembered (its data is kept).
         (self.owner_dir(owner) / "ports.json").unlink(missing_ok=True)
 
+    async def read_status(self, owner: Owner, workload: Workload) -> list[dict[str, Any]]:
+        """GET each replica's ``/status`` on its loopback port."""
+        st = self._owners.get(owner.key)
+        if st is None or workload.status_port is None:
+            return []
+        numbers = st.ports.get(workload.name, {}).get(workload.status_port) or []
+        bodies = await asyncio.gather(
+            *(asyncio.to_thread(fetch_json, f"http://{LOOPBACK}:{n}{STATUS_PATH}") for n in numbers)
+        )
+        return [b for b in bodies if b is not None]
+
     def endpoint(self, owner: Owner, workload: str, port: str) -> str | None:
         st = self._owners.get(owner.key)
         ports = st.ports.get(workload, {}).get(port) if st is not None else None
@@ -363,7 +377,7 @@ class LocalRuntime:
         own["GYRE_REPLICA_INDEX"] = str(replica.index)
         own["GYRE_REPLICAS"] = str(w.replicas)
         for p in w.ports:
-            own[f"GYRE_PORT_{_env_name(p.name)}"] = str(st.ports[w.name][p.name][replica.index])
+            own[port_env(p.name)] = str(st.ports[w.name][p.name][replica.index])
         if replica.gpus:
             own["CUDA_VISIBLE_DEVICES"] = ",".join(replica.gpus)
         # Kubernetes expands $(VAR) from the container's declared env, not from the image's.
@@ -779,10 +793,6 @@ def _canonical(value: object) -> object:
     if isinstance(value, list | tuple):
         return [_canonical(v) for v in value]
     return value
-
-
-def _env_name(port_name: str) -> str:
-    return re.sub(r"[^A-Z0-9_]", "_", port_name.upper())
 
 
 def _find_executable(command: str, path: str, cwd: Path) -> str | None:
