@@ -9,6 +9,7 @@ test if any tagged process outlives it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import inspect
 import json
@@ -232,6 +233,32 @@ async def test_tcp_readiness_waits_for_the_port(tmp_path: Path) -> None:
         assert (status.replicas, status.ready_replicas, status.restarts) == (1, 1, 0)
         with socket.create_connection((host, int(port)), timeout=2):
             pass
+
+
+@run_async
+async def test_read_status_gets_every_replicas_status_document(tmp_path: Path) -> None:
+    """The status contract: `read_status` reaches each replica's /status on its own port, and
+    each replica got the environment both runtimes give (owner, workload, index, count)."""
+    workload = service(
+        "model", "http", "--port-env", "GYRE_PORT_HTTP", replicas=2, ports=(Port("http", 8080),),
+        readiness=Readiness(port="http", http_path="/healthz", period_s=0.1), status_port="http",
+    )  # fmt: skip
+    async with runtime(tmp_path) as rt:
+        assert await rt.read_status(OWNER, workload) == []  # nothing applied: nothing answers
+        await rt.apply(OWNER, [workload])
+        await wait_phase(rt, "model", WorkloadPhase.READY)
+        docs = await rt.read_status(OWNER, workload)
+        assert docs == [
+            {
+                "GYRE_OWNER": OWNER.name,
+                "GYRE_WORKLOAD": "model",
+                "GYRE_REPLICA_INDEX": str(i),
+                "GYRE_REPLICAS": "2",
+            }
+            for i in range(2)
+        ]
+        no_status_port = dataclasses.replace(workload, status_port=None)
+        assert await rt.read_status(OWNER, no_status_port) == []
 
 
 @run_async

@@ -52,6 +52,15 @@ def serve_tcp(port: int) -> None:
 def serve_http(port: int, ready_file: Path | None) -> None:
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            if self.path == "/status":  # the status contract: who answers, from its environment
+                keys = ("GYRE_OWNER", "GYRE_WORKLOAD", "GYRE_REPLICA_INDEX", "GYRE_REPLICAS")
+                doc = json.dumps({k: os.environ.get(k) for k in keys}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(doc)))
+                self.end_headers()
+                self.wfile.write(doc)
+                return
             ok = ready_file is None or ready_file.exists()
             body = b"ok\n" if ok else b"not ready\n"
             self.send_response(200 if ok else 503)

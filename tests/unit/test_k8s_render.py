@@ -231,6 +231,32 @@ def test_env_references_are_resolved() -> None:
     assert [e["name"] for e in container(dep)["env"]][:2] == ["GYRE_REPLICA_INDEX", "GYRE_REPLICAS"]
 
 
+def test_pods_get_the_environment_the_local_runtime_gives() -> None:
+    """Both runtimes give a workload its owner, name, replica index and count, and a
+    GYRE_PORT_<NAME> per declared port (the local runtime: tests/runtimes)."""
+    w = workload(kind=WorkloadKind.STATEFUL, replicas=3, ports=(Port("http", 8080), Port("raft-peer", 9093)))
+    env = env_of(one(r.render(OWNER, [w], NS), "StatefulSet"))
+    assert env["GYRE_OWNER"] == "clicks"
+    assert env["GYRE_WORKLOAD"] == "broker"
+    assert env["GYRE_REPLICAS"] == "3"
+    assert env["GYRE_REPLICA_INDEX"] == {
+        "fieldRef": {"fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}
+    }
+    assert (env["GYRE_PORT_HTTP"], env["GYRE_PORT_RAFT_PEER"]) == ("8080", "9093")
+
+
+@pytest.mark.parametrize(
+    ("pod", "index"),
+    [
+        ({"metadata": {"annotations": {"batch.kubernetes.io/job-completion-index": "2"}}}, 2),
+        ({"metadata": {"labels": {"apps.kubernetes.io/pod-index": "1"}}}, 1),
+        ({"metadata": {"labels": {"app": "x"}}}, None),
+    ],
+)
+def test_replica_index_of_a_pod(pod: dict[str, Any], index: int | None) -> None:
+    assert r.replica_index(pod) == index
+
+
 def test_explicit_env_overrides_replica_defaults_without_duplicates() -> None:
     dep = one(r.render(OWNER, [workload(env={"GYRE_REPLICAS": "9"})], NS), "Deployment")
     names = [e["name"] for e in container(dep)["env"]]

@@ -1,0 +1,197 @@
+"""TrainingJob status: the pure phase decision and the status computed from the launcher's
+`/status` document (the status contract), without any runtime."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from gyre.api.trainingjob import TrainingJobSpec
+from gyre.builders.trainingjob import LAUNCHER, WORKER
+from gyre.controllers.base import ObjectMeta, StatusInput
+from gyre.controllers.trainingjob import (
+    PhaseDecision,
+    PhaseInput,
+    TrainingJobController,
+    decide_phase,
+)
+from gyre.core.workload import WorkloadPhase as P
+from gyre.core.workload import WorkloadStatus
+from gyre.pipelines.trainer.status import GangStatus, TrainerProgress, TrainerStatus
+
+CASES: list[tuple[str, PhaseInput, PhaseDecision]] = [
+    ("nothing applied yet", PhaseInput(None, False, None, None), PhaseDecision("Created")),
+    ("launcher up, workers pending", PhaseInput(None, False, P.RUNNING, P.PENDING), PhaseDecision("Created")),
+    ("launcher and workers running", PhaseInput(None, False, P.RUNNING, P.RUNNING), PhaseDecision("Running")),
+    ("launcher ready counts as running", PhaseInput(None, False, P.READY, P.READY), PhaseDecision("Running")),
+    ("launcher exited 0", PhaseInput(None, False, P.SUCCEEDED, P.SUCCEEDED), PhaseDecision("Succeeded")),
+    (
+        "launcher exited 0 while no worker ever started: not a success",
+        PhaseInput(None, False, P.SUCCEEDED, P.PENDING),
+        PhaseDecision("Created"),
+    ),
+    (
+        "a finished run stays finished",
+        PhaseInput("Succeeded", False, P.FAILED, None),
+        PhaseDecision("Succeeded"),
+    ),
+    ("a failed run stays failed", PhaseInput("Failed", True, P.RUNNING, P.RUNNING), PhaseDecision("Failed")),
+    (
+        "suspend wins over running",
+        PhaseInput("Running", True, P.RUNNING, P.RUNNING),
+        PhaseDecision("Suspended"),
+    ),
+    (
+        "a workload past its restarts fails the run",
+        PhaseInput(None, False, P.FAILED, P.RUNNING, failure="launcher failed after 6 restart(s): boom"),
+        PhaseDecision("Failed", "BackoffLimitExceeded", "launcher failed after 6 restart(s): boom"),
+    ),
+    (
+        "success beats a straggler's failure",
+        PhaseInput(None, False, P.SUCCEEDED, P.FAILED, failure="worker failed"),
+        PhaseDecision("Succeeded"),
+    ),
+    (
+        "past the active deadline",
+        PhaseInput(None, False, P.RUNNING, P.RUNNING, running_s=11.0, active_deadline_s=10),
+        PhaseDecision(
+            "Failed", "DeadlineExceeded", "DeadlineExceeded: running longer than activeDeadlineSeconds=10"
+        ),
+    ),
+    (
+        "at the active deadline: still running",
+        PhaseInput(None, False, P.RUNNING, P.RUNNING, running_s=10.0, active_deadline_s=10),
+        PhaseDecision("Running"),
+    ),
+    (
+        "workers unplaceable past the gang timeout",
+        PhaseInput(
+            None,
+            False,
+            P.RUNNING,
+            P.PENDING,
+            pending_s=31.0,
+            gang_timeout_s=30,
+            pending_workers=2,
+            worker_count=2,
+            pending_detail="Insufficient nvidia.com/gpu",
+        ),
+        PhaseDecision(
+            "Failed",
+            "GangTimeout",
+            "GangTimeout: 2 of 2 workers not started within gangTimeoutSeconds=30: "
+            "Insufficient nvidia.com/gpu",
+        ),
+    ),
+    (
+        "workers unplaceable within the gang timeout",
+        PhaseInput(None, False, P.RUNNING, P.PENDING, pending_s=29.0, gang_timeout_s=30),
+        PhaseDecision("Created"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "inp", "want"), CASES, ids=[c[0] for c in CASES])
+def test_decide_phase(case: str, inp: PhaseInput, want: PhaseDecision) -> None:
+    assert decide_phase(inp) == want
+
+
+SPEC = TrainingJobSpec.model_validate(
+    {
+        "dataset": {"path": "file:///data", "label": "churned"},
+        "model": {"architecture": "mlp", "task": "binary"},
+        "workers": 2,
+        "output": {"uri": "file:///models/churn"},
+    }
+)
+META = ObjectMeta(kind="TrainingJob", namespace="ns", name="churn", uid="u", generation=3)
+
+
+def status_of(
+    observed: dict[str, P], trainer: TrainerStatus | None, old: dict[str, Any] | None = None
+) -> Any:
+    return TrainingJobController().compute_status(
+        SPEC,
+        StatusInput(
+            meta=META,
+            old_status=old or {},
+            deps={},
+            workloads=[],
+            observed={
+                n: WorkloadStatus(name=n, phase=ph, replicas=2, ready_replicas=2)
+                for n, ph in observed.items()
+            },
+            facts={"trainer": trainer},
+        ),
+    )
+
+
+def running_trainer(**progress: Any) -> TrainerStatus:
+    base = {
+        "phase": "running", "epoch": 1, "epochs": 4, "step": 50, "total_steps": 200, "percent": 25.0,
+        "eta_s": 12.5, "samples_per_s": 4321.06, "metrics": {"val_accuracy": 0.81, "val_loss": 0.4},
+        "resumed_from_step": 40, "workers": 2, "backend": "horovod", "message": "epoch 1",
+    }  # fmt: skip
+    return TrainerStatus(
+        gang=GangStatus(phase="running", size=2, joined=[0, 1]),
+        progress=TrainerProgress.model_validate({**base, **progress}),
+    )
+
+
+def test_progress_comes_from_the_launchers_status_document() -> None:
+    out = status_of({LAUNCHER: P.RUNNING, WORKER: P.RUNNING}, running_trainer())
+    assert out.phase == "Running"
+    f = out.fields
+    assert f["progress"] == {"epoch": 1, "step": 50, "totalSteps": 200, "percent": "25%", "etaSeconds": 12.5}
+    assert f["metrics"] == {"valAccuracy": 0.81, "valLoss": 0.4, "validation": 0.81}
+    assert f["samplesPerSecond"] == 4321.1
+    assert f["resumedFromStep"] == 40
+    running = next(c for c in out.conditions if c.type == "Running")
+    assert (running.status, running.message) == (True, "step 50")
+
+
+def test_no_status_document_keeps_the_stored_figures() -> None:
+    """A launcher not answering (restarting) must not blank the figures already shown."""
+    out = status_of(
+        {LAUNCHER: P.RUNNING, WORKER: P.RUNNING}, None, {"observedGeneration": 3, "phase": "Running"}
+    )
+    assert "progress" not in out.fields
+    assert "metrics" not in out.fields
+
+
+def test_a_failed_gang_while_running_is_reported_as_restarting() -> None:
+    trainer = running_trainer()
+    trainer = trainer.model_copy(
+        update={"gang": GangStatus(phase="failed", message="worker 1 failed", size=2)}
+    )
+    out = status_of({LAUNCHER: P.RUNNING, WORKER: P.RUNNING}, trainer)
+    restarting = next(c for c in out.conditions if c.type == "Restarting")
+    assert restarting.status is True
+
+
+def test_failure_message_is_the_runs_own_words() -> None:
+    trainer = TrainerStatus(
+        gang=GangStatus(phase="failed", message="gang timeout: 1 of 2 workers joined", size=2)
+    )
+    out = status_of({LAUNCHER: P.FAILED, WORKER: P.RUNNING}, trainer)
+    assert out.phase == "Failed"
+    assert (
+        out.fields["failureMessage"]
+        == "launcher failed after 0 restart(s): gang timeout: 1 of 2 workers joined"
+    )
+
+
+def test_success_publishes_the_model_uri_and_version() -> None:
+    out = status_of(
+        {LAUNCHER: P.SUCCEEDED, WORKER: P.SUCCEEDED}, running_trainer(phase="succeeded", step=200)
+    )
+    assert out.phase == "Succeeded"
+    assert out.fields["model"] == {"uri": "file:///models/churn/churn-g3", "version": "churn-g3"}
+    ready = next(c for c in out.conditions if c.type == "Ready")
+    assert (ready.status, ready.reason) == (True, "ModelAvailable")
+
+
+def test_a_malformed_status_document_is_no_document() -> None:
+    assert TrainerStatus.parse({"gang": {"phase": "running"}, "progress": {"step": "many"}}) is None
+    assert TrainerStatus.parse(None) is None
+    assert TrainerStatus.parse({"gang": {"phase": "running"}, "future_field": 1}) is not None
