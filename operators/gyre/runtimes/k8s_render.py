@@ -36,12 +36,14 @@ from gyre.core.workload import (
     Owner,
     PeersRef,
     Readiness,
-    RestartPolicy,
     VolumePathRef,
     Workload,
-    WorkloadKind,
     port_env,
 )
+from gyre.runtimes.k8s_status import JOB_INDEX_ANNOTATION as JOB_INDEX_ANNOTATION
+from gyre.runtimes.k8s_status import POD_INDEX_LABEL as POD_INDEX_LABEL
+from gyre.runtimes.k8s_status import replica_index as replica_index
+from gyre.runtimes.shapes import shape_of
 
 Manifest = dict[str, Any]
 
@@ -60,8 +62,6 @@ LABEL_ROLE = "gyre.dev/role"
 MANAGED_BY = "gyre"
 
 ANNOTATION_CONFIG_HASH = "gyre.dev/config-hash"
-JOB_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
-POD_INDEX_LABEL = "apps.kubernetes.io/pod-index"
 GPU_RESOURCE = "nvidia.com/gpu"
 
 RUN_AS_USER = 1000  # the runtime image's non-root user
@@ -229,6 +229,11 @@ def _metadata(owner: Owner, workload: Workload, name: str, namespace: str) -> di
     }
 
 
+def object_metadata(ctx: RenderContext, workload: Workload, name: str) -> dict[str, Any]:
+    """Name, namespace, the Gyre labels and the owner references of one rendered object."""
+    return _metadata(ctx.owner, workload, name, ctx.namespace)
+
+
 def build_config_map(owner: Owner, workload: Workload, namespace: str) -> Manifest:
     return {
         "apiVersion": "v1",
@@ -244,8 +249,9 @@ def build_service(owner: Owner, workload: Workload, namespace: str) -> Manifest 
     Headless Services publish not-ready addresses: peers (Kafka controllers, Horovod ranks)
     must resolve each other before any of them is ready.
     """
-    headless = workload.kind in (WorkloadKind.STATEFUL, WorkloadKind.BATCH)
-    if not workload.ports and workload.kind is not WorkloadKind.STATEFUL:
+    shape = shape_of(workload)
+    headless = shape.headless
+    if not workload.ports and not shape.always_service:
         return None
     spec: dict[str, Any] = {
         "selector": selector_labels(owner, workload),
@@ -268,97 +274,17 @@ def build_service(owner: Owner, workload: Workload, namespace: str) -> Manifest 
 
 
 def build_controller(ctx: RenderContext, workload: Workload) -> Manifest:
-    match workload.kind:
-        case WorkloadKind.SERVICE:
-            return build_deployment(ctx, workload)
-        case WorkloadKind.STATEFUL:
-            return build_stateful_set(ctx, workload)
-        case WorkloadKind.BATCH:
-            return build_job(ctx, workload)
-
-
-def build_deployment(ctx: RenderContext, workload: Workload) -> Manifest:
-    owner, namespace = ctx.owner, ctx.namespace
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": _metadata(owner, workload, child_name(owner, workload.name), namespace),
-        "spec": {
-            "replicas": workload.replicas,
-            "selector": {"matchLabels": selector_labels(owner, workload)},
-            "template": build_pod_template(ctx, workload),
-        },
-    }
-
-
-def build_stateful_set(ctx: RenderContext, workload: Workload) -> Manifest:
-    owner, namespace = ctx.owner, ctx.namespace
-    name = child_name(owner, workload.name)
-    claim_labels = workload_labels(owner, workload)
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "StatefulSet",
-        "metadata": _metadata(owner, workload, name, namespace),
-        "spec": {
-            "replicas": workload.replicas,
-            "serviceName": name,
-            # Peers start together (a Kafka quorum needs all of them to elect a leader).
-            "podManagementPolicy": "Parallel",
-            "selector": {"matchLabels": selector_labels(owner, workload)},
-            "template": build_pod_template(ctx, workload),
-            "volumeClaimTemplates": [
-                {
-                    "apiVersion": "v1",
-                    "kind": "PersistentVolumeClaim",
-                    "metadata": {"name": v.name, "labels": claim_labels},
-                    "spec": {
-                        "accessModes": ["ReadWriteOnce"],
-                        "resources": {"requests": {"storage": v.size}},
-                    },
-                }
-                for v in workload.volumes
-            ],
-            # Data lives as long as the workload: removing it (or its owner) removes the PVCs;
-            # scaling down keeps them for when it scales back up.
-            "persistentVolumeClaimRetentionPolicy": {
-                "whenDeleted": "Delete",
-                "whenScaled": "Retain",
-            },
-        },
-    }
-
-
-def build_job(ctx: RenderContext, workload: Workload) -> Manifest:
-    owner, namespace = ctx.owner, ctx.namespace
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": _metadata(owner, workload, child_name(owner, workload.name), namespace),
-        "spec": {
-            "completionMode": "Indexed",
-            "completions": workload.replicas,
-            "parallelism": workload.replicas,
-            "backoffLimit": workload.backoff_limit,
-            "template": build_pod_template(ctx, workload),
-        },
-    }
-
-
-def _pod_restart_policy(workload: Workload) -> str:
-    # Deployments and StatefulSets accept only Always; Jobs accept only OnFailure and Never.
-    if workload.kind is not WorkloadKind.BATCH:
-        return RestartPolicy.ALWAYS.value
-    if workload.restart_policy is RestartPolicy.NEVER:
-        return RestartPolicy.NEVER.value
-    return RestartPolicy.ON_FAILURE.value
+    """The object that runs the workload's pods, as its shape renders it."""
+    return shape_of(workload).build_controller(ctx, workload, build_pod_template(ctx, workload))
 
 
 def build_pod_template(ctx: RenderContext, workload: Workload) -> Manifest:
     owner, settings = ctx.owner, ctx.settings
+    shape = shape_of(workload)
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": TMP_DIR}]
     for v in workload.volumes:
-        if workload.kind is not WorkloadKind.STATEFUL:  # STATEFUL: from volumeClaimTemplates
+        if not shape.claims_volumes:  # else from the controller's claim templates
             volumes.append({"name": v.name, "emptyDir": {"sizeLimit": v.size}})
         mounts.append({"name": v.name, "mountPath": v.mount_path})
     for secret in workload.secrets:
@@ -403,7 +329,7 @@ def build_pod_template(ctx: RenderContext, workload: Workload) -> Manifest:
         container["readinessProbe"] = build_probe(workload.readiness)
 
     spec: dict[str, Any] = {
-        "restartPolicy": _pod_restart_policy(workload),
+        "restartPolicy": shape.pod_restart_policy(workload),
         # Service links would flood the env with other Services' variables and could shadow
         # the $(VAR) names the command refers to.
         "enableServiceLinks": False,
@@ -422,10 +348,7 @@ def build_pod_template(ctx: RenderContext, workload: Workload) -> Manifest:
         spec["serviceAccountName"] = settings.service_account
     if settings.pull_secrets:
         spec["imagePullSecrets"] = [{"name": name} for name in settings.pull_secrets]
-    if workload.kind is WorkloadKind.BATCH and workload.ports:
-        # Indexed Job pods are named <job>-<index>; with a subdomain they resolve as
-        # <job>-<index>.<svc>.<ns>.svc through the headless Service of the same name.
-        spec["subdomain"] = child_name(owner, workload.name)
+    spec.update(shape.pod_spec(ctx, workload))
     metadata: dict[str, Any] = {"labels": workload_labels(owner, workload)}
     if annotations:
         metadata["annotations"] = annotations
@@ -469,31 +392,6 @@ def build_probe(readiness: Readiness) -> dict[str, Any]:
     }
 
 
-def _index_env(workload: Workload) -> dict[str, Any]:
-    match workload.kind:
-        case WorkloadKind.BATCH:
-            path = f"metadata.annotations['{JOB_INDEX_ANNOTATION}']"
-        case WorkloadKind.STATEFUL:
-            path = f"metadata.labels['{POD_INDEX_LABEL}']"
-        case WorkloadKind.SERVICE:
-            # Deployment replicas are interchangeable and have no ordinal; workloads that need
-            # one are STATEFUL or BATCH.
-            return {"name": "GYRE_REPLICA_INDEX", "value": "0"}
-    return {"name": "GYRE_REPLICA_INDEX", "valueFrom": {"fieldRef": {"fieldPath": path}}}
-
-
-def replica_index(pod: Mapping[str, Any]) -> int | None:
-    """A pod's replica index (indexed Job or StatefulSet); None for a Deployment's pods."""
-    md = pod.get("metadata") or {}
-    raw = (md.get("annotations") or {}).get(JOB_INDEX_ANNOTATION) or (md.get("labels") or {}).get(
-        POD_INDEX_LABEL
-    )
-    try:
-        return None if raw is None else int(raw)
-    except ValueError:
-        return None
-
-
 def resolve_env_value(ctx: RenderContext, workload: Workload, value: EnvValue) -> str:
     """The string an env reference stands for inside a pod of ``workload``."""
     owner, namespace, peers = ctx.owner, ctx.namespace, ctx.peers
@@ -509,7 +407,7 @@ def resolve_env_value(ctx: RenderContext, workload: Workload, value: EnvValue) -
             return endpoint(owner, other, port, namespace)
         case PeersRef(port=port, workload=target):
             other = workload if target is None else peers.get(target)
-            if other is None or other.kind is WorkloadKind.SERVICE:
+            if other is None or not shape_of(other).stable_pod_names:
                 raise ValueError(
                     f"{owner.key}: workload {workload.name} needs the replicas of {target!r}, "
                     "which must be a Stateful or Batch workload of the same owner"
@@ -536,7 +434,7 @@ def build_env(ctx: RenderContext, workload: Workload) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         entry
         for entry in (
-            _index_env(workload),
+            shape_of(workload).replica_index_env(workload),
             {"name": "GYRE_REPLICAS", "value": str(workload.replicas)},
             {"name": "GYRE_OWNER", "value": ctx.owner.name},
             {"name": "GYRE_WORKLOAD", "value": workload.name},

@@ -16,15 +16,16 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
-from gyre.core.workload import Owner, Workload, WorkloadKind, WorkloadPhase, WorkloadStatus
+from gyre.core.workload import Owner, Workload, WorkloadPhase, WorkloadStatus
 from gyre.pipelines._common.status import STATUS_PATH
 from gyre.runtimes import k8s_render as r
+from gyre.runtimes.k8s_status import replica_index
+from gyre.runtimes.shapes import ResourceKind, shape_of, shapes
 
 log = logging.getLogger(__name__)
 
@@ -33,35 +34,14 @@ STATUS_TIMEOUT_S = 3.0
 RECREATE_TIMEOUT_S = 60.0
 
 
-@dataclass(frozen=True)
-class ResourceKind:
-    kind: str
-    api_version: str
-    plural: str
-
-    def collection(self, namespace: str) -> str:
-        prefix = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
-        return f"{prefix}/namespaces/{namespace}/{self.plural}"
-
-    def path(self, namespace: str, name: str) -> str:
-        return f"{self.collection(namespace)}/{name}"
-
-
 CONFIG_MAP = ResourceKind("ConfigMap", "v1", "configmaps")
 SERVICE = ResourceKind("Service", "v1", "services")
-DEPLOYMENT = ResourceKind("Deployment", "apps/v1", "deployments")
-STATEFUL_SET = ResourceKind("StatefulSet", "apps/v1", "statefulsets")
-JOB = ResourceKind("Job", "batch/v1", "jobs")
 POD = ResourceKind("Pod", "v1", "pods")
 PVC = ResourceKind("PersistentVolumeClaim", "v1", "persistentvolumeclaims")
 
-RENDERED_KINDS = (CONFIG_MAP, SERVICE, DEPLOYMENT, STATEFUL_SET, JOB)
+# Every kind `apply` renders, controllers last; `delete` and `prune` go through them all.
+RENDERED_KINDS = (CONFIG_MAP, SERVICE, *dict.fromkeys(sh.controller for sh in shapes()))
 _BY_KIND = {k.kind: k for k in RENDERED_KINDS}
-_CONTROLLER_KIND = {
-    WorkloadKind.SERVICE: DEPLOYMENT,
-    WorkloadKind.STATEFUL: STATEFUL_SET,
-    WorkloadKind.BATCH: JOB,
-}
 
 # How a child is removed when an immutable field changed and it must be recreated: a Job is
 # a run, so its pods go with it; a StatefulSet's pods and claims are orphaned and adopted by
@@ -124,20 +104,16 @@ class KubernetesRuntime:
             workload = pod["metadata"].get("labels", {}).get(r.LABEL_WORKLOAD)
             if workload:
                 pods_by_workload.setdefault(workload, []).append(pod)
-        # While a workload changes kind, the old controller lingers until pruned: prefer the
-        # one the last apply rendered.
-        wanted = {w.name: _CONTROLLER_KIND[w.kind] for w in self._applied.get(owner.key, ())}
+        # While a workload changes shape, the old controller lingers until pruned: read the
+        # one the last apply rendered (a workload not applied by this process: any).
+        wanted = {w.name: shape_of(w) for w in self._applied.get(owner.key, ())}
         out: dict[str, WorkloadStatus] = {}
-        for kind in (DEPLOYMENT, STATEFUL_SET, JOB):
-            for obj in self._list(kind, ns, selector):
+        for shape in shapes():
+            for obj in self._list(shape.controller, ns, selector):
                 workload = obj["metadata"].get("labels", {}).get(r.LABEL_WORKLOAD)
-                if not workload or wanted.get(workload, kind) is not kind:
+                if not workload or wanted.get(workload, shape) is not shape:
                     continue
-                pods = pods_by_workload.get(workload, [])
-                if kind is JOB:
-                    out[workload] = compute_job_status(workload, obj, pods)
-                else:
-                    out[workload] = compute_replicated_status(workload, obj, pods)
+                out[workload] = shape.observe(workload, obj, pods_by_workload.get(workload, []))
         for w in self._applied.get(owner.key, ()):
             if w.name not in out:
                 out[w.name] = WorkloadStatus(name=w.name, phase=WorkloadPhase.MISSING)
@@ -159,9 +135,7 @@ class KubernetesRuntime:
             if (p.get("status") or {}).get("phase") == "Running"
             and not (p.get("metadata") or {}).get("deletionTimestamp")
         ]
-        running.sort(
-            key=lambda p: (r.replica_index(p) or 0, str(p["metadata"].get("creationTimestamp") or ""))
-        )
+        running.sort(key=lambda p: (replica_index(p) or 0, str(p["metadata"].get("creationTimestamp") or "")))
         out: list[dict[str, Any]] = []
         for pod in running:
             name = pod["metadata"]["name"]
@@ -304,129 +278,3 @@ def _reason(e: ApiException) -> str:
     except ValueError:
         message = ""
     return message or str(e.reason)
-
-
-# -- status ---------------------------------------------------------------------------------
-
-
-def _pod_messages(pods: Sequence[dict[str, Any]]) -> tuple[bool, list[str]]:
-    """Whether some pod cannot be scheduled, and what is wrong with the pods, for humans."""
-    unschedulable = False
-    messages: list[str] = []
-    for pod in pods:
-        name = pod["metadata"]["name"]
-        status = pod.get("status", {})
-        for cond in status.get("conditions") or []:
-            if (
-                cond.get("type") == "PodScheduled"
-                and cond.get("status") == "False"
-                and cond.get("reason") == "Unschedulable"
-            ):
-                unschedulable = True
-                messages.append(f"pod {name} unschedulable: {cond.get('message', '')}".strip())
-        for cs in status.get("containerStatuses") or []:
-            waiting = (cs.get("state") or {}).get("waiting")
-            if waiting and waiting.get("reason") not in (None, "ContainerCreating"):
-                text = f"pod {name}: {waiting['reason']}"
-                if waiting.get("message"):
-                    text += f": {waiting['message']}"
-                messages.append(text)
-    return unschedulable, messages
-
-
-def _restarts(pods: Sequence[dict[str, Any]]) -> int:
-    return sum(
-        int(cs.get("restartCount", 0))
-        for pod in pods
-        for cs in (pod.get("status", {}).get("containerStatuses") or [])
-    )
-
-
-def _condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
-    for cond in obj.get("status", {}).get("conditions") or []:
-        if cond.get("type") == type_ and cond.get("status") == "True":
-            return dict(cond)
-    return None
-
-
-def compute_replicated_status(
-    workload: str, obj: dict[str, Any], pods: Sequence[dict[str, Any]]
-) -> WorkloadStatus:
-    """A Deployment's or StatefulSet's status: Ready once every desired replica is updated
-    and ready."""
-    spec_replicas = int(obj.get("spec", {}).get("replicas", 1))
-    st = obj.get("status", {})
-    ready = int(st.get("readyReplicas") or 0)
-    updated = int(st.get("updatedReplicas") or 0)
-    observed = int(st.get("observedGeneration") or 0) >= int(obj["metadata"].get("generation", 0))
-    live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
-    unschedulable, messages = _pod_messages(live)
-    if observed and ready >= spec_replicas and updated >= spec_replicas:
-        phase = WorkloadPhase.READY
-    elif unschedulable or not any(p.get("status", {}).get("phase") == "Running" for p in live):
-        phase = WorkloadPhase.PENDING
-    else:
-        phase = WorkloadPhase.RUNNING
-    return WorkloadStatus(
-        name=workload,
-        phase=phase,
-        replicas=spec_replicas,
-        ready_replicas=ready,
-        restarts=_restarts(live),
-        message="; ".join(messages),
-    )
-
-
-def _exit_code(pod: dict[str, Any]) -> int | None:
-    for cs in pod.get("status", {}).get("containerStatuses") or []:
-        for key in ("state", "lastState"):
-            terminated = (cs.get(key) or {}).get("terminated")
-            if terminated is not None and "exitCode" in terminated:
-                return int(terminated["exitCode"])
-    return None
-
-
-def compute_job_status(workload: str, obj: dict[str, Any], pods: Sequence[dict[str, Any]]) -> WorkloadStatus:
-    """An Indexed Job's status, with the exit code of each index's latest pod."""
-    spec = obj.get("spec", {})
-    st = obj.get("status", {})
-    replicas = int(spec.get("completions") or 1)
-    succeeded = int(st.get("succeeded") or 0)
-    failed = int(st.get("failed") or 0)
-    ready = int(st.get("ready") or 0)
-    live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
-    unschedulable, messages = _pod_messages(live)
-
-    latest: dict[int, dict[str, Any]] = {}
-    for pod in pods:
-        index = pod["metadata"].get("annotations", {}).get(r.JOB_INDEX_ANNOTATION)
-        if index is None or not index.isdigit():
-            continue
-        i = int(index)
-        created = pod["metadata"].get("creationTimestamp", "")
-        if i not in latest or created >= latest[i]["metadata"].get("creationTimestamp", ""):
-            latest[i] = pod
-    exit_codes = tuple(_exit_code(latest[i]) if i in latest else None for i in range(replicas))
-
-    failed_cond = _condition(obj, "Failed") or _condition(obj, "FailureTarget")
-    done_cond = _condition(obj, "Complete") or _condition(obj, "SuccessCriteriaMet")
-    if failed_cond is not None:
-        phase = WorkloadPhase.FAILED
-        messages.insert(0, f"{failed_cond.get('reason', '')}: {failed_cond.get('message', '')}")
-    elif done_cond is not None:
-        phase = WorkloadPhase.SUCCEEDED
-    elif unschedulable or not any(p.get("status", {}).get("phase") == "Running" for p in live):
-        phase = WorkloadPhase.PENDING
-    else:
-        phase = WorkloadPhase.RUNNING
-    return WorkloadStatus(
-        name=workload,
-        phase=phase,
-        replicas=replicas,
-        ready_replicas=ready,
-        succeeded=succeeded,
-        failed=failed,
-        restarts=_restarts(pods),
-        message="; ".join(m for m in messages if m.strip(": ")),
-        exit_codes=exit_codes,
-    )

@@ -57,7 +57,6 @@ from gyre.core.workload import (
     RestartPolicy,
     VolumePathRef,
     Workload,
-    WorkloadKind,
     WorkloadPhase,
     WorkloadStatus,
     port_env,
@@ -66,6 +65,7 @@ from gyre.pipelines._common.status import STATUS_PATH
 from gyre.runtimes import _reaper
 from gyre.runtimes._http import fetch_json
 from gyre.runtimes._ports import LOOPBACK, PortAllocator, shared_allocator
+from gyre.runtimes.shapes import shape_of
 
 log = logging.getLogger(__name__)
 
@@ -495,7 +495,7 @@ class LocalRuntime:
             if run.stop.is_set():
                 replica.state = _State.STOPPED
                 return
-            if code == 0 and (w.kind is WorkloadKind.BATCH or w.restart_policy is not RestartPolicy.ALWAYS):
+            if code == 0 and (shape_of(w).completes or w.restart_policy is not RestartPolicy.ALWAYS):
                 replica.state = _State.SUCCEEDED
                 log.info("%s-%d of %s succeeded", w.name, replica.index, st.owner.key)
                 return
@@ -511,7 +511,7 @@ class LocalRuntime:
                     code,
                     replica.restarts,
                 )
-                if w.kind is WorkloadKind.BATCH:
+                if shape_of(w).completes:
                     self._abort(run)  # like a failed Job: the other replicas are stopped
                 return
             ran_for = time.monotonic() - started
@@ -653,14 +653,14 @@ class LocalRuntime:
                 + self._log_tail(st, w, r)
             )
         elif not reps:
-            phase = WorkloadPhase.SUCCEEDED if w.kind is WorkloadKind.BATCH else WorkloadPhase.READY
+            phase = WorkloadPhase.SUCCEEDED if shape_of(w).completes else WorkloadPhase.READY
             message = "no replicas"
         elif count(_State.SUCCEEDED) == len(reps):
             phase = WorkloadPhase.SUCCEEDED
         elif not any(r.started for r in reps):
             phase, message = WorkloadPhase.PENDING, "starting"
         elif all(is_ready(r) or r.state is _State.SUCCEEDED for r in reps) and (
-            probed or w.kind is not WorkloadKind.BATCH
+            probed or not shape_of(w).completes
         ):
             phase = WorkloadPhase.READY
         else:
