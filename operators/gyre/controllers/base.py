@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from gyre.api._base import Kind
 from gyre.core import conditions as cnd
+from gyre.core.children import ChildKind, ChildObject, ChildState
 from gyre.core.workload import Owner, Workload, WorkloadStatus
 from gyre.runtimes.base import Runtime
 
@@ -79,6 +80,34 @@ class Resolved:
         return f"{self.ref.kind} {self.ref.name!r} ({self.ref.field})"
 
 
+class Children(Protocol):
+    """Applies a parent's child objects (`gyre.core.children`) and reads them back."""
+
+    async def served(self, kinds: Sequence[ChildKind]) -> frozenset[ChildKind]:
+        """Which of ``kinds`` the cluster serves (discovery)."""
+        ...
+
+    async def apply(
+        self, owner: Owner, kinds: Sequence[ChildKind], wanted: Sequence[ChildObject]
+    ) -> dict[tuple[str, str], ChildState]:
+        """Converge the owner's children of ``kinds`` to exactly ``wanted``; their states."""
+        ...
+
+
+class NoChildren:
+    """Where no API server holds objects (unit tests of workload-only kinds)."""
+
+    async def served(self, kinds: Sequence[ChildKind]) -> frozenset[ChildKind]:
+        return frozenset()
+
+    async def apply(
+        self, owner: Owner, kinds: Sequence[ChildKind], wanted: Sequence[ChildObject]
+    ) -> dict[tuple[str, str], ChildState]:
+        if wanted:
+            raise RuntimeError(f"{owner.key} declares child objects, but no API server is connected")
+        return {}
+
+
 class Lookup(Protocol):
     def __call__(self, kind: str, namespace: str, name: str) -> Mapping[str, Any] | None: ...
 
@@ -104,6 +133,8 @@ class StatusInput:
     workloads: Sequence[Workload]
     observed: Mapping[str, WorkloadStatus]
     facts: Mapping[str, Any]  # what `converge` learned (e.g. a topic's partitions)
+    children: Mapping[tuple[str, str], ChildState] = field(default_factory=dict)  # by (kind, name)
+    served: frozenset[ChildKind] = frozenset()  # the child kinds the cluster serves
 
 
 @dataclass(frozen=True)
@@ -129,6 +160,8 @@ class Controller(abc.ABC, Generic[S]):
 
     kind: ClassVar[str]
     spec_model: ClassVar[type[Kind]]
+    child_kinds: ClassVar[tuple[ChildKind, ...]] = ()
+    """Every type of child object this kind may declare: what pruning looks at."""
 
     def references(self, spec: S) -> list[Ref]:
         return []
@@ -156,9 +189,25 @@ class Controller(abc.ABC, Generic[S]):
         deps: Mapping[str, Resolved],
         status: Mapping[str, Any],
         prepared: Mapping[str, Any],
+        *,
+        served: frozenset[ChildKind] = frozenset(),
     ) -> list[Workload]:
         """The workloads wanted now (``status``: the stored status, for lifecycle decisions;
-        ``prepared``: what `prepare` returned)."""
+        ``prepared``: what `prepare` returned; ``served``: the `child_kinds` the cluster
+        serves, for builders that fall back to workloads where a child kind is missing)."""
+        return []
+
+    def build_children(
+        self,
+        meta: ObjectMeta,
+        spec: S,
+        deps: Mapping[str, Resolved],
+        status: Mapping[str, Any],
+        prepared: Mapping[str, Any],
+        *,
+        served: frozenset[ChildKind] = frozenset(),
+    ) -> list[ChildObject]:
+        """The child objects wanted now, of `child_kinds` (only served ones may be used)."""
         return []
 
     async def converge(
@@ -201,8 +250,10 @@ async def reconcile(
     runtime: Runtime,
     retry: int = 0,
     listing: Listing = no_listing,
+    children: Children | None = None,
 ) -> Outcome:
     """One pass; returns the status to write and whether to come back."""
+    children = children or NoChildren()
     old_conditions = old_status.get("conditions")
     base = {k: v for k, v in old_status.items() if k not in ("conditions",)}
 
@@ -274,9 +325,17 @@ async def reconcile(
 
     workloads: list[Workload] = []
     try:
+        served = await children.served(controller.child_kinds) if controller.child_kinds else frozenset()
         prepared = await controller.prepare(meta, spec, old_status, runtime, listing)
-        workloads = controller.build(meta, spec, resolved, old_status, prepared)
+        workloads = controller.build(meta, spec, resolved, old_status, prepared, served=served)
+        wanted = controller.build_children(meta, spec, resolved, old_status, prepared, served=served)
+        unserved = sorted({c.type.kind for c in wanted if c.type not in served})
+        if unserved:
+            raise RuntimeError(f"the cluster does not serve {', '.join(unserved)}")
         await runtime.apply(meta.owner, workloads)
+        child_states = (
+            await children.apply(meta.owner, controller.child_kinds, wanted) if controller.child_kinds else {}
+        )
         facts = {**prepared, **await controller.converge(meta, spec, resolved, runtime, prepared, workloads)}
         observed = await runtime.observe(meta.owner)
     except Exception as exc:  # the runtime or an external system failed: retried
@@ -301,6 +360,8 @@ async def reconcile(
             workloads=workloads,
             observed=observed,
             facts=facts,
+            children=child_states,
+            served=served,
         ),
     )
     conds = [deps_cond, *out.conditions]

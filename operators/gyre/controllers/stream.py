@@ -47,6 +47,7 @@ from gyre.controllers.base import (
     StatusOutput,
 )
 from gyre.core import conditions as cnd
+from gyre.core.children import ChildKind
 from gyre.core.workload import Owner, Workload, WorkloadPhase, WorkloadStatus
 from gyre.pipelines.collector.status import CollectorStatus
 from gyre.pipelines.lakesink.status import SinkStatus
@@ -206,6 +207,8 @@ class StreamController(Controller[StreamSpec]):
         deps: Mapping[str, Resolved],
         status: Mapping[str, Any],
         prepared: Mapping[str, Any],
+        *,
+        served: frozenset[ChildKind] = frozenset(),
     ) -> list[Workload]:
         return build_stream(spec, meta.namespace, meta.name, prepared.get("bootstrap"))
 

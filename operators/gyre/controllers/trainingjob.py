@@ -27,6 +27,7 @@ from gyre.builders.trainingjob import (
 )
 from gyre.controllers.base import Controller, ObjectMeta, Ref, Resolved, StatusInput, StatusOutput
 from gyre.core import conditions as cnd
+from gyre.core.children import ChildKind
 from gyre.core.workload import Workload, WorkloadPhase, WorkloadStatus
 from gyre.pipelines.trainer.status import TrainerProgress, TrainerStatus
 from gyre.runtimes.base import Runtime
@@ -118,6 +119,8 @@ class TrainingJobController(Controller[TrainingJobSpec]):
         deps: Mapping[str, Resolved],
         status: Mapping[str, Any],
         prepared: Mapping[str, Any],
+        *,
+        served: frozenset[ChildKind] = frozenset(),
     ) -> list[Any]:
         same_run = status.get("observedGeneration") == meta.generation
         phase = status.get("phase") if same_run else None

@@ -28,7 +28,7 @@ import kopf
 from kopf._core.actions.execution import HandlerChildrenRetry
 
 from gyre.api import GROUP, KINDS, VERSION
-from gyre.controllers.base import Controller, ObjectMeta, Outcome, reconcile
+from gyre.controllers.base import Children, Controller, ObjectMeta, Outcome, reconcile
 from gyre.controllers.registry import CONTROLLERS
 from gyre.operator import metrics
 from gyre.runtimes.base import Runtime
@@ -81,9 +81,10 @@ def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, An
 class Handlers:
     """The runtime, per-object locks, the objects seen, and the reconcile entry point."""
 
-    def __init__(self, runtime: Runtime, writer: Writer) -> None:
+    def __init__(self, runtime: Runtime, writer: Writer, children: Children | None = None) -> None:
         self.runtime = runtime
         self.writer = writer
+        self.children = children
         # Change handlers and the resync loop may reach the same object at once; its
         # reconciles are serialized so the runtime never sees two applies racing.
         self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -143,6 +144,7 @@ class Handlers:
                     self.runtime,
                     retry,
                     self.listing,
+                    self.children,
                 )
             except Exception:
                 metrics.ERRORS.labels(kind).inc()
@@ -216,9 +218,11 @@ class Handlers:
                 await self._reconcile_and_write(key, body, "resync")
 
 
-def register(registry: kopf.OperatorRegistry, runtime: Runtime, writer: Writer) -> Handlers:
+def register(
+    registry: kopf.OperatorRegistry, runtime: Runtime, writer: Writer, children: Children | None = None
+) -> Handlers:
     """Register every kind's handlers into ``registry``."""
-    handlers = Handlers(runtime, writer)
+    handlers = Handlers(runtime, writer, children)
     for kind, plural in PLURALS.items():
         _register_kind(registry, handlers, kind, plural)
     return handlers
@@ -258,6 +262,14 @@ def _register_kind(registry: kopf.OperatorRegistry, handlers: Handlers, kind: st
             # Objects waiting in this namespace may be waiting for this one: look at them
             # once this index holds the new state, rather than at their next backoff.
             handlers._background(handlers._nudge_waiting(key[1], key))
+        if previous is not None and previous.get("status") != body.get("status"):
+            # A Gyre child object (an Experiment's trial) changed: its parent looks at once.
+            for ref in md.get("ownerReferences") or []:
+                parent = (str(ref.get("kind")), key[1], str(ref.get("name")))
+                if str(ref.get("apiVersion", "")).startswith(f"{GROUP}/") and parent in handlers.objects:
+                    handlers._background(
+                        handlers._reconcile_and_write(parent, handlers.objects[parent], "child")
+                    )
         return {
             (md.get("namespace"), md.get("name")): {
                 "metadata": {

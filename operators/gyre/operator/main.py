@@ -138,7 +138,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 async def run_operator(args: argparse.Namespace, stop: asyncio.Event | None = None) -> None:
     runtime = make_runtime(args.runtime, args.state_dir)
     registry = kopf.OperatorRegistry()
-    handlers = register(registry, runtime, KubeWriter())
+    # Child objects live in the API server whichever runtime runs the workloads.
+    from gyre.operator.children import KubeChildren
+
+    handlers = register(registry, runtime, KubeWriter(), KubeChildren(kube_api_client()))
 
     @kopf.on.login(registry=registry)
     def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:

@@ -4,34 +4,29 @@
 every object under one field manager (``gyre``, forcing conflicts: the operator is the
 authority over what it renders, so drift is repaired) and prunes the owner's objects that
 are no longer rendered, found by the owner labels. `observe` reads the controllers and
-their pods back into `WorkloadStatus`. This is the only module of the runtime that talks to
-the API server; it uses the official client's raw `call_api` for server-side apply, which
-the typed APIs do not offer. Calls block and run in a worker thread.
+their pods back into `WorkloadStatus`, each through its shape (`gyre.runtimes.shapes`).
+API calls go through `gyre.runtimes.kube_api`, block, and run in a worker thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from kubernetes.client import ApiClient
-from kubernetes.client.exceptions import ApiException
 
 from gyre.core.workload import Owner, Workload, WorkloadPhase, WorkloadStatus
 from gyre.pipelines._common.status import STATUS_PATH
 from gyre.runtimes import k8s_render as r
 from gyre.runtimes.k8s_status import replica_index
+from gyre.runtimes.kube_api import KubeApi
 from gyre.runtimes.shapes import ResourceKind, shape_of, shapes
 
 log = logging.getLogger(__name__)
 
-REQUEST_TIMEOUT_S = 30.0
 STATUS_TIMEOUT_S = 3.0
-RECREATE_TIMEOUT_S = 60.0
 
 
 CONFIG_MAP = ResourceKind("ConfigMap", "v1", "configmaps")
@@ -43,11 +38,6 @@ PVC = ResourceKind("PersistentVolumeClaim", "v1", "persistentvolumeclaims")
 RENDERED_KINDS = (CONFIG_MAP, SERVICE, *dict.fromkeys(sh.controller for sh in shapes()))
 _BY_KIND = {k.kind: k for k in RENDERED_KINDS}
 
-# How a child is removed when an immutable field changed and it must be recreated: a Job is
-# a run, so its pods go with it; a StatefulSet's pods and claims are orphaned and adopted by
-# the new StatefulSet, so data survives a change of, say, volume size.
-_RECREATE_PROPAGATION = {"StatefulSet": "Orphan"}
-
 
 class KubernetesRuntime:
     """Runs workloads on a Kubernetes cluster through ``api_client`` (which the caller owns)."""
@@ -55,7 +45,7 @@ class KubernetesRuntime:
     name = "kubernetes"
 
     def __init__(self, api_client: ApiClient, settings: r.RenderSettings = r.DEFAULT_SETTINGS) -> None:
-        self._api = api_client
+        self.kube = KubeApi(api_client)
         self._settings = settings
         # The last workloads applied per owner: `endpoint` is synchronous and needs the ports.
         self._applied: dict[str, tuple[Workload, ...]] = {}
@@ -91,7 +81,7 @@ class KubernetesRuntime:
     def apply_sync(self, owner: Owner, workloads: Sequence[Workload]) -> None:
         manifests = r.render(owner, workloads, owner.namespace, self._settings)
         for manifest in manifests:
-            self._apply_object(manifest)
+            self.kube.apply(_BY_KIND[manifest["kind"]], manifest)
         keep = {(m["kind"], m["metadata"]["name"]) for m in manifests}
         self._prune(owner, keep)
         self._applied[owner.key] = tuple(workloads)
@@ -100,7 +90,7 @@ class KubernetesRuntime:
         ns = owner.namespace
         selector = r.owner_selector(owner)
         pods_by_workload: dict[str, list[dict[str, Any]]] = {}
-        for pod in self._list(POD, ns, selector):
+        for pod in self.kube.list(POD, ns, selector):
             workload = pod["metadata"].get("labels", {}).get(r.LABEL_WORKLOAD)
             if workload:
                 pods_by_workload.setdefault(workload, []).append(pod)
@@ -109,7 +99,7 @@ class KubernetesRuntime:
         wanted = {w.name: shape_of(w) for w in self._applied.get(owner.key, ())}
         out: dict[str, WorkloadStatus] = {}
         for shape in shapes():
-            for obj in self._list(shape.controller, ns, selector):
+            for obj in self.kube.list(shape.controller, ns, selector):
                 workload = obj["metadata"].get("labels", {}).get(r.LABEL_WORKLOAD)
                 if not workload or wanted.get(workload, shape) is not shape:
                     continue
@@ -131,7 +121,7 @@ class KubernetesRuntime:
         selector = ",".join(f"{k}={v}" for k, v in r.selector_labels(owner, workload).items())
         running = [
             p
-            for p in self._list(POD, owner.namespace, selector)
+            for p in self.kube.list(POD, owner.namespace, selector)
             if (p.get("status") or {}).get("phase") == "Running"
             and not (p.get("metadata") or {}).get("deletionTimestamp")
         ]
@@ -141,7 +131,7 @@ class KubernetesRuntime:
             name = pod["metadata"]["name"]
             path = f"{POD.path(owner.namespace, name)}:{port}/proxy{STATUS_PATH}"
             try:
-                out.append(self._request("GET", path, timeout_s=STATUS_TIMEOUT_S)[1])
+                out.append(self.kube.request("GET", path, timeout_s=STATUS_TIMEOUT_S)[1])
             except Exception as e:  # API errors, proxy errors, timeouts: the pod is left out
                 log.debug("Reading /status of pod %s/%s failed: %s", owner.namespace, name, e)
         return out
@@ -149,132 +139,17 @@ class KubernetesRuntime:
     def delete_sync(self, owner: Owner) -> None:
         selector = r.owner_selector(owner)
         for kind in (*reversed(RENDERED_KINDS), PVC):
-            for obj in self._list(kind, owner.namespace, selector):
-                self._delete(kind, owner.namespace, obj["metadata"]["name"], "Background")
+            for obj in self.kube.list(kind, owner.namespace, selector):
+                self.kube.delete(kind, owner.namespace, obj["metadata"]["name"], "Background")
         self._applied.pop(owner.key, None)
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _apply_object(self, manifest: dict[str, Any]) -> None:
-        kind = _BY_KIND[manifest["kind"]]
-        ns = manifest["metadata"]["namespace"]
-        name = manifest["metadata"]["name"]
-        try:
-            status, _ = self._server_side_apply(kind, ns, name, manifest)
-        except ApiException as e:
-            if e.status != 422:
-                raise
-            existing = self._get(kind, ns, name)
-            if existing is None:
-                raise
-            # An immutable field changed (a Job's template, a StatefulSet's claims, a
-            # Service's clusterIP): replace the object.
-            log.info("Recreating %s %s/%s: %s", kind.kind, ns, name, _reason(e))
-            self._delete(kind, ns, name, _RECREATE_PROPAGATION.get(kind.kind, "Background"))
-            self._wait_gone(kind, ns, name, existing["metadata"]["uid"])
-            status, _ = self._server_side_apply(kind, ns, name, manifest)
-        if status == 201:
-            log.info("Created %s %s/%s", kind.kind, ns, name)
-        else:
-            log.debug("Applied %s %s/%s", kind.kind, ns, name)
-
-    def _server_side_apply(
-        self, kind: ResourceKind, ns: str, name: str, manifest: dict[str, Any]
-    ) -> tuple[int, dict[str, Any]]:
-        return self._request(
-            "PATCH",
-            kind.path(ns, name),
-            query=[("fieldManager", r.FIELD_MANAGER), ("force", "true")],
-            # JSON is YAML: the apply patch content type accepts it as is.
-            body=manifest,
-            content_type="application/apply-patch+yaml",
-        )
-
     def _prune(self, owner: Owner, keep: set[tuple[str, str]]) -> None:
         for kind in reversed(RENDERED_KINDS):  # controllers first, then Services, ConfigMaps
-            for obj in self._list(kind, owner.namespace, r.owner_selector(owner)):
+            for obj in self.kube.list(kind, owner.namespace, r.owner_selector(owner)):
                 name = obj["metadata"]["name"]
                 if (kind.kind, name) in keep:
                     continue
-                self._delete(kind, owner.namespace, name, "Background")
+                self.kube.delete(kind, owner.namespace, name, "Background")
                 log.info("Pruned %s %s/%s", kind.kind, owner.namespace, name)
-
-    def _list(self, kind: ResourceKind, ns: str, selector: str) -> list[dict[str, Any]]:
-        _, body = self._request("GET", kind.collection(ns), query=[("labelSelector", selector)])
-        items: list[dict[str, Any]] = body.get("items") or []
-        return items
-
-    def _get(self, kind: ResourceKind, ns: str, name: str) -> dict[str, Any] | None:
-        try:
-            return self._request("GET", kind.path(ns, name))[1]
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
-
-    def _delete(self, kind: ResourceKind, ns: str, name: str, propagation: str) -> None:
-        try:
-            self._request(
-                "DELETE",
-                kind.path(ns, name),
-                body={
-                    "kind": "DeleteOptions",
-                    "apiVersion": "v1",
-                    "propagationPolicy": propagation,
-                },
-            )
-        except ApiException as e:
-            if e.status != 404:
-                raise
-
-    def _wait_gone(self, kind: ResourceKind, ns: str, name: str, uid: str) -> None:
-        deadline = time.monotonic() + RECREATE_TIMEOUT_S
-        delay = 0.05
-        while time.monotonic() < deadline:
-            current = self._get(kind, ns, name)
-            if current is None or current["metadata"]["uid"] != uid:
-                return
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
-        raise TimeoutError(f"{kind.kind} {ns}/{name} was not deleted in {RECREATE_TIMEOUT_S}s")
-
-    def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        query: Iterable[tuple[str, str]] = (),
-        body: dict[str, Any] | None = None,
-        content_type: str = "application/json",
-        timeout_s: float = REQUEST_TIMEOUT_S,
-    ) -> tuple[int, dict[str, Any]]:
-        serialized = self._api.param_serialize(
-            method=method,
-            resource_path=path,
-            query_params=list(query),
-            header_params={"Accept": "application/json", "Content-Type": content_type},
-            body=body,
-            auth_settings=["BearerToken"],
-        )
-        _method, url, headers, data, post = serialized
-        response = self._api.call_api(
-            _method,
-            url,
-            header_params=headers,
-            body=data,
-            post_params=post,
-            _request_timeout=timeout_s,
-        )
-        raw: bytes = response.response.data
-        status: int = response.status
-        if not 200 <= status < 300:
-            raise ApiException(status=status, reason=response.reason, body=raw.decode("utf-8", "replace"))
-        return status, json.loads(raw) if raw else {}
-
-
-def _reason(e: ApiException) -> str:
-    try:
-        message: str = json.loads(e.body or "{}").get("message", "")
-    except ValueError:
-        message = ""
-    return message or str(e.reason)
