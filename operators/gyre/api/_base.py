@@ -22,19 +22,39 @@ QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$"
 URI = r"^(file|s3|gs|hdfs)://.+$"
 CAMEL_REASON = r"^[A-Z][A-Za-z0-9]*$"
 
+# A format note the CRD renderer appends to the field's own description (a description on
+# the type itself would hide the field's docstring).
+FORMAT_HINT = "x-gyre-format"
+
+
+def _format(text: str) -> dict[str, Any]:
+    return {FORMAT_HINT: text}
+
+
 DnsName = Annotated[str, Field(pattern=DNS_LABEL, min_length=1, max_length=63)]
 Duration = Annotated[
     str,
     Field(
         pattern=DURATION,
         max_length=32,
-        description='A duration such as "500ms", "30s", "15m", "24h", "7d", "2w".',
+        json_schema_extra=_format('A duration: a number and a unit (ms, s, m, h, d, w), e.g. "30s", "7d".'),
     ),
 ]
-Quantity = Annotated[str, Field(pattern=QUANTITY, max_length=32)]
+Quantity = Annotated[
+    str,
+    Field(
+        pattern=QUANTITY,
+        max_length=32,
+        json_schema_extra=_format('A Kubernetes quantity, e.g. "500m", "2", "512Mi", "4Gi".'),
+    ),
+]
 Uri = Annotated[
     str,
-    Field(pattern=URI, max_length=2048, description="A URI: file:///path or s3://bucket/prefix."),
+    Field(
+        pattern=URI,
+        max_length=2048,
+        json_schema_extra=_format("A URI: file:///path, s3://bucket/prefix, gs://... or hdfs://..."),
+    ),
 ]
 FieldName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", min_length=1, max_length=128)]
 
@@ -74,18 +94,22 @@ class Resources(ApiModel):
     """Compute resources of one process or pod."""
 
     cpu: Quantity | None = None
-    """CPU request and limit, e.g. "500m" or "2"."""
+    """CPU request, in cores (no CPU limit is set: throttling hurts more than it protects);
+    unset leaves it to the cluster's defaults. The local runtime does not enforce it."""
     memory: Quantity | None = None
-    """Memory request and limit, e.g. "512Mi" or "4Gi"."""
+    """Memory request and limit, in bytes with a suffix; unset leaves it to the cluster's
+    defaults. The local runtime does not enforce it."""
     gpu: Annotated[int, Field(ge=0, le=16)] = 0
-    """NVIDIA GPUs (nvidia.com/gpu)."""
+    """NVIDIA GPUs (nvidia.com/gpu limit) per process or pod; 0 (the default) runs on CPU."""
 
 
 class SecretKeyRef(ApiModel):
+    """One key of a Secret in the resource's namespace."""
+
     name: DnsName
     """Name of a Secret in the resource's namespace."""
     key: Annotated[str, Field(min_length=1, max_length=253)]
-    """Key inside the Secret."""
+    """Key inside the Secret whose value is used."""
 
 
 ConditionStatus = Literal["True", "False", "Unknown"]
@@ -97,11 +121,18 @@ class Condition(ApiModel):
     model_config = ConfigDict(frozen=False)
 
     type: Annotated[str, Field(pattern=CAMEL_REASON, max_length=316)]
+    """What the condition is about: Ready, Progressing, Degraded, DependenciesReady, or a
+    kind-specific one (a TrainingJob's Running, Succeeded, Failed...)."""
     status: ConditionStatus
+    """Whether the condition holds: True, False or Unknown."""
     reason: Annotated[str, Field(pattern=CAMEL_REASON, max_length=1024)]
+    """Why, as one CamelCase word a program can match on (e.g. DependencyMissing, InvalidSpec)."""
     message: Annotated[str, Field(max_length=32768)] = ""
+    """Why, in a sentence for humans: names the dependency, the field or the error."""
     last_transition_time: Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+    """When status last changed (not when the reason or message did)."""
     observed_generation: Annotated[int, Field(ge=0)] | None = None
+    """The metadata.generation the condition was computed for."""
 
 
 class BaseStatus(ApiModel):
@@ -110,11 +141,13 @@ class BaseStatus(ApiModel):
     model_config = ConfigDict(frozen=False, extra="allow")
 
     observed_generation: Annotated[int, Field(ge=0)] | None = None
-    """The metadata.generation this status describes."""
+    """The metadata.generation this status describes; older than metadata.generation while a
+    spec change is not reconciled yet."""
     phase: Annotated[str, Field(max_length=64)] | None = None
-    """A one-word summary for humans; conditions are the API."""
+    """A one-word summary for humans (e.g. Waiting, Running, Ready, Invalid, Error); programs
+    should read the conditions."""
     conditions: Annotated[list[Condition], Field(max_length=32)] = []
-    """Ready, Progressing, Degraded and kind-specific conditions."""
+    """Ready, Progressing, Degraded, DependenciesReady and kind-specific conditions."""
 
 
 class KindInfo(ApiModel):

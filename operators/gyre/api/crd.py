@@ -3,7 +3,8 @@
 Pydantic's JSON Schema is the starting point; this module turns it into what the API server
 accepts: `$ref`s inlined, optional `anyOf [X, null]` collapsed to `X`, exclusive bounds in
 OpenAPI v3.0 form, `null`s dropped from defaults, `additionalProperties: false` removed (the API
-server's strict field validation rejects unknown fields instead), CEL rules kept.
+server's strict field validation rejects unknown fields instead), CEL rules kept, and a
+type's format note (durations, quantities, URIs) appended to each field's description.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import copy
 from typing import Any
 
 from gyre.api import KINDS
-from gyre.api._base import GROUP, VERSION, BaseStatus, Kind
+from gyre.api._base import FORMAT_HINT, GROUP, VERSION, BaseStatus, Kind
 
 _DROP = {"title", "$defs"}
 
@@ -44,6 +45,10 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
         merged = dict(node.pop("allOf")[0])
         merged.update(node)
         return _structural(merged, defs)
+    if FORMAT_HINT in node:  # the type's format note goes after the field's own description
+        hint = node.pop(FORMAT_HINT)
+        own = str(node.get("description") or "").strip()
+        node["description"] = f"{own} {hint}" if own else hint
     if "const" in node:
         node["enum"] = [node.pop("const")]
     if "enum" in node and "type" not in node:

@@ -27,6 +27,8 @@ PRESERVE = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
 
 
 class ModelSource(ApiModel):
+    """The model to serve: a TrainingJob's artifact or one at a URI (set exactly one)."""
+
     model_config = ConfigDict(json_schema_extra=validations(exactly_one("trainingJob", "uri")))
 
     training_job: DnsName | None = None
@@ -36,6 +38,8 @@ class ModelSource(ApiModel):
 
 
 class FeatureLookup(ApiModel):
+    """Online feature lookup: requests carry an entity id, the server adds its features."""
+
     feature_job: DnsName
     """Online features come from this FeatureJob's online store."""
     entity_key: FieldName
@@ -54,65 +58,106 @@ class Autoscaling(ApiModel):
     )
 
     min_replicas: Annotated[int, Field(ge=0, le=100)] = 1
+    """Fewest model server replicas; 0 scales to zero when idle. Default 1."""
     max_replicas: Annotated[int, Field(ge=1, le=100)] = 3
+    """Most model server replicas; default 3."""
     metric: Literal["concurrency", "rps", "cpu"] = "concurrency"
+    """What scaling follows: concurrency (in-flight requests per replica, the default), rps
+    (requests per second per replica) or cpu (utilisation percent)."""
     target: Annotated[float, Field(gt=0)] = 10
+    """The metric's value per replica the autoscaler aims for; default 10."""
 
 
 class Batching(ApiModel):
+    """Server-side batching: concurrent requests are grouped into one model call."""
+
     enabled: bool = True
+    """false calls the model once per request; default true."""
     max_batch_size: Annotated[int, Field(ge=1, le=4096)] = 32
+    """Most requests in one model call; default 32."""
     max_latency_ms: Annotated[int, Field(ge=1, le=10000)] = 5
+    """Longest a request waits for a batch to fill, in milliseconds; default 5."""
 
 
 class CircuitBreaker(ApiModel):
+    """Stops calling a failing model for a while and answers with the fallback instead."""
+
     failure_threshold: Annotated[int, Field(ge=1, le=1000)] = 5
+    """Consecutive failures or deadline misses that open the breaker; default 5."""
     reset_timeout: Duration = "30s"
+    """How long the breaker stays open before a trial request; default 30s."""
 
 
 class Fallback(ApiModel):
+    """What a request gets when the model is late or failing."""
+
     deadline_ms: Annotated[int, Field(ge=1, le=60000)] = 100
+    """Longest a prediction may take, in milliseconds (feature lookup included); past it the
+    default response is answered. Default 100."""
     circuit_breaker: CircuitBreaker = CircuitBreaker()
     default_response: Annotated[dict[str, Any], Field(json_schema_extra=PRESERVE)] | None = None
     """Answered when the model misses its deadline or the breaker is open."""
 
 
 class CanarySpec(ApiModel):
+    """A second model that answers a share of the requests."""
+
     model: ModelSource
+    """The canary model."""
     percent: Annotated[int, Field(ge=0, le=100)] = 10
+    """Share of requests the canary answers, in percent; the rest go to spec.model. Default 10."""
 
 
 class ShadowSpec(ApiModel):
+    """A second model that sees a copy of the requests; its answers are only logged."""
+
     model: ModelSource
+    """The shadow model."""
     percent: Annotated[int, Field(ge=0, le=100)] = 100
     """Share of requests mirrored; shadow answers are logged, never returned."""
 
 
 class TrafficSpec(ApiModel):
+    """Traffic splitting between spec.model and other models."""
+
     canary: CanarySpec | None = None
     shadow: ShadowSpec | None = None
 
 
 class LoggingSpec(ApiModel):
+    """Prediction logging to a Stream (for monitoring, feedback and retraining)."""
+
     stream: DnsName
     """Predictions (and inputs) are sent to this Stream."""
     sample_rate: Annotated[float, Field(ge=0, le=1)] = 1.0
+    """Share of predictions logged, between 0 and 1; default 1 (all)."""
 
 
 class RetrainTrigger(ApiModel):
+    """Retraining when the served inputs drift."""
+
     training_job: DnsName
     """Re-run this TrainingJob when drift crosses the threshold."""
     cooldown: Duration = "6h"
+    """Least time between two retrains; default 6h."""
 
 
 class DriftSpec(ApiModel):
+    """Drift of the served inputs against the model's training data."""
+
     metric: Literal["psi", "ks"] = "psi"
+    """How drift is measured per feature: psi (population stability index, the default) or
+    ks (Kolmogorov-Smirnov statistic)."""
     threshold: Annotated[float, Field(gt=0, le=1)] = 0.2
+    """Drift score above which the service reports Degraded (and retrains, if set); default 0.2."""
     window: Duration = "1h"
+    """Span of recent requests each drift score covers; default 1h."""
     retrain: RetrainTrigger | None = None
 
 
 class MonitoringSpec(ApiModel):
+    """Monitoring of the served model beyond its Prometheus metrics."""
+
     drift: DriftSpec | None = None
 
 
@@ -145,10 +190,15 @@ class InferenceServiceSpec(Kind):
 
     model: ModelSource
     protocol: Literal["v1", "v2"] = "v2"
+    """Inference protocol: v2 (the Open Inference Protocol, the default) or v1 (KServe's
+    :predict)."""
     features: FeatureLookup | None = None
     replicas: Annotated[int, Field(ge=0, le=100)] | None = None
+    """A fixed number of model server replicas (unset: 1, or autoscaling if set); not both."""
     autoscaling: Autoscaling | None = None
+    """Scale replicas with load between minReplicas and maxReplicas; not with replicas."""
     resources: Resources = Resources(cpu="1", memory="1Gi")
+    """Resources of each model server replica; default 1 CPU and 1Gi of memory."""
     batching: Batching = Batching()
     fallback: Fallback = Fallback()
     traffic: TrafficSpec | None = None
@@ -157,15 +207,26 @@ class InferenceServiceSpec(Kind):
 
 
 class InferenceServiceStatus(BaseStatus):
+    """The service's conditions, address, models and serving figures."""
+
     url: str | None = None
+    """Where clients send prediction requests."""
     model_version: str | None = None
+    """Version of the model spec.model serves."""
     canary_model_version: str | None = None
+    """Version of the canary model, when there is one."""
     ready_replicas: Annotated[int, Field(ge=0)] | None = None
+    """Model server replicas ready to answer."""
     traffic: dict[str, int] = {}
+    """Share of requests per model (default, canary), in percent."""
     requests_per_second: float | None = None
+    """Prediction requests per second, recently."""
     latency_p99_ms: float | None = None
+    """99th percentile of prediction latency, in milliseconds."""
     fallback_rate: float | None = None
+    """Share of requests answered by the fallback (deadline or breaker), between 0 and 1."""
     drift_score: float | None = None
+    """The latest drift score of the served inputs."""
 
 
 InferenceServiceSpec.STATUS = InferenceServiceStatus

@@ -147,12 +147,54 @@ class StatusOutput:
 
 
 @dataclass(frozen=True)
+class Transition:
+    """A condition this pass changed: a new one, a flipped status, or a new reason."""
+
+    type: str
+    status: str  # "True", "False" or "Unknown", now
+    reason: str
+    message: str
+    was_status: str | None = None  # before this pass; None: the condition is new
+    was_reason: str | None = None
+
+
+def condition_transitions(
+    old: Sequence[Mapping[str, Any]] | None, new: Sequence[Mapping[str, Any]]
+) -> tuple[Transition, ...]:
+    """The conditions of ``new`` whose status or reason differs from ``old`` (a message
+    alone changing is no transition: progress messages change on every pass)."""
+    before = {c.get("type"): c for c in old or []}
+    out: list[Transition] = []
+    for c in new:
+        prev = before.get(c.get("type"))
+        if (
+            prev is not None
+            and prev.get("status") == c.get("status")
+            and prev.get("reason") == c.get("reason")
+        ):
+            continue
+        out.append(
+            Transition(
+                type=str(c.get("type")),
+                status=str(c.get("status")),
+                reason=str(c.get("reason")),
+                message=str(c.get("message") or ""),
+                was_status=None if prev is None else str(prev.get("status")),
+                was_reason=None if prev is None else str(prev.get("reason")),
+            )
+        )
+    return tuple(out)
+
+
+@dataclass(frozen=True)
 class Outcome:
     status: dict[str, Any]
     retry_after: float | None = None  # waiting on something outside this object
     permanent_error: str | None = None  # the spec cannot work as written
     workloads: int = 0
     delete_object: bool = False
+    transitions: tuple[Transition, ...] = ()  # conditions this pass changed, for events
+    applied: tuple[str, ...] | None = None  # names of the workloads applied; None: none applied
 
 
 class Controller(abc.ABC, Generic[S]):
@@ -260,7 +302,9 @@ async def reconcile(
     def finish(fields: Mapping[str, Any], conds: Sequence[cnd.Cond], phase: str, **kw: Any) -> Outcome:
         status = {**base, **fields, "observedGeneration": meta.generation, "phase": phase}
         status["conditions"] = cnd.merge_conditions(old_conditions, conds, meta.generation)
-        return Outcome(status=status, **kw)
+        return Outcome(
+            status=status, transitions=condition_transitions(old_conditions, status["conditions"]), **kw
+        )
 
     try:
         spec = controller.spec_model.model_validate(dict(raw_spec))
@@ -374,6 +418,7 @@ async def reconcile(
         retry_after=out.requeue_after,
         workloads=len(workloads),
         delete_object=out.delete_object,
+        applied=tuple(w.name for w in workloads),
     )
 
 

@@ -3,7 +3,8 @@
 create, update and resume call `gyre.controllers.base.reconcile` through kopf handlers, and a
 resync loop calls it for every known object at a fixed interval (the periodic trigger that
 repairs drift and refreshes observed figures). The status a pass returns is compared with the
-stored one and written once, as a merge patch of only what changed.
+stored one and written once, as a merge patch of only what changed. Every pass, whichever
+trigger ran it, reports its Events through one `EventRecorder` (deduplicated, rate-limited).
 
 Dependencies are looked up in kopf indexes, kept current by watches: resolving a reference
 costs no API call, and handlers start only once the indexes hold every existing object, so a
@@ -31,6 +32,7 @@ from gyre.api import GROUP, KINDS, VERSION
 from gyre.controllers.base import Children, Controller, ObjectMeta, Outcome, reconcile
 from gyre.controllers.registry import CONTROLLERS
 from gyre.operator import metrics
+from gyre.operator.events import WARNING, Event, EventRecorder, EventWriter, events_for
 from gyre.runtimes.base import Runtime
 
 log = logging.getLogger("gyre.operator")
@@ -38,8 +40,8 @@ log = logging.getLogger("gyre.operator")
 PLURALS = {kind: model.INFO.plural for kind, model in KINDS.items()}
 
 
-class Writer(Protocol):
-    """Writes to the API server outside kopf's own patching (resync, deletion on request)."""
+class Writer(EventWriter, Protocol):
+    """Writes to the API server outside kopf's own patching (resync, deletion on request, Events)."""
 
     async def write_status(self, kind: str, namespace: str, name: str, changes: dict[str, Any]) -> None: ...
 
@@ -91,6 +93,8 @@ class Handlers:
         self.objects: dict[tuple[str, str, str], Mapping[str, Any]] = {}  # (kind, ns, name) → body
         self.last_reconciled: dict[tuple[str, str, str], float] = {}
         self.workloads: dict[tuple[str, str, str], int] = {}  # per object, as last applied
+        self.applied: dict[tuple[str, str, str], tuple[str, ...]] = {}  # workload names, likewise
+        self.events = EventRecorder(writer)
         self.indexes: Mapping[str, Any] = {}
         # uids of deleted objects: a reconcile queued before the deletion must not start
         # their workloads again.
@@ -146,9 +150,10 @@ class Handlers:
                     self.listing,
                     self.children,
                 )
-            except Exception:
+            except Exception as exc:
                 metrics.ERRORS.labels(kind).inc()
                 metrics.RECONCILES.labels(kind, trigger, "error").inc()
+                self.events.record(meta, [Event(WARNING, "ReconcileError", f"{type(exc).__name__}: {exc}")])
                 raise
             finally:
                 metrics.DURATION.labels(kind).observe(time.perf_counter() - started)
@@ -158,8 +163,12 @@ class Handlers:
             metrics.STATUS_WRITES.labels(kind).inc()
         result = "invalid" if outcome.permanent_error else ("requeue" if outcome.retry_after else "ok")
         metrics.RECONCILES.labels(kind, trigger, result).inc()
-        self.workloads[(kind, meta.namespace, meta.name)] = outcome.workloads
+        key = (kind, meta.namespace, meta.name)
+        self.workloads[key] = outcome.workloads
         self._publish_workloads(kind)
+        self.events.record(meta, events_for(outcome, self.applied.get(key)))
+        if outcome.applied is not None:
+            self.applied[key] = outcome.applied
         if outcome.delete_object:
             await self.writer.delete(kind, meta.namespace, meta.name)
             log.info(
@@ -209,6 +218,7 @@ class Handlers:
                 if self.lookup(kind, namespace, name) is None:  # deleted: gone from the index
                     self.objects.pop(key, None)
                     self.last_reconciled.pop(key, None)
+                    self.applied.pop(key, None)
                     if self.workloads.pop(key, None) is not None:
                         self._publish_workloads(kind)
                     continue
@@ -248,6 +258,8 @@ def _register_kind(registry: kopf.OperatorRegistry, handlers: Handlers, kind: st
         async with handlers._locks[meta.owner.key]:
             await CONTROLLERS[kind].finalize(meta, body.get("spec") or {}, handlers.runtime, handlers.listing)
         handlers._locks.pop(meta.owner.key, None)
+        handlers.events.forget(meta.uid)
+        handlers.applied.pop((kind, meta.namespace, meta.name), None)
         if handlers.workloads.pop((kind, meta.namespace, meta.name), None) is not None:
             handlers._publish_workloads(kind)
         log.info("Released the workloads of %s %s/%s", kind, meta.namespace, meta.name)

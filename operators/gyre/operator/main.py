@@ -1,6 +1,7 @@
 """`gyre operator`: one process that reconciles all five kinds.
 
-Configures kopf (standalone, annotations for its bookkeeping, no framework events), serves
+Configures kopf (standalone, annotations for its bookkeeping, no framework events: Gyre
+records its own, `gyre.operator.events`), serves
 Prometheus metrics and a health endpoint, picks the runtime, and runs until stopped. On stop,
 the runtime is closed: the local runtime's processes end with the operator.
 """
@@ -35,7 +36,9 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
         prefix="gyre.dev", key="last-handled-configuration"
     )
     settings.persistence.finalizer = "gyre.dev/finalizer"
-    settings.posting.enabled = False  # Gyre reports through conditions, metrics and logs
+    # kopf's own events ("Handler ... succeeded") are noise; Gyre records what it did and what
+    # went wrong itself (gyre.operator.events), on every reconcile path, rate-limited.
+    settings.posting.enabled = False
     # One worker per object, unbounded: a cap makes objects beyond it wait for idle workers.
     settings.batching.worker_limit = None
     settings.batching.batch_window = 0.02
@@ -46,10 +49,11 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
 
 
 class KubeWriter:
-    """Writes outside kopf handlers: status merge patches (resync) and deletions on request."""
+    """Writes outside kopf handlers: status merge patches (resync), deletions on request, Events."""
 
     def __init__(self) -> None:
         self._api: Any = None
+        self._core: Any = None
 
     def _client(self) -> Any:
         if self._api is None:
@@ -57,6 +61,27 @@ class KubeWriter:
 
             self._api = client.CustomObjectsApi(kube_api_client())
         return self._api
+
+    def _core_client(self) -> Any:
+        if self._core is None:
+            from kubernetes import client
+
+            self._core = client.CoreV1Api(kube_api_client())
+        return self._core
+
+    async def create_event(self, namespace: str, body: dict[str, Any]) -> None:
+        await asyncio.to_thread(self._core_client().create_namespaced_event, namespace, body)
+
+    async def patch_event(self, namespace: str, name: str, patch: dict[str, Any]) -> bool:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            await asyncio.to_thread(self._core_client().patch_namespaced_event, name, namespace, patch)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
 
     async def delete(self, kind: str, namespace: str, name: str) -> None:
         plural = KINDS[kind].INFO.plural
