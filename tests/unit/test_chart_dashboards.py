@@ -60,6 +60,13 @@ def series_names(registry: CollectorRegistry) -> set[str]:
 def exported_metrics() -> dict[str, set[str]]:
     """Series names by the process that exports them, read from the metric definitions."""
     pytest.importorskip("confluent_kafka", reason="the collector and the sink need the stream extra")
+    # Importing them defines their metrics in the default registry.
+    for module in (
+        "gyre.operator.metrics",
+        "gyre.pipelines.collector.server",
+        "gyre.pipelines.lakesink.sink",
+    ):
+        importlib.import_module(module)
     from gyre.pipelines.trainer.progress import Metrics
 
     default = series_names(REGISTRY)  # the operator, collector and sink use the default registry
