@@ -129,6 +129,11 @@ class Prometheus:
         result: list[dict[str, Any]] = data["result"]
         return result
 
+    def label_values(self, label: str, selector: str) -> list[str]:
+        """What Grafana's ``label_values(selector, label)`` lists: the label's non-empty values."""
+        values: list[str] = self.api(f"/api/v1/label/{label}/values", **{"match[]": selector})
+        return values
+
     @staticmethod
     def finite(result: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The series of an instant-vector result whose value is a number (not NaN or ±Inf)."""

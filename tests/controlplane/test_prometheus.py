@@ -4,7 +4,9 @@ A running system on the local runtime: the operator, a Stream (broker, collector
 receiving valid and invalid events all along, and a two-worker TrainingJob. A Prometheus
 (Debian's package) scrapes the operator and every workload's metrics port each second; each
 dashboard query, with Grafana's variables expanded as Grafana would ("All", a rate interval),
-must return at least one series with a finite value while the system runs.
+must return at least one series with a finite value (`/api/v1/query`), and each variable's
+``label_values`` at least one value (`/api/v1/label/<name>/values`, as Grafana asks), while
+the system runs.
 """
 
 from __future__ import annotations
@@ -38,8 +40,7 @@ LABEL_VALUES = re.compile(r"^label_values\((?P<selector>.+),\s*(?P<label>\w+)\)$
 
 
 def grafana_expand(expr: str, dashboard: dict[str, Any]) -> str:
-    """``expr`` as Grafana sends it with every variable on "All"; a variable's
-    ``label_values(selector, label)`` becomes the query listing those values."""
+    """``expr`` as Grafana sends it with every variable of ``dashboard`` on "All"."""
     values = dict(GRAFANA_BUILTINS)
     for variable in dashboard["templating"]["list"]:
         if variable["type"] == "query":
@@ -50,9 +51,18 @@ def grafana_expand(expr: str, dashboard: dict[str, Any]) -> str:
         assert name in values, f"{expr}: no value for ${name}"
         return values[name]
 
-    expanded = re.sub(r"\$\{(\w+)\}|\$(\w+)", value, expr)
-    listing = LABEL_VALUES.match(expanded)
-    return f"count by ({listing['label']}) ({listing['selector']})" if listing else expanded
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", value, expr)
+
+
+def has_data(prometheus: Prometheus, expr: str) -> tuple[bool, object]:
+    """Whether ``expr`` shows something in Grafana: a variable's ``label_values`` lists at
+    least one value; a panel's query has a series with a finite value (not NaN, not ±Inf)."""
+    listing = LABEL_VALUES.match(expr)
+    if listing:
+        values = prometheus.label_values(listing["label"], listing["selector"])
+        return bool(values), values
+    result = prometheus.query(expr)
+    return bool(prometheus.finite(result)), result
 
 
 @pytest.fixture
@@ -152,13 +162,13 @@ def test_every_dashboard_query_returns_data(
         ]
         assert len({name for name, _, _ in queries}) == 3
         pending = {q[2] for q in queries}
-        last: dict[str, list[dict[str, Any]]] = {}
+        last: dict[str, object] = {}
         started = time.monotonic()
 
         def every_query_has_data() -> None:
             for expr in sorted(pending):
-                last[expr] = prometheus.query(expr)
-                if prometheus.finite(last[expr]):
+                ok, last[expr] = has_data(prometheus, expr)
+                if ok:
                     pending.discard(expr)
             assert not pending, "queries without data:\n" + "\n".join(
                 f"  [{n}] {e}\n      -> {last.get(x)}" for n, e, x in queries if x in pending
