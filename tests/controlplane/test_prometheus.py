@@ -103,7 +103,7 @@ class EventPoster:
             bad = [{"user_id": "x", "ts": "yesterday"}, {"user_id": "y", "ts": 1, "plan": "gold"}]
             try:
                 post(self.url, good + bad)
-            except Exception as e:  # surfaced by stop()
+            except Exception as e:  # raised again when the block exits
                 self.error = e
                 return
             i += 20
