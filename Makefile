@@ -30,6 +30,7 @@ lint: ## ruff, mypy --strict, import contracts, generated files up to date
 	$(PY) -m mypy
 	$(VENV)/bin/lint-imports
 	$(PY) -m gyre.cli manifests --check
+	$(PY) charts/gyre/hack/generate_dashboards.py --check
 
 .PHONY: fmt
 fmt: ## Format the code

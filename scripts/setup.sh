@@ -24,3 +24,14 @@ step "Kafka jars (Maven Central; cached)"
 
 step "Horovod wheel (built once from the PyPI sdist; cached)"
 PYTHON="$VENV/bin/python" bash scripts/build-horovod.sh
+
+step "Prometheus (Debian's package; the dashboard queries are checked against it)"
+if ! command -v prometheus >/dev/null; then
+  sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  $sudo apt-get update
+  # Recommends would add node-exporter and its timers; the tests start their own Prometheus.
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends prometheus
+  if [[ -d /run/systemd/system ]]; then  # the package enables and starts a system service
+    $sudo systemctl disable --now prometheus.service || true
+  fi
+fi

@@ -53,6 +53,9 @@ EVENTS_ACCEPTED = Counter(
 EVENTS_REJECTED = Counter(
     "gyre_collector_events_rejected_total", "Events that failed validation.", ["reason"]
 )
+DEAD_LETTERED = Counter(
+    "gyre_collector_dead_lettered_total", "Rejected events produced to the dead-letter topic."
+)
 EVENTS_FAILED = Counter("gyre_collector_events_failed_total", "Events Kafka did not acknowledge in time.")
 REQUESTS = Counter("gyre_collector_requests_total", "HTTP requests to /v1/events.", ["code"])
 PRODUCE_LATENCY = Histogram(
@@ -310,6 +313,7 @@ class Collector:
             ],
             on_delivery=delivered,
         )
+        DEAD_LETTERED.inc()
 
     def _sent(
         self, events: list[Any], rejected: dict[int, tuple[str, str]], unsent: dict[int, str]

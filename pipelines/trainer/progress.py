@@ -24,7 +24,8 @@ the run's record next to its checkpoints. Its fields (`TrainerProgress`):
 ``updated_at``         RFC 3339 time of this write
 =====================  =======================================================================
 
-Every worker also exposes ``gyre_trainer_*`` gauges on ``$GYRE_PORT_METRICS`` (if set).
+Every worker also exposes ``gyre_trainer_*`` gauges, labelled ``trainingjob`` and ``rank``, on
+``$GYRE_PORT_METRICS`` (if set).
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class Metrics:
         from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
         self.registry = CollectorRegistry()
-        labels = ["job", "rank"]
+        labels = ["trainingjob", "rank"]  # not "job": Prometheus sets that label on every target
 
         def gauge(name: str, doc: str) -> Any:
             return Gauge(name, doc, labels, registry=self.registry).labels(job, str(rank))
@@ -90,6 +91,7 @@ class Metrics:
             "gyre_trainer_allreduce_seconds", "Time a step waited for the gradient allreduce"
         )
         self.step = gauge("gyre_trainer_step", "Global steps done")
+        self.total_steps = gauge("gyre_trainer_total_steps", "Global steps planned")
         self.loss = gauge("gyre_trainer_train_loss", "Training loss (recent mean)")
         if port:
             try:
@@ -173,6 +175,7 @@ class Progress:
         )
         if metrics is not None:
             metrics.step.set(step)
+            metrics.total_steps.set(total)
             if rate:
                 metrics.samples_per_s.set(rate / self.state["workers"])
             metrics.step_time.set(self._step_time / n)

@@ -141,6 +141,7 @@ def test_valid_events_reach_the_topic_and_invalid_ones_the_dead_letter_topic(
     metrics = collector_metrics(collector)
     assert metric_value(metrics, "gyre_collector_events_accepted_total") == 2
     assert metric_value(metrics, "gyre_collector_events_rejected_total", 'reason="enum_mismatch"') == 1
+    assert metric_value(metrics, "gyre_collector_dead_lettered_total") == 5
     assert metric_value(metrics, "gyre_collector_produce_latency_seconds_count") == 1
 
 

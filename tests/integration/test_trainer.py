@@ -190,7 +190,7 @@ def test_killed_worker_gang_resumes_from_checkpoint(clicks: Path, tmp_path: Path
         for rank, port in enumerate(gang.metrics_ports):
             text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
             for name in ("samples_per_second", "step_seconds", "allreduce_seconds"):
-                line = f'gyre_trainer_{name}{{job="test-job",rank="{rank}"}} '
+                line = f'gyre_trainer_{name}{{rank="{rank}",trainingjob="test-job"}} '
                 assert line in text.decode(), text.decode()
         os.kill(gang.procs[1].pid, signal.SIGKILL)
         killed_at = status()["step"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from gyre.api import KINDS
+
 RECONCILES = Counter(
     "gyre_reconciles_total", "Reconcile passes, by kind, trigger and result", ["kind", "trigger", "result"]
 )
@@ -21,3 +23,8 @@ WORKLOADS = Gauge(
     "Workloads the operator applied for the objects of each kind (a total over them)",
     ["kind"],
 )
+
+# Every kind's error count exists from the start, at zero: a healthy operator then reports an
+# error rate of 0 per kind instead of no series at all (which a dashboard shows as "No data").
+for _kind in KINDS:
+    ERRORS.labels(_kind)

@@ -1,0 +1,181 @@
+"""Every query of every shipped Grafana dashboard returns data from a real Prometheus.
+
+A running system on the local runtime: the operator, a Stream (broker, collector, lake sink)
+receiving valid and invalid events all along, and a two-worker TrainingJob. A Prometheus
+(Debian's package) scrapes the operator and every workload's metrics port each second; each
+dashboard query, with Grafana's variables expanded as Grafana would ("All", a rate interval),
+must return at least one series with a finite value (`/api/v1/query`), and each variable's
+``label_values`` at least one value (`/api/v1/label/<name>/values`, as Grafana asks), while
+the system runs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gyre.controlplane.testing import Cluster, eventually
+from operator_harness import OperatorProcess, fresh_namespace, install_crds
+from prometheus_harness import Prometheus, Target, dashboard_generator, local_targets
+from test_stream import post, stream
+from test_trainingjob import job, make_data
+
+pytestmark = [
+    pytest.mark.controlplane,
+    pytest.mark.integration,
+    pytest.mark.skipif(shutil.which("prometheus") is None, reason="Prometheus is installed by make setup"),
+]
+
+# What Grafana puts in place of its built-in variables for a dashboard over the last hour
+# scraped every second: $__rate_interval is at least four scrape intervals, and more.
+GRAFANA_BUILTINS = {"__rate_interval": "1m", "__range": "1h"}
+LABEL_VALUES = re.compile(r"^label_values\((?P<selector>.+),\s*(?P<label>\w+)\)$")
+
+
+def grafana_expand(expr: str, dashboard: dict[str, Any]) -> str:
+    """``expr`` as Grafana sends it with every variable of ``dashboard`` on "All"."""
+    values = dict(GRAFANA_BUILTINS)
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":
+            values[variable["name"]] = variable["allValue"]
+
+    def value(m: re.Match[str]) -> str:
+        name = m.group(1) or m.group(2)
+        assert name in values, f"{expr}: no value for ${name}"
+        return values[name]
+
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", value, expr)
+
+
+def has_data(prometheus: Prometheus, expr: str) -> tuple[bool, object]:
+    """Whether ``expr`` shows something in Grafana: a variable's ``label_values`` lists at
+    least one value; a panel's query has a series with a finite value (not NaN, not ±Inf)."""
+    listing = LABEL_VALUES.match(expr)
+    if listing:
+        values = prometheus.label_values(listing["label"], listing["selector"])
+        return bool(values), values
+    result = prometheus.query(expr)
+    return bool(prometheus.finite(result)), result
+
+
+@pytest.fixture
+def operator(cluster: Cluster, tmp_path: Path) -> Iterator[OperatorProcess]:
+    install_crds(cluster)
+    op = OperatorProcess(cluster, fresh_namespace(cluster, "prom"), "local", tmp_path).start()
+    yield op
+    op.stop()
+    print(f"--- operator log ---\n{op.log(150)}")
+    print(cluster.kubectl("get", "gst,gtj", "-n", op.namespace, "-o", "yaml", check=False).stdout)
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator[Prometheus]:
+    (tmp_path / "prometheus").mkdir()
+    prom = Prometheus(tmp_path / "prometheus").start()
+    yield prom
+    prom.stop()
+    print(f"--- prometheus log ---\n{prom.log()}")
+
+
+class EventPoster:
+    """Posts valid and invalid events to a collector in a loop, until stopped."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.posted = 0
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        i = 0
+        while not self._stop.is_set():
+            good = [
+                {"user_id": f"u{i + j}", "ts": 1_700_000_000_000 + i + j, "plan": "free"} for j in range(20)
+            ]
+            bad = [{"user_id": "x", "ts": "yesterday"}, {"user_id": "y", "ts": 1, "plan": "gold"}]
+            try:
+                post(self.url, good + bad)
+            except Exception as e:  # raised again when the block exits
+                self.error = e
+                return
+            i += 20
+            self.posted += 1
+            self._stop.wait(0.5)
+
+    def __enter__(self) -> EventPoster:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        if self.error is not None and exc[0] is None:
+            raise AssertionError(f"posting events failed: {self.error}")
+
+
+def test_every_dashboard_query_returns_data(
+    operator: OperatorProcess, prometheus: Prometheus, tmp_path: Path
+) -> None:
+    op = operator
+    op.apply(stream(tmp_path / "lake"))
+    # Long enough to outlast the queries: it is stopped with the operator, not awaited.
+    op.apply(
+        job("churn", make_data(tmp_path / "data", rows=20000), tmp_path / "models", epochs=50, every=1000)
+    )
+
+    def stream_ready() -> dict[str, Any]:
+        st = dict(op.get("stream", "clicks").get("status") or {})
+        assert op.condition("stream", "clicks", "Ready")["status"] == "True", st.get("conditions")
+        return st
+
+    collector_url = eventually(stream_ready, timeout=180, interval=1)["collectorUrl"]
+
+    def training() -> None:
+        progress = (op.get("trainingjob", "churn").get("status") or {}).get("progress") or {}
+        assert progress.get("step", 0) > 0, progress
+
+    with EventPoster(collector_url) as poster:
+        eventually(training, timeout=240, interval=1)
+        targets = [
+            Target("gyre-operator", f"127.0.0.1:{op.metrics_port}"),
+            *local_targets(op.workdir / "local"),
+        ]
+        workloads = sorted({t.labels["gyre_dev_workload"] for t in targets if t.labels})
+        assert workloads == ["collector", "sink-lake", "worker"], targets
+        assert sum(t.labels.get("gyre_dev_workload") == "worker" for t in targets) == 2
+        prometheus.scrape(targets)
+
+        generator = dashboard_generator()
+        queries = [
+            (path.name, expr, grafana_expand(expr, dashboard))
+            for path in sorted(generator.DASHBOARD_DIR.glob("*.json"))  # the files the chart ships
+            for dashboard in [json.loads(path.read_text())]
+            for expr in generator.queries(dashboard)
+        ]
+        assert len({name for name, _, _ in queries}) == 3
+        pending = {q[2] for q in queries}
+        last: dict[str, object] = {}
+        started = time.monotonic()
+
+        def every_query_has_data() -> None:
+            for expr in sorted(pending):
+                ok, last[expr] = has_data(prometheus, expr)
+                if ok:
+                    pending.discard(expr)
+            assert not pending, "queries without data:\n" + "\n".join(
+                f"  [{n}] {e}\n      -> {last.get(x)}" for n, e, x in queries if x in pending
+            )
+
+        eventually(every_query_has_data, timeout=180, interval=1)
+        print(
+            f"{len(queries)} queries returned data {time.monotonic() - started:.1f} s after the first scrape"
+        )
+        assert poster.posted > 0
