@@ -126,6 +126,12 @@ def status_of(
     )
 
 
+def wire(out: Any) -> dict[str, Any]:
+    """The status fields as written to the object (camelCase), only those the pass set."""
+    fields: dict[str, Any] = out.status.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    return fields
+
+
 def running_trainer(**progress: Any) -> TrainerStatus:
     base = {
         "phase": "running", "epoch": 1, "epochs": 4, "step": 50, "total_steps": 200, "percent": 25.0,
@@ -141,7 +147,8 @@ def running_trainer(**progress: Any) -> TrainerStatus:
 def test_progress_comes_from_the_launchers_status_document() -> None:
     out = status_of({LAUNCHER: P.RUNNING, WORKER: P.RUNNING}, running_trainer())
     assert out.phase == "Running"
-    f = out.fields
+    f = wire(out)
+    assert f["replicaStatuses"]["worker"] == {"active": 2, "succeeded": 0, "failed": 0}
     assert f["progress"] == {"epoch": 1, "step": 50, "totalSteps": 200, "percent": "25%", "etaSeconds": 12.5}
     assert f["metrics"] == {"valAccuracy": 0.81, "valLoss": 0.4, "validation": 0.81}
     assert f["samplesPerSecond"] == 4321.1
@@ -155,8 +162,8 @@ def test_no_status_document_keeps_the_stored_figures() -> None:
     out = status_of(
         {LAUNCHER: P.RUNNING, WORKER: P.RUNNING}, None, {"observedGeneration": 3, "phase": "Running"}
     )
-    assert "progress" not in out.fields
-    assert "metrics" not in out.fields
+    assert "progress" not in wire(out)
+    assert "metrics" not in wire(out)
 
 
 def test_a_failed_gang_while_running_is_reported_as_restarting() -> None:
@@ -176,7 +183,7 @@ def test_failure_message_is_the_runs_own_words() -> None:
     out = status_of({LAUNCHER: P.FAILED, WORKER: P.RUNNING}, trainer)
     assert out.phase == "Failed"
     assert (
-        out.fields["failureMessage"]
+        wire(out)["failureMessage"]
         == "launcher failed after 0 restart(s): gang timeout: 1 of 2 workers joined"
     )
 
@@ -186,7 +193,7 @@ def test_success_publishes_the_model_uri_and_version() -> None:
         {LAUNCHER: P.SUCCEEDED, WORKER: P.SUCCEEDED}, running_trainer(phase="succeeded", step=200)
     )
     assert out.phase == "Succeeded"
-    assert out.fields["model"] == {"uri": "file:///models/churn/churn-g3", "version": "churn-g3"}
+    assert wire(out)["model"] == {"uri": "file:///models/churn/churn-g3", "version": "churn-g3"}
     ready = next(c for c in out.conditions if c.type == "Ready")
     assert (ready.status, ready.reason) == (True, "ModelAvailable")
 
@@ -195,3 +202,15 @@ def test_a_malformed_status_document_is_no_document() -> None:
     assert TrainerStatus.parse({"gang": {"phase": "running"}, "progress": {"step": "many"}}) is None
     assert TrainerStatus.parse(None) is None
     assert TrainerStatus.parse({"gang": {"phase": "running"}, "future_field": 1}) is not None
+
+
+def test_a_new_generation_removes_the_old_runs_figures() -> None:
+    old = {
+        "observedGeneration": 2,
+        "phase": "Succeeded",
+        "metrics": {"validation": 0.9},
+        "model": {"uri": "x"},
+    }
+    out = status_of({LAUNCHER: P.RUNNING, WORKER: P.RUNNING}, None, old)
+    assert {"metrics", "model", "progress", "start_time"} <= set(out.remove)
+    assert out.phase == "Running", "generation 3 is a new run, not the finished one of generation 2"

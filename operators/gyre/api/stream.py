@@ -310,6 +310,17 @@ class SinkStatus(ApiModel):
     """Parquet files committed since the sink started."""
 
 
+class FieldStatus(ApiModel):
+    """A field of the Stream's events, as published for the resources that read them."""
+
+    model_config = ConfigDict(frozen=False)
+
+    name: str
+    """Column name in the lake."""
+    type: str
+    """Its schema type (string, int, long, float, double, boolean, timestamp)."""
+
+
 class KafkaClusterStatus(ApiModel):
     """The managed Kafka cluster this Stream uses."""
 
@@ -351,6 +362,11 @@ class StreamStatus(BaseStatus):
     """Progress of each sink."""
     max_sink_lag: Annotated[int, Field(ge=0)] | None = None
     """The largest lag of any sink, in records."""
+    lake_uri: str | None = None
+    """Where the lake sink writes Parquet: what TrainingJobs and FeatureJobs reading this
+    Stream read (absent without a lake sink)."""
+    schema_fields: Annotated[list[FieldStatus], Field(max_length=512)] = []
+    """The events' fields and types, for the resources that read the lake."""
 
 
 StreamSpec.STATUS = StreamStatus

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from pydantic import ValidationError
 
-from gyre.api._base import Kind
+from gyre.api._base import BaseStatus, Kind
 from gyre.core import conditions as cnd
 from gyre.core.children import ChildKind, ChildObject, ChildState
 from gyre.core.workload import Owner, Workload, WorkloadStatus
@@ -139,9 +139,10 @@ class StatusInput:
 
 @dataclass(frozen=True)
 class StatusOutput:
-    fields: Mapping[str, Any]  # kind-specific status fields (wire names)
+    status: BaseStatus  # the kind's Status model, with the fields this pass decided set
     conditions: Sequence[cnd.Cond]
     phase: str
+    remove: Sequence[str] = ()  # fields of the Status model to remove unless set (a new run)
     requeue_after: float | None = None  # look again soon (work in progress)
     delete_object: bool = False  # the object asks to be deleted (e.g. a TTL after finishing)
 
@@ -411,8 +412,19 @@ async def reconcile(
     conds = [deps_cond, *out.conditions]
     if not any(c.type == cnd.DEGRADED for c in out.conditions):
         conds.append(cnd.Cond(cnd.DEGRADED, False, cnd.AS_EXPECTED))
+    # Only the fields compute_status set are written (one set to None is removed); the
+    # conditions, phase and generation are the pass's own.
+    model = type(out.status)
+    fields = {
+        model.model_fields[name].alias or name: None
+        for name in out.remove
+        if name not in out.status.model_fields_set
+    }
+    fields |= out.status.model_dump(
+        mode="json", by_alias=True, exclude_unset=True, exclude={"conditions", "phase", "observed_generation"}
+    )
     return finish(
-        out.fields,
+        fields,
         conds,
         out.phase,
         retry_after=out.requeue_after,

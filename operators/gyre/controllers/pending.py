@@ -24,7 +24,7 @@ class PendingDataPlane(Controller[Any]):
             "is not supported by this Gyre release yet"
         )
         return StatusOutput(
-            fields={},
+            status=self.spec_model.STATUS(),
             conditions=[
                 cnd.Cond(cnd.READY, False, cnd.NOT_SUPPORTED, message),
                 cnd.Cond(cnd.PROGRESSING, False, cnd.NOT_SUPPORTED, message),

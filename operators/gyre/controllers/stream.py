@@ -27,7 +27,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gyre.api.stream import ManagedKafka, StreamSpec
+from gyre.api.stream import (
+    FieldStatus,
+    KafkaClusterStatus,
+    ManagedKafka,
+    SinkStatus,
+    StreamSpec,
+    StreamStatus,
+    TopicStatus,
+)
 from gyre.builders.stream import (
     BROKER,
     COLLECTOR,
@@ -50,7 +58,7 @@ from gyre.core import conditions as cnd
 from gyre.core.children import ChildKind
 from gyre.core.workload import Owner, Workload, WorkloadPhase, WorkloadStatus
 from gyre.pipelines.collector.status import CollectorStatus
-from gyre.pipelines.lakesink.status import SinkStatus
+from gyre.pipelines.lakesink.status import SinkStatus as SinkDoc
 from gyre.runtimes.base import Runtime
 
 POLL_S = 2.0
@@ -172,12 +180,12 @@ class StreamController(Controller[StreamSpec]):
         observed = await runtime.observe(owner)
         facts: dict[str, Any] = {
             "bootstrap": runtime.endpoint(owner, BROKER, "kafka"),
-            "cluster": {
-                "name": cluster,
-                "streams": [u.name for u in users],
-                "nodes": sum(w.replicas for w in observed.values()),
-                "readyNodes": sum(w.ready_replicas for w in observed.values()),
-            },
+            "cluster": KafkaClusterStatus(
+                name=cluster,
+                streams=[u.name for u in users],
+                nodes=sum(w.replicas for w in observed.values()),
+                ready_nodes=sum(w.ready_replicas for w in observed.values()),
+            ),
             "cluster_workloads": observed,
         }
         defining = users[0]
@@ -247,7 +255,7 @@ class StreamController(Controller[StreamSpec]):
         except TopicAdminError as exc:
             facts["topic_error"] = str(exc)
             return facts
-        facts["topic"] = {"name": main.name, "partitions": main.partitions, "deadLetterTopic": dlq.name}
+        facts["topic"] = TopicStatus(name=main.name, partitions=main.partitions, dead_letter_topic=dlq.name)
         facts["topic_problems"] = list(main.problems) + list(dlq.problems)
         collector = runtime.endpoint(meta.owner, COLLECTOR, "http")
         if collector:
@@ -261,10 +269,10 @@ class StreamController(Controller[StreamSpec]):
                 facts["collector"] = CollectorCounts(
                     accepted=sum(d.accepted for d in docs), rejected=sum(d.rejected for d in docs)
                 )
-        sinks: dict[str, SinkStatus] = {}
+        sinks: dict[str, SinkDoc] = {}
         for sink in spec.sinks:
             w = by_name.get(sink_workload_name(sink))
-            doc = SinkStatus.parse(next(iter(await runtime.read_status(meta.owner, w)), None)) if w else None
+            doc = SinkDoc.parse(next(iter(await runtime.read_status(meta.owner, w)), None)) if w else None
             if doc is not None:
                 sinks[sink.name] = doc
         facts["sinks"] = sinks
@@ -272,18 +280,16 @@ class StreamController(Controller[StreamSpec]):
 
     def compute_status(self, spec: StreamSpec, inp: StatusInput) -> StatusOutput:
         facts, old, observed = inp.facts, inp.old_status, inp.observed
-        fields: dict[str, Any] = {
-            "bootstrapServers": facts.get("bootstrap"),
-            "kafkaCluster": facts.get("cluster"),
-        }
-        if "topic" in facts:
-            fields["topic"] = facts["topic"]
-        topic_ready = bool((facts.get("topic") or {}).get("partitions"))
+        cluster: KafkaClusterStatus | None = facts.get("cluster")
+        topic: TopicStatus | None = facts.get("topic")
+        out = StreamStatus(bootstrap_servers=facts.get("bootstrap"), kafka_cluster=cluster)
+        if topic is not None:
+            out.topic = topic
+        topic_ready = bool(topic and topic.partitions)
         waiting: list[str] = []
         failed: list[str] = []
-        cluster = facts.get("cluster") or {}
         for name, st in (facts.get("cluster_workloads") or {}).items():
-            label = f"Kafka cluster {cluster.get('name')} {name}"
+            label = f"Kafka cluster {cluster.name if cluster else ''} {name}"
             if st.phase != WorkloadPhase.READY:
                 waiting.append(f"{label} ({st.ready_replicas}/{st.replicas} ready)")
             if st.phase == WorkloadPhase.FAILED:
@@ -299,44 +305,47 @@ class StreamController(Controller[StreamSpec]):
         # Figures.
         counts: CollectorCounts | None = facts.get("collector")
         if facts.get("collector_url"):
-            fields["collectorUrl"] = facts["collector_url"]
+            out.collector_url = facts["collector_url"]
         if counts is not None:
             accepted, rejected = counts.accepted, counts.rejected
-            prev_at = old.get("sampledAt")
-            prev_acc, prev_rej = old.get("acceptedTotal"), old.get("rejectedTotal")
+            prev = StreamStatus.model_validate(dict(old)) if old else StreamStatus()
             now = float(facts["sampled_at"])
             if (
-                isinstance(prev_at, int | float)
-                and now > prev_at
-                and prev_acc is not None
-                and accepted >= prev_acc
+                prev.sampled_at is not None
+                and now > prev.sampled_at
+                and prev.accepted_total is not None
+                and accepted >= prev.accepted_total
             ):
-                fields["acceptedPerSecond"] = round((accepted - prev_acc) / (now - prev_at), 1)
-                fields["rejectedPerSecond"] = round(max(rejected - (prev_rej or 0), 0) / (now - prev_at), 1)
-            fields.update(
-                {
-                    "acceptedTotal": accepted,
-                    "rejectedTotal": rejected,
-                    "deadLetterCount": rejected,
-                    "sampledAt": now,
-                }
-            )
-        sink_status = []
+                out.accepted_per_second = round((accepted - prev.accepted_total) / (now - prev.sampled_at), 1)
+                out.rejected_per_second = round(
+                    max(rejected - (prev.rejected_total or 0), 0) / (now - prev.sampled_at), 1
+                )
+            out.accepted_total = accepted
+            out.rejected_total = rejected
+            out.dead_letter_count = rejected
+            out.sampled_at = now
+        sinks = []
         for sink in spec.sinks:
-            doc: SinkStatus | None = (facts.get("sinks") or {}).get(sink.name)
-            sink_status.append(
-                {
-                    "name": sink.name,
-                    "ready": bool(doc and doc.ready),
-                    "lag": doc.lag if doc else None,
-                    "recordsWritten": doc.records_written if doc else None,
-                    "filesCommitted": doc.files_committed if doc else None,
-                }
+            doc: SinkDoc | None = (facts.get("sinks") or {}).get(sink.name)
+            sinks.append(
+                SinkStatus(name=sink.name, ready=False)
+                if doc is None
+                else SinkStatus(
+                    name=sink.name,
+                    ready=doc.ready,
+                    lag=doc.lag,
+                    records_written=doc.records_written,
+                    files_committed=doc.files_committed,
+                )
             )
-        if sink_status:
-            fields["sinks"] = [{k: v for k, v in s.items() if v is not None} for s in sink_status]
-            lags = [s["lag"] for s in sink_status if isinstance(s["lag"], int)]
-            fields["maxSinkLag"] = max(lags) if lags else None
+        if sinks:
+            out.sinks = sinks
+            lags = [s.lag for s in sinks if s.lag is not None]
+            out.max_sink_lag = max(lags) if lags else None
+        # What dependents read (a TrainingJob trains on the lake): published, not dug out of
+        # this Stream's spec.
+        out.lake_uri = next((s.lake.uri for s in spec.sinks if s.lake), None)
+        out.schema_fields = [FieldStatus(name=f.name, type=f.type) for f in spec.schema_.fields]
 
         problems = list(facts.get("topic_problems") or [])
         degraded: list[tuple[str, str]] = []
@@ -356,9 +365,9 @@ class StreamController(Controller[StreamSpec]):
                 cnd.Cond(cnd.READY, False, cnd.WORKLOADS_STARTING, message),
                 cnd.Cond(cnd.PROGRESSING, True, cnd.WORKLOADS_STARTING, message),
             ]
-            return StatusOutput(fields=fields, conditions=conds, phase="Starting", requeue_after=POLL_S)
+            return StatusOutput(status=out, conditions=conds, phase="Starting", requeue_after=POLL_S)
         conds += [
             cnd.Cond(cnd.READY, True, cnd.WORKLOADS_READY, "broker, topic, collector and sinks are ready"),
             cnd.Cond(cnd.PROGRESSING, False, cnd.WORKLOADS_READY),
         ]
-        return StatusOutput(fields=fields, conditions=conds, phase="Ready", requeue_after=REFRESH_S)
+        return StatusOutput(status=out, conditions=conds, phase="Ready", requeue_after=REFRESH_S)

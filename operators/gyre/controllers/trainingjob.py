@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gyre.api.trainingjob import TrainingJobSpec
+from gyre.api.trainingjob import ModelRef, Progress, ReplicaStatus, TrainingJobSpec, TrainingJobStatus
 from gyre.builders.trainingjob import (
     LAUNCHER,
     WORKER,
@@ -41,6 +41,11 @@ FAILED = "Failed"
 SUSPENDED = "Suspended"
 TERMINAL = ("Succeeded", "Failed")
 POLL_S = 2.0
+# A new generation is a new run: these figures of the old run are removed.
+FIGURES_OF_A_RUN = (
+    "progress", "metrics", "model", "start_time", "completion_time", "restarts", "resumed_from_step",
+    "samples_per_second", "ended_workloads",
+)  # fmt: skip
 
 
 def dataset_refs(spec: TrainingJobSpec, path: str = "spec") -> list[Ref]:
@@ -77,15 +82,15 @@ def _seconds_since(text: str | None) -> float | None:
     return None if t is None else (dt.datetime.now(dt.UTC) - t).total_seconds()
 
 
-def _replicas(st: WorkloadStatus | None) -> dict[str, int]:
+def _replicas(st: WorkloadStatus | None) -> ReplicaStatus:
     if st is None:
-        return {"active": 0, "succeeded": 0, "failed": 0}
+        return ReplicaStatus()
     active = (
         0
         if st.phase in (WorkloadPhase.SUCCEEDED, WorkloadPhase.FAILED, WorkloadPhase.MISSING)
         else st.replicas
     )
-    return {"active": max(active - st.succeeded, 0), "succeeded": st.succeeded, "failed": st.failed}
+    return ReplicaStatus(active=max(active - st.succeeded, 0), succeeded=st.succeeded, failed=st.failed)
 
 
 class TrainingJobController(Controller[TrainingJobSpec]):
@@ -163,30 +168,25 @@ class TrainingJobController(Controller[TrainingJobSpec]):
         trainer: TrainerStatus | None = inp.facts.get("trainer")
         progress = trainer.progress if trainer else None
         now = cnd.now_rfc3339()
-        fields: dict[str, Any] = {}
-        if not same_run:  # a new generation is a new run: forget the old run's figures
-            fields.update(
-                dict.fromkeys(("progress", "metrics", "model", "startTime", "completionTime", "restarts"))
-            )
-            fields.update({"resumedFromStep": None, "samplesPerSecond": None, "endedWorkloads": None})
+        out = TrainingJobStatus()
         start = old.get("startTime") if same_run else None
         done_at = old.get("completionTime") if same_run else None
         restarts = max(launcher.restarts if launcher else 0, workers.restarts if workers else 0)
-        fields["replicaStatuses"] = {LAUNCHER: _replicas(launcher), WORKER: _replicas(workers)}
-        fields["restarts"] = restarts
-        fields["endedWorkloads"] = sorted(
+        out.replica_statuses = {LAUNCHER: _replicas(launcher), WORKER: _replicas(workers)}
+        out.restarts = restarts
+        out.ended_workloads = sorted(
             name
             for name, st in inp.observed.items()
             if st.phase in (WorkloadPhase.SUCCEEDED, WorkloadPhase.FAILED)
         ) or (old.get("endedWorkloads") if same_run else None)
         if progress is not None:
-            fields.update(progress_fields(spec, progress))
+            set_progress(out, spec, progress)
 
         workers_pending = workers is not None and workers.phase == WorkloadPhase.PENDING
         pending_since = (old.get("gangPendingSince") if same_run else None) or (
             now if workers_pending else None
         )
-        fields["gangPendingSince"] = pending_since if workers_pending else None
+        out.gang_pending_since = pending_since if workers_pending else None
         decision = decide_phase(
             PhaseInput(
                 previous=(old.get("phase") if same_run else None),
@@ -213,22 +213,22 @@ class TrainingJobController(Controller[TrainingJobSpec]):
             start = now
         if phase in TERMINAL and not done_at:
             done_at = now
-        fields["startTime"] = start
-        fields["completionTime"] = done_at
+        out.start_time = start
+        out.completion_time = done_at
         if phase == "Succeeded":
             # The launcher exits 0 only after rank 0 wrote the artifact and every worker ended.
-            fields["model"] = {
-                "uri": artifact_uri(spec, meta.name, meta.generation),
-                "version": model_version(meta.name, meta.generation),
-            }
+            out.model = ModelRef(
+                uri=artifact_uri(spec, meta.name, meta.generation),
+                version=model_version(meta.name, meta.generation),
+            )
         restarting = phase == "Running" and (
             (progress is not None and progress.phase == "failed")
             or (trainer is not None and trainer.gang.phase == "failed")
         )
-        metric = (fields.get("metrics") or old.get("metrics") or {}).get("validation")
+        metric = (out.metrics or old.get("metrics") or {}).get("validation")
         conds = self._conditions(spec, meta, phase, decision, restarting, restarts, progress, metric)
         if phase == "Failed":
-            fields["failureMessage"] = decision.message
+            out.failure_message = decision.message
         ttl = spec.run_policy.ttl_seconds_after_finished
         delete = bool(phase in TERMINAL and ttl is not None and (_seconds_since(done_at) or 0) >= ttl)
         still_running = any(
@@ -241,7 +241,12 @@ class TrainingJobController(Controller[TrainingJobSpec]):
         if phase == "Suspended":
             requeue = None
         return StatusOutput(
-            fields=fields, conditions=conds, phase=phase, requeue_after=requeue, delete_object=delete
+            status=out,
+            remove=() if same_run else FIGURES_OF_A_RUN,
+            conditions=conds,
+            phase=phase,
+            requeue_after=requeue,
+            delete_object=delete,
         )
 
     @staticmethod
@@ -383,28 +388,25 @@ def decide_phase(i: PhaseInput) -> PhaseDecision:
     return PhaseDecision("Created")
 
 
-def progress_fields(spec: TrainingJobSpec, p: TrainerProgress) -> dict[str, Any]:
+def set_progress(out: TrainingJobStatus, spec: TrainingJobSpec, p: TrainerProgress) -> None:
     """The TrainingJob status fields the run's progress fills."""
-    out: dict[str, Any] = {
-        "progress": {
-            "epoch": p.epoch,
-            "step": p.step,
-            "totalSteps": p.total_steps,
-            "percent": f"{p.percent:.0f}%",
-            "etaSeconds": p.eta_s,
-        }
-    }
+    out.progress = Progress(
+        epoch=p.epoch,
+        step=p.step,
+        total_steps=p.total_steps,
+        percent=f"{p.percent:.0f}%",
+        eta_seconds=p.eta_s,
+    )
     metrics = {_camel(k): float(v) for k, v in p.metrics.items() if v is not None}
     main = "val_rmse" if spec.model.task == "regression" else "val_accuracy"
     if p.metrics.get(main) is not None:
         metrics["validation"] = float(p.metrics[main])  # type: ignore[arg-type]
     if metrics:
-        out["metrics"] = metrics
+        out.metrics = metrics
     if p.samples_per_s is not None:
-        out["samplesPerSecond"] = round(p.samples_per_s, 1)
+        out.samples_per_second = round(p.samples_per_s, 1)
     if p.resumed_from_step is not None:
-        out["resumedFromStep"] = p.resumed_from_step
-    return out
+        out.resumed_from_step = p.resumed_from_step
 
 
 def _failure(
