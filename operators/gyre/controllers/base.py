@@ -26,6 +26,8 @@ from gyre.runtimes.base import Runtime
 log = logging.getLogger("gyre.controllers")
 
 S = TypeVar("S", bound=Kind)
+K = TypeVar("K", bound=Kind)
+B = TypeVar("B", bound=BaseStatus)
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,23 @@ class Resolved:
     @property
     def ready(self) -> bool:
         return cnd.is_true(self.status.get("conditions"), cnd.READY)
+
+    def spec_as(self, model: type[K]) -> K | None:
+        """The dependency's spec through its kind's model, defaults included (None: absent,
+        or a spec the API server let through that the model rejects)."""
+        if self.body is None:
+            return None
+        try:
+            return model.model_validate(dict(self.spec))
+        except ValidationError:
+            return None
+
+    def status_as(self, model: type[B]) -> B:
+        """What the dependency published in its status, through its kind's Status model."""
+        try:
+            return model.model_validate(dict(self.status))
+        except ValidationError:
+            return model()
 
     def describe(self) -> str:
         return f"{self.ref.kind} {self.ref.name!r} ({self.ref.field})"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from gyre.api.featurejob import FeatureJobSpec
+from gyre.api.stream import StreamSpec
 from gyre.controllers.base import ObjectMeta, Ref, Resolved
 from gyre.controllers.pending import PendingDataPlane
 from gyre.core.durations import parse_duration
@@ -22,10 +23,11 @@ class FeatureJobController(PendingDataPlane):
 
     def check(self, meta: ObjectMeta, spec: FeatureJobSpec, deps: Mapping[str, Resolved]) -> list[str]:
         stream = deps.get("spec.source.stream")
-        if stream is None or not stream.found:
+        source = stream.spec_as(StreamSpec) if stream is not None else None
+        if stream is None or source is None:
             return []
         problems: list[str] = []
-        retention_text = (stream.spec.get("topic") or {}).get("retention", "7d")
+        retention_text = source.topic.retention
         retention = parse_duration(retention_text)
         for f in spec.features:
             if f.window and parse_duration(f.window) > retention:
@@ -34,7 +36,7 @@ class FeatureJobController(PendingDataPlane):
                     f"{retention_text} of Stream {stream.ref.name!r}: shorten the window or "
                     "raise the Stream's spec.topic.retention"
                 )
-        fields = {f.get("name") for f in (stream.spec.get("schema") or {}).get("fields", [])}
+        fields = {f.name for f in source.schema_.fields}
         for what, col in (("entity", spec.entity), ("timestampField", spec.timestamp_field)):
             if col not in fields:
                 problems.append(

@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gyre.api.featurejob import FeatureJobSpec
+from gyre.api.stream import StreamSpec, StreamStatus
 from gyre.api.trainingjob import ModelRef, Progress, ReplicaStatus, TrainingJobSpec, TrainingJobStatus
 from gyre.builders.trainingjob import (
     LAUNCHER,
@@ -63,11 +65,10 @@ def dataset_uri(spec: TrainingJobSpec, deps: Mapping[str, Resolved]) -> str | No
         return spec.dataset.path
     for dep in deps.values():
         if dep.ref.kind == "Stream":
-            for sink in dep.spec.get("sinks", []):
-                if sink.get("lake"):
-                    return str(sink["lake"]["uri"])
+            return dep.status_as(StreamStatus).lake_uri  # what the Stream published
         if dep.ref.kind == "FeatureJob":
-            return str((dep.spec.get("offline") or {}).get("uri"))
+            features = dep.spec_as(FeatureJobSpec)
+            return features.offline.uri if features else None
     return None
 
 
@@ -103,13 +104,14 @@ class TrainingJobController(Controller[TrainingJobSpec]):
     def check(self, meta: ObjectMeta, spec: TrainingJobSpec, deps: Mapping[str, Resolved]) -> list[str]:
         problems: list[str] = []
         for dep in deps.values():
-            if dep.ref.kind != "Stream" or not dep.found:
+            stream = dep.spec_as(StreamSpec) if dep.ref.kind == "Stream" else None
+            if stream is None:
                 continue
-            if not any(s.get("lake") for s in dep.spec.get("sinks", [])):
+            if not any(s.lake for s in stream.sinks):
                 problems.append(
                     f"Stream {dep.ref.name!r} has no lake sink to train from: add one to its spec.sinks"
                 )
-            fields = {f.get("name") for f in (dep.spec.get("schema") or {}).get("fields", [])}
+            fields = {f.name for f in stream.schema_.fields}
             for col in [spec.dataset.label, *spec.dataset.features]:
                 if col not in fields:
                     problems.append(
