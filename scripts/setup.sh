@@ -96,10 +96,14 @@ install_torch() {
     return 0  # the dependency install below fetches it
   fi
   say "no NVIDIA GPU (no nvidia-smi): $pin from the CPU wheel index $TORCH_CPU_INDEX"
-  if "$VENV/bin/python" -m pip install -q --timeout 10 --retries 0 --index-url "$TORCH_CPU_INDEX" "$pin"; then
+  local out
+  # Short timeouts: where the index is unreachable, the attempt fails in seconds.
+  if out="$("$VENV/bin/python" -m pip install -q --timeout 10 --retries 0 --index-url "$TORCH_CPU_INDEX" "$pin" 2>&1)"; then
+    say "installed $pin (CPU build)"
     return 0
   fi
-  say "the CPU wheel index cannot be reached: falling back to PyPI's default torch build (it includes CUDA libraries, about 3 GB)"
+  say "pip: $(printf '%s\n' "$out" | tail -n1)"
+  say "no torch from the CPU wheel index (unreachable from here?): falling back to PyPI's default torch build (it includes CUDA libraries, about 3 GB)"
 }
 
 if [[ "${1:-}" == "--check" ]]; then
