@@ -10,6 +10,9 @@ PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/operators
 export PATH := $(VENV)/bin:$(PATH)
 PYTEST_ARGS ?=
+# Written by scripts/setup.sh when it completes; the test targets run setup when it is missing
+# (a fresh machine) or older than pyproject.toml, and otherwise cost nothing.
+SETUP_STAMP := $(VENV)/.gyre-setup-complete
 
 ##@ Setup
 
@@ -19,6 +22,9 @@ help: ## Show this help
 
 .PHONY: setup
 setup: ## Install everything: Python deps, control-plane binaries, Kafka jars, torch + Horovod (cached in ~/.cache/gyre)
+	bash scripts/setup.sh
+
+$(SETUP_STAMP): pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh
 
 ##@ Development
@@ -42,11 +48,12 @@ manifests: ## Generate CRDs into manifests/crds and charts/gyre/crds from the AP
 	$(PY) -m gyre.cli manifests
 
 .PHONY: test-unit
-test-unit: ## Unit tests: no services
+test-unit: $(SETUP_STAMP) ## Unit tests: no services
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 .PHONY: test
-test: lint ## Everything CI runs: lint, unit, control-plane, runtime and integration tests
+test: $(SETUP_STAMP) ## Everything CI runs (sets up first on a fresh machine): lint, unit, control-plane, runtime and integration tests
+	@$(MAKE) --no-print-directory lint
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 ##@ Running

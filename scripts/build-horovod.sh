@@ -21,7 +21,8 @@ JOBS="${GYRE_BUILD_JOBS:-2}"
 
 log() { printf '[build-horovod] %s\n' "$*" >&2; }
 
-torch_version="$("$PYTHON" -c 'import torch; print(torch.__version__.split("+")[0])')" || {
+# From the installed distribution's metadata: importing torch takes seconds.
+torch_version="$("$PYTHON" -c 'import importlib.metadata as m; print(m.version("torch").split("+")[0])')" || {
   log "torch is not importable by $PYTHON; install torch first"
   exit 1
 }
@@ -44,8 +45,22 @@ sys.exit(0 if horovod.__version__ == sys.argv[1] and hvd.gloo_built() else 1)
 EOF
 }
 
+# Written once installed_ok passed for this interpreter; later runs then only compare the
+# installed distribution's version (importing horovod.torch takes seconds).
+env_key="$("$PYTHON" -c 'import hashlib, sys; print(hashlib.sha256(sys.prefix.encode()).hexdigest()[:16])')"
+verified="$cache_dir/verified-$env_key"
+installed_version() {
+  "$PYTHON" -c 'import importlib.metadata as m; print(m.version("horovod"))' 2>/dev/null || true
+}
+
 wheel="$(ls "$cache_dir"/horovod-"$HOROVOD_VERSION"-*.whl 2>/dev/null | head -n1 || true)"
+if [[ -n "$wheel" && -z "${GYRE_HOROVOD_FORCE:-}" && -f "$verified" && "$(cat "$verified")" == "$wheel" &&
+  "$(installed_version)" == "$HOROVOD_VERSION" ]]; then
+  log "horovod $HOROVOD_VERSION already installed from $wheel"
+  exit 0
+fi
 if [[ -n "$wheel" && -z "${GYRE_HOROVOD_FORCE:-}" ]] && installed_ok 2>/dev/null; then
+  printf '%s\n' "$wheel" >"$verified"
   log "horovod $HOROVOD_VERSION already installed from $wheel"
   exit 0
 fi
@@ -95,4 +110,5 @@ installed_ok || {
   log "horovod installed but horovod.torch does not import with gloo"
   exit 1
 }
+printf '%s\n' "$wheel" >"$verified"
 log "installed horovod $HOROVOD_VERSION (torch $torch_version, $flavor)"

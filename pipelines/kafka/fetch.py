@@ -1,9 +1,10 @@
-"""Fetching the Kafka broker jars from Maven Central into ``~/.cache/gyre/kafka/<version>/libs/``.
+"""Fetching the Kafka broker jars from Maven Central into ``$GYRE_CACHE/kafka/<version>/libs/``.
 
 The broker is ``org.apache.kafka:kafka_2.13`` and its runtime dependencies, resolved by Maven
 from a generated one-dependency pom, plus the log4j binding for slf4j (Kafka's distribution
 ships it; the Maven artifact does not, and without it the broker logs nothing). The result is
-cached once per version; concurrent callers (tests and a benchmark) wait on a file lock
+cached once per version under ``$GYRE_CACHE`` (default ``~/.cache/gyre``, the cache every
+other part of setup uses); concurrent callers (tests and a benchmark) wait on a file lock
 instead of fetching twice.
 
 ``python -m gyre.pipelines.kafka.fetch [--version V]`` prints the libs directory.
@@ -22,7 +23,7 @@ from pathlib import Path
 
 KAFKA_VERSION = "4.4.0"
 SCALA_BINARY = "2.13"
-CACHE_ENV = "GYRE_CACHE_DIR"
+CACHE_ENV = "GYRE_CACHE"
 _COMPLETE = ".complete"
 
 _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">

@@ -176,6 +176,48 @@ def _proc_state(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[0]
 
 
+def _start_time(pid: int) -> int | None:
+    """When the process started (clock ticks since boot), None when there is no such process.
+
+    Fixed at fork and unique together with the pid, so it identifies a process from the moment
+    `Popen` returns, unlike its command line, which is the parent's until the child's `exec`
+    (and briefly empty while the kernel sets up the new image).
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # Field 22; the fields after the command name (which may hold spaces) start at field 3.
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+@dataclass(frozen=True)
+class PidRecord:
+    """What a pid file holds: the pid and the process's start time."""
+
+    pid: int
+    start_time: int | None  # None: a pid file written before start times were recorded
+
+    @classmethod
+    def of(cls, pid: int) -> PidRecord:
+        return cls(pid, _start_time(pid))
+
+    def dump(self) -> str:
+        return f"{self.pid} {self.start_time}\n" if self.start_time is not None else f"{self.pid}\n"
+
+    @classmethod
+    def parse(cls, text: str) -> PidRecord | None:
+        fields = text.split()
+        try:
+            if len(fields) == 1:
+                return cls(int(fields[0]), None)
+            if len(fields) == 2:
+                return cls(int(fields[0]), int(fields[1]))
+        except ValueError:
+            pass
+        return None
+
+
 def _reap(pid: int) -> None:
     child = _CHILDREN.get(pid)
     if child is not None:
@@ -383,16 +425,23 @@ class ControlPlane:
     def pid(self, component: str) -> int | None:
         """The pid of a running component of this plane (checked against /proc), else None."""
         try:
-            pid = int(self._pid_file(component).read_text().strip())
-        except (FileNotFoundError, ValueError):
+            record = PidRecord.parse(self._pid_file(component).read_text())
+        except FileNotFoundError:
             return None
-        if not _alive(pid):
+        if record is None or not _alive(record.pid):
             return None
-        args = Proc(pid).cmdline()
-        # Guards against a recycled pid: the process must be our binary, for this state dir.
+        # Guards against a recycled pid: the process must be the one that was started.
+        if record.start_time is not None:
+            return record.pid if _start_time(record.pid) == record.start_time else None
+        # A pid file without a start time (an older plane, started before they were
+        # recorded) is checked by its command line: our binary, for this state dir.
+        args = Proc(record.pid).cmdline()
         if not args or Path(args[0]).name != component or not any(str(self.state_dir) in a for a in args):
             return None
-        return pid
+        return record.pid
+
+    def _record_pid(self, component: str, pid: int) -> None:
+        self._pid_file(component).write_text(PidRecord.of(pid).dump())
 
     def api(self) -> ApiServer:
         port = self.port
@@ -453,6 +502,22 @@ class ControlPlane:
             return self
         # Half a plane is no use: stop what is left of it and start afresh on the same data.
         self._down(20.0)
+        try:
+            self._start(t0, timeout)
+        except BaseException:
+            # A failed start (a component that died, a timeout, Ctrl-C) leaves nothing running.
+            log.info("Start failed; stopping the components started so far")
+            self._down(5.0)
+            raise
+        log.info(
+            "Control plane is up in %.1fs: %s, %d kwok nodes",
+            time.monotonic() - t0,
+            self.server,
+            len(self.nodes),
+        )
+        return self
+
+    def _start(self, t0: float, timeout: float) -> None:
         bin_dir = self.bin_dir
         pki = pkimod.ensure_pki(self.pki.directory, SERVICE_IP)
         state = self._choose_ports()
@@ -568,13 +633,6 @@ class ControlPlane:
             ],
         )
         self._bootstrap(max(30.0, timeout - (time.monotonic() - t0)))
-        log.info(
-            "Control plane is up in %.1fs: %s, %d kwok nodes",
-            time.monotonic() - t0,
-            self.server,
-            len(self.nodes),
-        )
-        return self
 
     def _require_port(self) -> int:
         port = self.port
@@ -674,7 +732,7 @@ class ControlPlane:
                 preexec_fn=None if self.daemon else _die_with_parent,
             )
         _CHILDREN[proc.pid] = proc
-        self._pid_file(component).write_text(f"{proc.pid}\n")
+        self._record_pid(component, proc.pid)
         return proc.pid
 
     def _bootstrap(self, timeout: float) -> None:
