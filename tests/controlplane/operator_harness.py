@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -14,20 +13,15 @@ from typing import Any
 
 from gyre.controlplane import procs
 from gyre.controlplane.procs import running_in
-from gyre.controlplane.testing import Cluster
 from gyre.manifests import repo_root
+
+from tests.controlplane.cluster import Cluster
+from tests.support import free_port
 
 ROOT = repo_root()
 PLURALS = ["streams", "featurejobs", "trainingjobs", "experiments", "inferenceservices"]
 # What the kubernetes runtime renders (`gyre.runtimes.k8s_render`), for `children`.
 CHILD_KINDS = "configmaps,services,jobs,deployments,statefulsets"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def install_crds(cluster: Cluster) -> None:

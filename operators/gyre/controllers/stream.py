@@ -49,6 +49,7 @@ from gyre.controllers.base import (
     StatusInput,
     StatusOutput,
 )
+from gyre.controllers.topics import TopicAdminError, ensure_topic
 from gyre.core import conditions as cnd
 from gyre.core.workload import Owner, Workload, WorkloadPhase, WorkloadStatus
 from gyre.runtimes.base import Runtime
@@ -231,8 +232,6 @@ class StreamController(Controller[StreamSpec]):
         runtime: Runtime,
         prepared: Mapping[str, Any],
     ) -> Mapping[str, Any]:
-        from gyre.pipelines.kafka.topics import TopicAdminError, ensure_topic
-
         facts: dict[str, Any] = {"sampled_at": time.time()}
         if spec.kafka.managed:
             nodes: Mapping[str, WorkloadStatus] = prepared.get("cluster_workloads") or {}

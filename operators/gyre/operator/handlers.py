@@ -25,12 +25,12 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 import kopf
-from kopf._core.actions.execution import HandlerChildrenRetry
 
 from gyre.api import GROUP, KINDS, VERSION
 from gyre.controllers.base import Controller, ObjectMeta, Outcome, reconcile
 from gyre.controllers.registry import CONTROLLERS
 from gyre.operator import metrics
+from gyre.operator.retry import Waiting
 from gyre.runtimes.base import Runtime
 
 log = logging.getLogger("gyre.operator")
@@ -235,7 +235,7 @@ def _register_kind(registry: kopf.OperatorRegistry, handlers: Handlers, kind: st
         if outcome.retry_after is not None:
             # Waiting (for a dependency, or for workloads to come up) is normal: retried
             # quietly, without the error log a TemporaryError would produce.
-            raise HandlerChildrenRetry(delay=outcome.retry_after)
+            raise Waiting(outcome.retry_after)
 
     async def on_deleted(body: kopf.Body, **kwargs: Any) -> None:
         handlers.indexes = kwargs
