@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,20 +39,32 @@ def fresh_namespace(cluster: Cluster, prefix: str) -> str:
 class OperatorProcess:
     """`gyre operator` as a child process, watching one namespace."""
 
-    def __init__(self, cluster: Cluster, namespace: str, runtime: str, workdir: Path) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        namespace: str,
+        runtime: str,
+        workdir: Path,
+        *,
+        command: Sequence[str] = (sys.executable, "-m", "gyre.cli"),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """``command`` runs the ``gyre`` CLI; ``env`` is added to the cluster's environment."""
         self.cluster = cluster
         self.namespace = namespace
         self.runtime = runtime
         self.workdir = workdir
+        self.command = tuple(command)
+        self.env = dict(env or {})
         self.metrics_port = free_port()
         self.health_port = free_port()
         self.log_path = workdir / f"operator-{namespace}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> OperatorProcess:
-        env = {**self.cluster.env, "PYTHONUNBUFFERED": "1"}
+        env = {**self.cluster.env, "PYTHONUNBUFFERED": "1", **self.env}
         cmd = [
-            sys.executable, "-m", "gyre.cli", "operator", "--runtime", self.runtime,
+            *self.command, "operator", "--runtime", self.runtime,
             "-n", self.namespace, "--metrics-port", str(self.metrics_port),
             "--health-port", str(self.health_port), "--state-dir", str(self.workdir / "local"),
         ]  # fmt: skip

@@ -234,7 +234,7 @@ def _register_kind(registry: kopf.OperatorRegistry, handlers: Handlers, kind: st
             raise kopf.PermanentError(outcome.permanent_error)
         if outcome.retry_after is not None:
             # Waiting (for a dependency, or for workloads to come up) is normal: retried
-            # quietly, without the error log a TemporaryError would produce.
+            # quietly, logged at DEBUG rather than as an error (gyre.operator.retry).
             raise Waiting(outcome.retry_after)
 
     async def on_deleted(body: kopf.Body, **kwargs: Any) -> None:
