@@ -126,13 +126,16 @@ def running_pids_under(path: Path) -> list[int]:
 def stream_manifest(
     name: str,
     *,
-    managed: str,
+    managed: str = "",
+    external: str | None = None,
     topic: str,
     sink_lake: str | None = None,
     collector: str | None = None,
 ) -> str:
     """A Stream (schema: a required ``user_id`` key, a ``ts`` timestamp, an enum ``plan``, an int
-    ``views``); ``managed``, ``topic``, ``sink_lake`` and ``collector`` are YAML flow-map bodies."""
+    ``views``); ``managed`` (or ``external``), ``topic``, ``sink_lake`` and ``collector`` are
+    YAML flow-map bodies."""
+    kafka = f"external: {{{external}}}" if external is not None else f"managed: {{{managed}}}"
     sink = f"\n  sinks:\n    - name: lake\n      lake: {{{sink_lake}}}" if sink_lake else ""
     collector_spec = f"\n  collector: {{{collector}}}" if collector else ""
     return f"""
@@ -140,7 +143,7 @@ apiVersion: gyre.dev/v1alpha1
 kind: Stream
 metadata: {{name: {name}}}
 spec:
-  kafka: {{managed: {{{managed}}}}}
+  kafka: {{{kafka}}}
   topic: {{{topic}}}
   schema:
     key: user_id

@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 from gyre.manifests import repo_root
-from operator_harness import OperatorProcess, fresh_namespace, install_crds
+from operator_harness import OperatorProcess, fresh_namespace, install_crds, stream_manifest
 
 from tests.controlplane.cluster import Cluster
 from tests.support import eventually, free_port
@@ -158,66 +158,59 @@ def test_every_operator_module_imports_with_the_base_dependencies(
 
 def manifests(nothing: str) -> str:
     """One object of every kind; the Stream's Kafka is an address where nothing listens."""
-    return f"""
-apiVersion: gyre.dev/v1alpha1
-kind: Stream
-metadata: {{name: events}}
-spec:
-  kafka: {{external: {{bootstrapServers: ["{nothing}"]}}}}
-  topic: {{partitions: 1}}
-  schema:
-    key: user_id
-    timestampField: ts
-    fields:
-      - {{name: user_id, type: string, required: true}}
-      - {{name: ts, type: timestamp, required: true}}
-      - {{name: views, type: int}}
-  collector: {{replicas: 1}}
-  sinks:
-    - {{name: lake, lake: {{uri: "file:///lake/events"}}}}
----
+    stream = stream_manifest(
+        "events",
+        external=f'bootstrapServers: ["{nothing}"]',
+        topic="partitions: 1",
+        sink_lake='uri: "file:///lake/events"',
+        collector="replicas: 1",
+    )
+    return (
+        stream
+        + """---
 apiVersion: gyre.dev/v1alpha1
 kind: FeatureJob
-metadata: {{name: features}}
+metadata: {name: features}
 spec:
-  source: {{path: "file:///data/events"}}
+  source: {path: "file:///data/events"}
   entity: user_id
   timestampField: ts
   features:
-    - {{name: views_7d, aggregation: sum, field: views, window: 7d}}
-  offline: {{uri: "file:///features"}}
+    - {name: views_7d, aggregation: sum, field: views, window: 7d}
+  offline: {uri: "file:///features"}
 ---
 apiVersion: gyre.dev/v1alpha1
 kind: TrainingJob
-metadata: {{name: model}}
+metadata: {name: model}
 spec:
-  dataset: {{path: "file:///data/x", label: churned, features: [plan, views]}}
-  model: {{architecture: mlp, task: binary}}
+  dataset: {path: "file:///data/x", label: churned, features: [plan, views]}
+  model: {architecture: mlp, task: binary}
   workers: 1
-  resources: {{cpu: 100m, memory: 128Mi}}
-  output: {{uri: "file:///models"}}
+  resources: {cpu: 100m, memory: 128Mi}
+  output: {uri: "file:///models"}
 ---
 apiVersion: gyre.dev/v1alpha1
 kind: Experiment
-metadata: {{name: tuning}}
+metadata: {name: tuning}
 spec:
   search:
-    objective: {{metric: validation, goal: maximize}}
-    algorithm: {{name: random}}
+    objective: {metric: validation, goal: maximize}
+    algorithm: {name: random}
     parameters:
-      - {{name: hyperparameters.learningRate, type: double, min: 0.001, max: 0.1}}
+      - {name: hyperparameters.learningRate, type: double, min: 0.001, max: 0.1}
     maxTrials: 2
     trialTemplate:
-      dataset: {{path: "file:///data/x", label: churned}}
-      model: {{architecture: mlp, task: binary}}
-      output: {{uri: "file:///models/tuning"}}
+      dataset: {path: "file:///data/x", label: churned}
+      model: {architecture: mlp, task: binary}
+      output: {uri: "file:///models/tuning"}
 ---
 apiVersion: gyre.dev/v1alpha1
 kind: InferenceService
-metadata: {{name: serving}}
+metadata: {name: serving}
 spec:
-  model: {{uri: "file:///models/x"}}
+  model: {uri: "file:///models/x"}
 """
+    )
 
 
 @pytest.fixture
