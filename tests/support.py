@@ -8,30 +8,28 @@ A check passes when it returns anything but ``False`` without raising one of ``r
 value, or nothing), and a predicate that answers ``True``/``False``. ``eventually`` returns
 the passing check's value; at the deadline it fails with an ``AssertionError`` that names
 what was awaited and carries the last value or the last exception (chained as the cause).
+
+`free_port` is the package's own (`gyre.controlplane.procs`), which the control plane and the
+benchmarks use too: one for the whole tree.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
+
+from gyre.controlplane.procs import free_port
+
+__all__ = ["eventually", "eventually_async", "free_port"]
 
 T = TypeVar("T")
 
 TIMEOUT_S = 90.0
 INTERVAL_S = 0.25
 RETRY_ON: tuple[type[BaseException], ...] = (AssertionError,)
-
-
-def free_port() -> int:
-    """A loopback TCP port that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class _Poll:
