@@ -19,13 +19,15 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 import yaml
+
+from tests.support import eventually
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "manifests" / "examples"
@@ -92,22 +94,6 @@ pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or ""),
 ]
-
-
-def eventually(check: Callable[[], T | None], *, timeout: float, what: str, interval: float = 2.0) -> T:
-    """Polls ``check`` until it returns something other than None/False, or fails."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-        except subprocess.CalledProcessError as e:
-            last_error = e
-            result = None
-        if result is not None and result is not False:
-            return result
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}: {last_error}")
 
 
 @dataclass(frozen=True)
@@ -261,7 +247,10 @@ def test_examples_become_ready(gyre_installed: Kind) -> None:
             return cond is not None and cond["status"] == "True"
 
         try:
-            eventually(ready, timeout=remaining, what=f"{kind}/{name} to be Ready", interval=5)
+            eventually(
+                ready, remaining, 5, f"{kind}/{name} to be Ready",
+                retry_on=(AssertionError, subprocess.CalledProcessError),
+            )  # fmt: skip
         except AssertionError as e:
             raise AssertionError(f"{e}\n{describe_failure(cluster)}") from e
         elapsed = time.monotonic() - started

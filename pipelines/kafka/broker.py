@@ -64,7 +64,7 @@ def build_server_properties(cfg: BrokerConfig) -> dict[str, str]:
         "transaction.state.log.min.isr": str(min(brokers, 2)),
         "share.coordinator.state.topic.replication.factor": str(min(brokers, 3)),
         "share.coordinator.state.topic.min.isr": str(min(brokers, 2)),
-        # Topics are converged by the operator (gyre.pipelines.kafka.topics); a typo in a
+        # Topics are converged by the operator (gyre.controllers.topics); a typo in a
         # client's topic name must fail, not create a stray topic.
         "auto.create.topics.enable": "false",
         "log.retention.check.interval.ms": "60000",

@@ -3,7 +3,7 @@
 One control plane per test session, started in a temporary state directory and stopped at
 the end (no process left behind), or an existing cluster when ``GYRE_TEST_KUBECONFIG``
 names its kubeconfig (then nothing is started or stopped). It yields a
-`gyre.controlplane.testing.Cluster` (``.kubeconfig``, ``.env``, ``.kubectl()``,
+`tests.controlplane.cluster.Cluster` (``.kubeconfig``, ``.env``, ``.kubectl()``,
 ``.api_client()``). A failing test gets the cluster's nodes, workloads and events appended
 to its report.
 """
@@ -15,7 +15,8 @@ from collections.abc import Generator, Iterator
 
 import pytest
 from gyre.controlplane import ControlPlane
-from gyre.controlplane.testing import Cluster
+
+from tests.controlplane.cluster import Cluster
 
 
 @pytest.fixture(scope="session")

@@ -4,30 +4,24 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from gyre.controlplane import procs
 from gyre.controlplane.procs import running_in
-from gyre.controlplane.testing import Cluster
 from gyre.manifests import repo_root
+
+from tests.controlplane.cluster import Cluster
+from tests.support import free_port
 
 ROOT = repo_root()
 PLURALS = ["streams", "featurejobs", "trainingjobs", "experiments", "inferenceservices"]
 # What the kubernetes runtime renders (`gyre.runtimes.k8s_render`), for `children`.
 CHILD_KINDS = "configmaps,services,jobs,deployments,statefulsets"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def install_crds(cluster: Cluster) -> None:
@@ -45,20 +39,32 @@ def fresh_namespace(cluster: Cluster, prefix: str) -> str:
 class OperatorProcess:
     """`gyre operator` as a child process, watching one namespace."""
 
-    def __init__(self, cluster: Cluster, namespace: str, runtime: str, workdir: Path) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        namespace: str,
+        runtime: str,
+        workdir: Path,
+        *,
+        command: Sequence[str] = (sys.executable, "-m", "gyre.cli"),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """``command`` runs the ``gyre`` CLI; ``env`` is added to the cluster's environment."""
         self.cluster = cluster
         self.namespace = namespace
         self.runtime = runtime
         self.workdir = workdir
+        self.command = tuple(command)
+        self.env = dict(env or {})
         self.metrics_port = free_port()
         self.health_port = free_port()
         self.log_path = workdir / f"operator-{namespace}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> OperatorProcess:
-        env = {**self.cluster.env, "PYTHONUNBUFFERED": "1"}
+        env = {**self.cluster.env, "PYTHONUNBUFFERED": "1", **self.env}
         cmd = [
-            sys.executable, "-m", "gyre.cli", "operator", "--runtime", self.runtime,
+            *self.command, "operator", "--runtime", self.runtime,
             "-n", self.namespace, "--metrics-port", str(self.metrics_port),
             "--health-port", str(self.health_port), "--state-dir", str(self.workdir / "local"),
         ]  # fmt: skip
@@ -120,13 +126,16 @@ def running_pids_under(path: Path) -> list[int]:
 def stream_manifest(
     name: str,
     *,
-    managed: str,
+    managed: str = "",
+    external: str | None = None,
     topic: str,
     sink_lake: str | None = None,
     collector: str | None = None,
 ) -> str:
     """A Stream (schema: a required ``user_id`` key, a ``ts`` timestamp, an enum ``plan``, an int
-    ``views``); ``managed``, ``topic``, ``sink_lake`` and ``collector`` are YAML flow-map bodies."""
+    ``views``); ``managed`` (or ``external``), ``topic``, ``sink_lake`` and ``collector`` are
+    YAML flow-map bodies."""
+    kafka = f"external: {{{external}}}" if external is not None else f"managed: {{{managed}}}"
     sink = f"\n  sinks:\n    - name: lake\n      lake: {{{sink_lake}}}" if sink_lake else ""
     collector_spec = f"\n  collector: {{{collector}}}" if collector else ""
     return f"""
@@ -134,7 +143,7 @@ apiVersion: gyre.dev/v1alpha1
 kind: Stream
 metadata: {{name: {name}}}
 spec:
-  kafka: {{managed: {{{managed}}}}}
+  kafka: {{{kafka}}}
   topic: {{{topic}}}
   schema:
     key: user_id

@@ -25,9 +25,10 @@ from types import ModuleType
 from typing import Any
 
 from gyre.controlplane import procs
-from gyre.controlplane.testing import eventually
 from gyre.manifests import repo_root
 from operator_harness import free_port
+
+from tests.support import eventually
 
 # The ports on which Gyre workloads serve /metrics: a worker's own, a service's HTTP port.
 METRICS_PORTS = ("metrics", "http")

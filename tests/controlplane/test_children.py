@@ -16,7 +16,6 @@ import pytest
 import yaml
 from gyre.api.experiment import ExperimentSpec
 from gyre.controllers.base import Controller, ObjectMeta, Resolved, StatusInput, StatusOutput, reconcile
-from gyre.controlplane.testing import Cluster, eventually
 from gyre.core import conditions as cnd
 from gyre.core.children import ChildKind, ChildObject
 from gyre.core.workload import Owner
@@ -24,6 +23,9 @@ from gyre.manifests import repo_root
 from gyre.operator.children import KubeChildren
 from gyre.runtimes.local import LocalRuntime
 from operator_harness import fresh_namespace, install_crds
+
+from tests.controlplane.cluster import Cluster
+from tests.support import eventually
 
 pytestmark = pytest.mark.controlplane
 

@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 from gyre.controlplane import K8S_VERSION, ControlPlane, running_pids
 from gyre.controlplane.plane import COMPONENTS
-from gyre.controlplane.testing import Cluster, eventually
+
+from tests.controlplane.cluster import Cluster
+from tests.support import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.controlplane]
 

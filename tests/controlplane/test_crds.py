@@ -6,9 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from gyre.controlplane.testing import Cluster, eventually
 from gyre.manifests import repo_root
 from operator_harness import fresh_namespace, install_crds
+
+from tests.controlplane.cluster import Cluster
+from tests.support import eventually
 
 ROOT = repo_root()
 INVALID = sorted((ROOT / "manifests/examples/invalid").glob("*.yaml"))

@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 from gyre.controlplane.procs import Proc, processes
-from gyre.controlplane.testing import eventually
 from gyre.demo import Demo, lake_rows, parse_args, run
 from operator_harness import free_port
+
+from tests.support import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.controlplane]
 

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gyre.controlplane.testing import Cluster, eventually
 from operator_harness import OperatorProcess, fresh_namespace, install_crds
+
+from tests.controlplane.cluster import Cluster
+from tests.support import eventually
 
 pytestmark = pytest.mark.controlplane
 

@@ -13,7 +13,6 @@ import http.client
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -24,7 +23,9 @@ from typing import Any
 
 import pytest
 import yaml
-from gyre.controlplane.testing import Cluster, eventually
+
+from tests.controlplane.cluster import Cluster
+from tests.support import eventually, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "gyre"
@@ -241,13 +242,6 @@ def test_watched_namespaces_limit_the_operators_reach(cluster: Cluster) -> None:
     finally:
         uninstall(scoped)
         cluster.kubectl("delete", "namespace", team, "--wait=false", check=False)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def healthz(port: int) -> int:

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from gyre.controlplane.testing import Cluster, eventually
 from gyre.core.workload import (
     ConfigDirRef,
     EndpointRef,
@@ -27,6 +26,9 @@ from gyre.core.workload import (
 from gyre.runtimes import k8s_render
 from gyre.runtimes.kubernetes import KubernetesRuntime
 from kubernetes.client import ApiClient
+
+from tests.controlplane.cluster import Cluster
+from tests.support import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.controlplane]
 

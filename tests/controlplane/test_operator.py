@@ -7,8 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from gyre.controlplane.testing import Cluster, eventually
 from operator_harness import OperatorProcess, fresh_namespace, install_crds
+
+from tests.controlplane.cluster import Cluster
+from tests.support import eventually
 
 pytestmark = pytest.mark.controlplane
 

@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gyre.controlplane.testing import Cluster, eventually
 from kubernetes.client import ApiClient
 from operator_harness import OperatorProcess, fresh_namespace, install_crds
+
+from tests.controlplane.cluster import Cluster
+from tests.support import eventually
 
 pytestmark = pytest.mark.controlplane
 

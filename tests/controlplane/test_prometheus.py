@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gyre.controlplane.testing import Cluster, eventually
 from operator_harness import OperatorProcess, fresh_namespace, install_crds
 from prometheus_harness import Prometheus, Target, dashboard_generator, local_targets
 from test_stream import post, stream
 from test_trainingjob import job, make_data
+
+from tests.controlplane.cluster import Cluster
+from tests.support import eventually
 
 pytestmark = [
     pytest.mark.controlplane,

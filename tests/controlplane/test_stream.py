@@ -14,7 +14,6 @@ from typing import Any
 
 import pyarrow.dataset as pads
 import pytest
-from gyre.controlplane.testing import Cluster, eventually
 from operator_harness import (
     OperatorProcess,
     fresh_namespace,
@@ -22,6 +21,9 @@ from operator_harness import (
     running_pids_under,
     stream_manifest,
 )
+
+from tests.controlplane.cluster import Cluster
+from tests.support import eventually
 
 pytestmark = [pytest.mark.controlplane, pytest.mark.integration]
 

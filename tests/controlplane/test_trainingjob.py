@@ -17,8 +17,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from gyre.controlplane.procs import Proc, processes
-from gyre.controlplane.testing import Cluster, eventually
 from operator_harness import OperatorProcess, fresh_namespace, install_crds
+
+from tests.controlplane.cluster import Cluster
+from tests.support import eventually
 
 hvd = pytest.importorskip("horovod.torch", reason="Horovod is built by scripts/build-horovod.sh (make setup)")
 pytestmark = [pytest.mark.controlplane, pytest.mark.integration]

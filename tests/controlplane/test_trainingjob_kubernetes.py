@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gyre.controlplane.testing import Cluster, eventually
 from gyre.pipelines.trainer.config import TrainerConfig
 from operator_harness import OperatorProcess, fresh_namespace, install_crds, owner_selector
+
+from tests.controlplane.cluster import Cluster
+from tests.support import eventually
 
 pytestmark = pytest.mark.controlplane
 

@@ -1,49 +1,128 @@
 """Fixtures for the stream data plane's integration tests: a real KRaft broker and workloads.
 
-Load with ``pytest_plugins = ["tests.integration.kafka_fixtures"]`` in a test module. The
-session-scoped `kafka_broker` runs ``python -m gyre.pipelines.kafka`` (the workload entrypoint)
-in a temp dir on free loopback ports and stops it after the session; `Workload` runs the
+Load with ``pytest_plugins = ["tests.integration.kafka_fixtures"]`` in a test module. `LocalKafka`
+runs ``python -m gyre.pipelines.kafka`` (the workload entrypoint) in a temp dir on free loopback
+ports; the session-scoped `kafka_broker` is one of them, stopped after the session; `Workload` runs the
 collector and lake sink entrypoints as child processes, the way the local runtime does.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from types import TracebackType
+from typing import Any
 
 import pytest
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
 from gyre.controlplane import procs
 from gyre.pipelines._common.schema import StreamSchema
-from gyre.pipelines.kafka.local import LocalKafka, free_port
+from gyre.pipelines.kafka.config import BrokerConfig, cluster_id_for
+from gyre.pipelines.kafka.fetch import ensure_kafka_libs
 
-T = TypeVar("T")
+from tests.support import eventually, free_port
 
 
-def eventually(
-    fn: Callable[[], T | None], timeout_s: float = 30.0, interval_s: float = 0.1, what: str = ""
-) -> T:
-    """Poll ``fn`` until it returns something truthy (returned) or raise after the deadline."""
-    deadline = time.monotonic() + timeout_s
-    last_exc: BaseException | None = None
-    while True:
-        try:
-            value = fn()
-            if value:
-                return value
-        except AssertionError as e:
-            last_exc = e
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout_s}s: {what}") from last_exc
-        time.sleep(interval_s)
+class LocalKafka:
+    """One combined broker+controller KRaft node under ``workdir`` (kept across `start` calls).
+
+    Runs exactly what a runtime runs (``python -m gyre.pipelines.kafka``) with a config file in
+    the work directory and free loopback ports, waits until the broker answers metadata
+    requests, and stops it (SIGTERM, then SIGKILL) on `stop` or at exit.
+    """
+
+    def __init__(
+        self, workdir: Path, *, properties: Mapping[str, str] | None = None, heap: str = "512m"
+    ) -> None:
+        self.workdir = Path(workdir)
+        self.kafka_port = free_port()
+        self.controller_port = free_port()
+        self.config = BrokerConfig(
+            cluster_id=cluster_id_for(str(self.workdir)),
+            data_dir=str(self.workdir / "data"),
+            heap=heap,
+            properties=dict(properties or {}),
+        )
+        self.log_path = self.workdir / "broker.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def pid(self) -> int:
+        """The broker's process id (the launcher execs the JVM, so it is the JVM's)."""
+        if self.proc is None:
+            raise RuntimeError("the broker is not running")
+        return self.proc.pid
+
+    def start(self, timeout_s: float = 120.0) -> None:
+        ensure_kafka_libs(self.config.version)  # fetch outside the start deadline
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        cfg_path = self.workdir / "broker.json"
+        cfg_path.write_text(self.config.to_json())
+        env = {
+            **os.environ,
+            "GYRE_CONFIG": str(cfg_path),
+            "GYRE_PORT_KAFKA": str(self.kafka_port),
+            "GYRE_PORT_CONTROLLER": str(self.controller_port),
+            "GYRE_REPLICA_INDEX": "0",
+            "GYRE_REPLICAS": "1",
+        }
+        # A test process that dies before stop() must not leave a broker behind (it runs in
+        # its own session, so it would outlive us).
+        atexit.register(self.stop)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gyre.pipelines.kafka"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.wait_ready(timeout_s)
+
+    def wait_ready(self, timeout_s: float) -> None:
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap,
+            "socket.timeout.ms": 2000,
+            "logger": logging.getLogger("tests.kafka"),  # not stderr while it starts
+        }
+        admin = AdminClient(conf)
+
+        def answers() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"broker exited with {self.proc.returncode}:\n{self.log_tail()}")
+            return bool(admin.list_topics(timeout=2).brokers)
+
+        eventually(answers, timeout_s, 0.2, f"the broker at {self.bootstrap}", retry_on=(KafkaException,))
+
+    def log_tail(self, lines: int = 40) -> str:
+        return procs.log_tail(self.log_path, lines)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        proc, self.proc = self.proc, None
+        procs.stop(proc, timeout_s)
+
+    def __enter__(self) -> LocalKafka:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
 
 
 @pytest.fixture(scope="session")

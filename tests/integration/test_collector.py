@@ -13,18 +13,19 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, Message
+from gyre.controllers.topics import ensure_topic
+from gyre.core.topics import TopicSpec, dead_letter_topic_spec
 from gyre.pipelines.collector.config import CollectorConfig
-from gyre.pipelines.kafka.local import LocalKafka
-from gyre.pipelines.kafka.topics import TopicSpec, dead_letter_topic_spec, ensure_topic
 
 from tests.integration.kafka_fixtures import (
     CLICK_SCHEMA,
+    LocalKafka,
     Workload,
-    eventually,
     make_event,
     metric_value,
     post_events,
 )
+from tests.support import eventually
 
 pytest_plugins = ["tests.integration.kafka_fixtures"]
 

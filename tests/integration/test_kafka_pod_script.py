@@ -26,11 +26,10 @@ from gyre.api.stream import ManagedKafka
 from gyre.builders.stream import KAFKA_DATA, build_kafka_cluster
 from gyre.core.workload import Owner
 from gyre.pipelines.kafka.fetch import KAFKA_VERSION, ensure_kafka_libs
-from gyre.pipelines.kafka.local import free_port
 from gyre.runtimes import k8s_render as r
 from gyre.runtimes.k8s_render import CONFIG_DIR
 
-from tests.integration.kafka_fixtures import eventually
+from tests.support import eventually, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -105,7 +104,7 @@ def test_the_pod_script_formats_once_and_starts_a_broker_that_serves_and_restart
                     except KafkaException:
                         return False  # not listening yet
 
-                eventually(serving, timeout_s=120, interval_s=0.5, what="the broker to answer")
+                eventually(serving, timeout=120, interval=0.5, what="the broker to answer")
                 if attempt == 0:
                     admin.create_topics([NewTopic("t", num_partitions=2, replication_factor=1)])["t"].result(
                         30

@@ -1,4 +1,4 @@
-"""Topic convergence (`gyre.pipelines.kafka.topics`) and the broker workload, on a real broker."""
+"""Topic convergence (`gyre.controllers.topics`) and the broker workload, on a real broker."""
 
 from __future__ import annotations
 
@@ -9,16 +9,11 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicCollection
 from confluent_kafka.admin import ConfigResource, ResourceType  # type: ignore[attr-defined]
-from gyre.pipelines.kafka.local import LocalKafka
-from gyre.pipelines.kafka.topics import (
-    TopicSpec,
-    admin_client,
-    dead_letter_topic_spec,
-    delete_topic,
-    ensure_topic,
-)
+from gyre.controllers.topics import admin_client, delete_topic, ensure_topic
+from gyre.core.topics import TopicSpec, dead_letter_topic_spec
 
-from tests.integration.kafka_fixtures import eventually
+from tests.integration.kafka_fixtures import LocalKafka
+from tests.support import eventually
 
 pytest_plugins = ["tests.integration.kafka_fixtures"]
 

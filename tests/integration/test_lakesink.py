@@ -16,20 +16,21 @@ import orjson
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
+from gyre.controllers.topics import ensure_topic
+from gyre.core.topics import TopicSpec
 from gyre.pipelines._common.schema import StreamSchema
 from gyre.pipelines.collector.config import CollectorConfig
-from gyre.pipelines.kafka.local import LocalKafka
-from gyre.pipelines.kafka.topics import TopicSpec, ensure_topic
 from gyre.pipelines.lakesink.committer import read_committed
 from gyre.pipelines.lakesink.config import LakeSinkConfig
 
 from tests.integration.kafka_fixtures import (
     CLICK_SCHEMA,
+    LocalKafka,
     Workload,
-    eventually,
     make_event,
     post_events,
 )
+from tests.support import eventually
 
 pytest_plugins = ["tests.integration.kafka_fixtures"]
 

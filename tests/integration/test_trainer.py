@@ -27,11 +27,12 @@ from gyre.pipelines.trainer import artifact  # noqa: E402
 from gyre.pipelines.trainer.checkpoint import list_checkpoints  # noqa: E402
 from gyre.pipelines.trainer.models import build_mlp  # noqa: E402
 
+from tests.support import eventually  # noqa: E402
+
 try:
     from .trainer_fixtures import (
         Gang,
         base_config,
-        eventually,
         make_classification_data,
         make_regression_data,
         run_gang,
@@ -41,7 +42,6 @@ except ImportError:  # tests/integration collected as a plain directory (no __in
     from trainer_fixtures import (  # type: ignore[no-redef]
         Gang,
         base_config,
-        eventually,
         make_classification_data,
         make_regression_data,
         run_gang,
@@ -185,7 +185,9 @@ def test_killed_worker_gang_resumes_from_checkpoint(clicks: Path, tmp_path: Path
 
     gang = Gang(config, 2, tmp_path / "logs-fault", metrics=True).start()
     try:
-        eventually(lambda: status().get("step", 0) >= 120, timeout=120, what="120 steps")
+        eventually(
+            lambda: status().get("step", 0) >= 120, 120, what="120 steps", retry_on=(OSError, ValueError)
+        )
         # every worker exports its throughput, step time and allreduce time to Prometheus
         for rank, port in enumerate(gang.metrics_ports):
             text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
@@ -260,7 +262,8 @@ def test_user_model_module_trains_and_reloads(clicks: Path, tmp_path: Path) -> N
         split={"kind": "random", "validation_fraction": 0.2, "seed": 1},
         hyperparameters={"epochs": 2},
     )
-    env = {"PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+    # The workers import the user module, which imports the shared test support.
+    env = {"PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parents[1]), os.environ.get("PYTHONPATH", "")])}
     codes, gang = run_gang(tmp_path, cfg, "user", env=env)
     _assert_ok(codes, gang)
     spec = json.loads((tmp_path / "model" / "model.json").read_text())

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import inspect
 import json
 import os
 import select
@@ -24,9 +23,9 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any, TypeVar, overload
+from typing import Any
 
 import pytest
 from gyre.controlplane.procs import running_in
@@ -50,6 +49,8 @@ from gyre.core.workload import (
 from gyre.runtimes.base import Runtime
 from gyre.runtimes.local import LocalRuntime, expand_vars
 
+from tests.support import eventually_async
+
 pytestmark = pytest.mark.integration
 
 HERE = Path(__file__).parent
@@ -60,7 +61,8 @@ TAG_VAR = "GYRE_TEST_TAG"
 DATA = (Volume("data", "/data"),)
 DATA_ENV = {"DATA": VolumePathRef("data")}
 
-T = TypeVar("T")
+WITHIN_S = 15.0  # how long a check may take to pass (each test has 45 s in all)
+POLL_S = 0.05
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -74,25 +76,6 @@ def run_async(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., Non
         asyncio.run(asyncio.wait_for(fn(*args, **kwargs), timeout=45))
 
     return wrapper
-
-
-@overload
-async def eventually(check: Callable[[], Awaitable[T]], within: float = ...) -> T: ...
-@overload
-async def eventually(check: Callable[[], T], within: float = ...) -> T: ...
-async def eventually(check: Callable[[], Any], within: float = 15.0) -> Any:
-    """Poll ``check`` until it stops raising AssertionError; its last error after the deadline."""
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            result = check()
-            if inspect.isawaitable(result):
-                return await result
-            return result
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-        await asyncio.sleep(0.05)
 
 
 def runtime(tmp_path: Path, **kwargs: Any) -> LocalRuntime:
@@ -136,7 +119,7 @@ async def wait_phase(
         assert status.phase is phase, status
         return status
 
-    return await eventually(check, within)
+    return await eventually_async(check, within, POLL_S)
 
 
 def read_json(path: Path) -> Any:
@@ -282,7 +265,8 @@ async def test_http_readiness_needs_a_2xx(tmp_path: Path) -> None:
         async def answers_503() -> None:
             assert await asyncio.to_thread(http_status, url) == 503
 
-        await eventually(answers_503)  # the server is up: TCP alone would call it ready
+        # The server is up: TCP alone would call it ready.
+        await eventually_async(answers_503, WITHIN_S, POLL_S)
         status = await status_of(rt, "model")
         assert status.phase is WorkloadPhase.RUNNING
         assert status.ready_replicas == 0
@@ -382,7 +366,7 @@ async def test_crash_restarts_keep_volume_and_port(tmp_path: Path) -> None:
             assert status.restarts >= 3, status
             return status
 
-        status = await eventually(restarted_thrice)
+        status = await eventually_async(restarted_thrice, WITHIN_S, POLL_S)
         assert status.phase is not WorkloadPhase.FAILED  # Always never gives up
         assert status.exit_codes == (3,)
         data = rt.volume_path(OWNER, "flaky", "data")
@@ -476,7 +460,7 @@ async def test_always_restarts_a_service_that_exits_zero(tmp_path: Path) -> None
             assert status.restarts >= 2
             assert status.phase is not WorkloadPhase.SUCCEEDED
 
-        await eventually(restarted)
+        await eventually_async(restarted, WITHIN_S, POLL_S)
 
 
 @run_async
@@ -513,7 +497,7 @@ async def test_failed_batch_replica_stops_the_others(tmp_path: Path) -> None:
         # Replica 0 may be stopped before it writes its pid file (a loaded machine): look for
         # any process still working in its directory instead.
         replica0 = str(rt.replica_dir(OWNER, "ring", 0).resolve())
-        await eventually(lambda: nothing_runs_in(replica0))
+        await eventually_async(lambda: nothing_runs_in(replica0), WITHIN_S, POLL_S)
 
 
 def nothing_runs_in(directory: str) -> None:
@@ -561,7 +545,7 @@ async def test_spec_change_restarts_on_the_same_port(tmp_path: Path) -> None:
         def restarted() -> None:
             assert read_json(pids)["pid"] != old
 
-        await eventually(restarted)
+        await eventually_async(restarted, WITHIN_S, POLL_S)
         await wait_phase(rt, "api", WorkloadPhase.READY)
         assert rt.endpoint(OWNER, "api", "main") == address
 
@@ -578,7 +562,7 @@ async def test_prune_stops_workloads_no_longer_listed(tmp_path: Path) -> None:
         b_pids = read_json(rt.volume_path(OWNER, "b", "data") / "pids.json")
         await rt.apply(OWNER, [a])
         for pid in [b_pids["pid"], *b_pids["grandchildren"]]:
-            await eventually(functools.partial(not_alive, pid))
+            await eventually_async(functools.partial(not_alive, pid), WITHIN_S, POLL_S)
         assert set(await rt.observe(OWNER)) == {"a"}
         assert rt.endpoint(OWNER, "b", "main") is None
         assert alive(a_pid)
@@ -599,7 +583,7 @@ async def test_delete_kills_the_whole_process_tree(tmp_path: Path) -> None:
         assert all(alive(p) for p in tree)
         await rt.delete(OWNER)
         for pid in tree:
-            await eventually(functools.partial(not_alive, pid))
+            await eventually_async(functools.partial(not_alive, pid), WITHIN_S, POLL_S)
         assert await rt.observe(OWNER) == {}
         assert not (rt.owner_dir(OWNER) / "ports.json").exists()
         assert (await status_of(rt, "other", OTHER)).phase is WorkloadPhase.READY
@@ -615,7 +599,7 @@ async def test_sigterm_is_followed_by_sigkill_after_the_grace_period(tmp_path: P
         await wait_phase(rt, "stubborn", WorkloadPhase.READY)
         pid = read_json(rt.volume_path(OWNER, "stubborn", "data") / "pids.json")["pid"]
         await rt.delete(OWNER)
-        await eventually(functools.partial(not_alive, pid))
+        await eventually_async(functools.partial(not_alive, pid), WITHIN_S, POLL_S)
 
 
 @run_async

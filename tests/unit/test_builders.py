@@ -103,7 +103,8 @@ def test_managed_kafka_nodes(managed: dict[str, Any], workloads: dict[str, int],
     assert brokers.kind is WorkloadKind.STATEFUL
     assert brokers.env["GYRE_KAFKA_VOTERS"] == voters
     assert [v.name for v in brokers.volumes] == ["data"]
-    assert brokers.on_kubernetes is not None and brokers.on_kubernetes.image.startswith("apache/kafka:")
+    assert brokers.on_kubernetes is not None
+    assert brokers.on_kubernetes.image.startswith("apache/kafka:")
 
 
 def test_a_trainingjob_builds_a_launcher_and_its_workers() -> None:

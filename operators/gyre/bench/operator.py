@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from kubernetes import client, watch
 
 from gyre.api import GROUP, VERSION
 from gyre.controlplane.plane import ControlPlane
+from gyre.controlplane.procs import free_port
 from gyre.manifests import repo_root
 
 PLURAL = "trainingjobs"
@@ -52,13 +52,6 @@ def _percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     k = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
     return ordered[k]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _wait_healthy(port: int, proc: subprocess.Popen[bytes], log_path: Path) -> None:
@@ -167,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         api = plane.api_client()
         py = sys.executable
-        floor_port, gyre_port = _free_port(), _free_port()
+        floor_port, gyre_port = free_port(), free_port()
         floor_cmd = [py, "-m", "gyre.bench.floor", "-n", "bench-floor", "--health-port", str(floor_port)]
         floor = _run_phase("floor", api, "bench-floor", floor_cmd, env, args.resources, floor_port)
         gyre_cmd = [

@@ -43,12 +43,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
+from confluent_kafka import KafkaException
 
+from gyre.controllers.topics import admin_client, ensure_topic
+from gyre.controlplane.procs import free_port
+from gyre.core.topics import TopicSpec
 from gyre.pipelines._common.schema import StreamSchema
 from gyre.pipelines.collector.config import CollectorConfig
-from gyre.pipelines.kafka.fetch import KAFKA_VERSION
-from gyre.pipelines.kafka.local import LocalKafka, free_port
-from gyre.pipelines.kafka.topics import TopicSpec, ensure_topic
+from gyre.pipelines.kafka.config import BrokerConfig, cluster_id_for
+from gyre.pipelines.kafka.fetch import KAFKA_VERSION, ensure_kafka_libs
 from gyre.pipelines.lakesink.config import LakeSinkConfig
 
 SCHEMA = StreamSchema.from_dict(
@@ -227,6 +230,36 @@ class _Proc:
                 self.proc.wait()
 
 
+def _start_broker(workdir: Path) -> tuple[_Proc, str]:
+    """One KRaft node (and its bootstrap address), started as the local runtime starts it:
+    the workload entrypoint ``python -m gyre.pipelines.kafka`` with a config file and the
+    runtime's port and replica variables. Returns once the broker answers metadata requests."""
+    ensure_kafka_libs(KAFKA_VERSION)  # a first run downloads the jars: not within the deadline
+    kafka_port, controller_port = free_port(), free_port()
+    config = BrokerConfig(cluster_id=cluster_id_for(str(workdir)), data_dir=str(workdir / "kafka"), heap="1g")
+    env = {
+        "GYRE_PORT_KAFKA": str(kafka_port),
+        "GYRE_PORT_CONTROLLER": str(controller_port),
+        "GYRE_REPLICA_INDEX": "0",
+        "GYRE_REPLICAS": "1",
+    }
+    broker = _Proc("gyre.pipelines.kafka", config.to_json(), workdir, env)
+    bootstrap = f"127.0.0.1:{kafka_port}"
+    admin = admin_client(bootstrap)
+    deadline = time.monotonic() + 120
+    while True:
+        if broker.proc.poll() is not None:
+            raise RuntimeError(f"the broker exited:\n{broker.log.read_text()[-3000:]}")
+        try:
+            if admin.list_topics(timeout=2).brokers:
+                return broker, bootstrap
+        except KafkaException:
+            pass  # not listening yet
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the broker did not answer within 120 s:\n{broker.log.read_text()[-3000:]}")
+        time.sleep(0.2)
+
+
 def _run_async(coro: Coroutine[Any, Any, _T]) -> _T:
     """Run ``coro`` on uvloop when installed: a cheaper client leaves more CPU to the
     system under test, which shares the machine."""
@@ -371,30 +404,30 @@ def main(argv: list[str] | None = None) -> int:
     warm_bodies = [orjson.dumps(events[i : i + args.batch]) for i in range(n, n + w, args.batch)]
     del events
 
-    broker = LocalKafka(workdir / "kafka", heap="1g")
     procs: list[_Proc] = []
     try:
         _log("starting the Kafka broker")
-        broker.start()
+        broker, bootstrap = _start_broker(workdir)
+        procs.append(broker)
         for name in ("bench-raw-warmup", "bench-raw", "bench-stream"):
-            state = ensure_topic(broker.bootstrap, TopicSpec(name, partitions=args.partitions))
+            state = ensure_topic(bootstrap, TopicSpec(name, partitions=args.partitions))
             if not state.converged:
                 raise RuntimeError(f"topic {name}: {state.problems}")
 
         if w:
-            run_raw(broker.bootstrap, "bench-raw-warmup", values[n:], keys[n:], args.linger_ms)
-        raw_cpu0 = (_cpu_s(broker.pid), time.process_time())
-        raw = run_raw(broker.bootstrap, "bench-raw", values[:n], keys[:n], args.linger_ms)
+            run_raw(bootstrap, "bench-raw-warmup", values[n:], keys[n:], args.linger_ms)
+        raw_cpu0 = (_cpu_s(broker.proc.pid), time.process_time())
+        raw = run_raw(bootstrap, "bench-raw", values[:n], keys[:n], args.linger_ms)
         raw_cpu = {
-            "raw_broker_cpu_us_per_event": round((_cpu_s(broker.pid) - raw_cpu0[0]) / n * 1e6, 2),
+            "raw_broker_cpu_us_per_event": round((_cpu_s(broker.proc.pid) - raw_cpu0[0]) / n * 1e6, 2),
             "raw_client_cpu_us_per_event": round((time.process_time() - raw_cpu0[1]) / n * 1e6, 2),
         }
         del values, keys
         _log(f"raw: {raw:,.0f} events/s")
 
-        env = {"GYRE_KAFKA_BOOTSTRAP": broker.bootstrap}
-        collector_cfg = _collector_config(broker.bootstrap, args.linger_ms)
-        sink_cfg = _sink_config(broker.bootstrap, f"file://{workdir / 'lake'}")
+        env = {"GYRE_KAFKA_BOOTSTRAP": bootstrap}
+        collector_cfg = _collector_config(bootstrap, args.linger_ms)
+        sink_cfg = _sink_config(bootstrap, f"file://{workdir / 'lake'}")
         collector = _Proc("gyre.pipelines.collector", collector_cfg.to_json(), workdir, env)
         procs.append(collector)
         sink = _Proc("gyre.pipelines.lakesink", sink_cfg.to_json(), workdir, env)
@@ -407,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
             warm = _run_async(_post_all(collector.url, warm_bodies, args.concurrency, w, "warm-up POSTs"))
             _wait_committed(sink, 0, warm, _Progress("warm-up lake commits", warm))
 
-        pids = {"collector": collector.proc.pid, "sink": sink.proc.pid, "broker": broker.pid}
+        pids = {"collector": collector.proc.pid, "sink": sink.proc.pid, "broker": broker.proc.pid}
         cpu0 = {k: _cpu_s(v) for k, v in pids.items()}
         client_cpu0 = time.process_time()
         t0 = time.perf_counter()
@@ -457,9 +490,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
         return 0
     finally:
-        for proc in procs:
+        for proc in reversed(procs):  # the broker last
             proc.stop()
-        broker.stop()
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
 

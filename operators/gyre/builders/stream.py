@@ -11,6 +11,7 @@ from __future__ import annotations
 from gyre.api._base import Resources as ApiResources
 from gyre.api.stream import LakeSink, ManagedKafka, SinkSpec, StreamSpec
 from gyre.core.durations import parse_duration
+from gyre.core.topics import TopicSpec
 from gyre.core.workload import (
     ConfigDirRef,
     EnvValue,
@@ -30,7 +31,6 @@ from gyre.pipelines._common.schema import FieldSpec, StreamSchema
 from gyre.pipelines.collector.config import CollectorConfig
 from gyre.pipelines.kafka.broker import server_properties_template
 from gyre.pipelines.kafka.config import BrokerConfig, cluster_id_for
-from gyre.pipelines.kafka.topics import TopicSpec
 from gyre.pipelines.lakesink.config import LakeSinkConfig
 
 BROKER = "kafka"

@@ -54,6 +54,7 @@ from gyre.controllers.base import (
     StatusInput,
     StatusOutput,
 )
+from gyre.controllers.topics import TopicAdminError, ensure_topic
 from gyre.core import conditions as cnd
 from gyre.core.children import ChildKind
 from gyre.core.workload import Owner, Workload, WorkloadPhase, WorkloadStatus
@@ -229,8 +230,6 @@ class StreamController(Controller[StreamSpec]):
         prepared: Mapping[str, Any],
         workloads: Sequence[Workload],
     ) -> Mapping[str, Any]:
-        from gyre.pipelines.kafka.topics import TopicAdminError, ensure_topic
-
         facts: dict[str, Any] = {"sampled_at": time.time()}
         if spec.kafka.managed:
             nodes: Mapping[str, WorkloadStatus] = prepared.get("cluster_workloads") or {}

@@ -43,7 +43,7 @@ from kubernetes import config as kube_config
 from kubernetes.client import ApiClient
 
 from gyre.controlplane import pki as pkimod
-from gyre.controlplane.procs import Proc, log_tail, processes
+from gyre.controlplane.procs import Proc, free_port, log_tail, processes
 
 log = logging.getLogger("gyre.controlplane")
 
@@ -232,13 +232,6 @@ def _alive(pid: int) -> bool:
     _reap(pid)
     state = _proc_state(pid)
     return state is not None and state not in ("Z", "X")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _port_free(port: int) -> bool:
@@ -661,7 +654,7 @@ class ControlPlane:
                 old = previous.get(key)
                 port = old if isinstance(old, int) and old not in taken and _port_free(old) else 0
                 while port == 0 or port in taken:
-                    port = _free_port()
+                    port = free_port()
             taken.add(port)
             state[key] = port
         return state

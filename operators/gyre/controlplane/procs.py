@@ -4,13 +4,14 @@ Tests and ``gyre cluster down`` ask the same question — what still runs that b
 of different X: a working directory, a path in the command line, a variable in the
 environment. `processes` walks ``/proc`` once per call; a process that vanishes meanwhile
 simply does not match. `stop` and `log_tail` serve whatever starts a process and must end
-it or explain its death.
+it or explain its death; `free_port` gives what they listen on a loopback port.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -80,3 +81,11 @@ def log_tail(path: Path, lines: int) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+def free_port() -> int:
+    """A loopback TCP port that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port

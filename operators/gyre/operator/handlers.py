@@ -26,13 +26,13 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 import kopf
-from kopf._core.actions.execution import HandlerChildrenRetry
 
 from gyre.api import GROUP, KINDS, VERSION
 from gyre.controllers.base import Children, Controller, ObjectMeta, Outcome, reconcile
 from gyre.controllers.registry import CONTROLLERS
 from gyre.operator import metrics
 from gyre.operator.events import WARNING, Event, EventRecorder, EventWriter, events_for
+from gyre.operator.retry import Waiting
 from gyre.runtimes.base import Runtime
 
 log = logging.getLogger("gyre.operator")
@@ -248,8 +248,8 @@ def _register_kind(registry: kopf.OperatorRegistry, handlers: Handlers, kind: st
             raise kopf.PermanentError(outcome.permanent_error)
         if outcome.retry_after is not None:
             # Waiting (for a dependency, or for workloads to come up) is normal: retried
-            # quietly, without the error log a TemporaryError would produce.
-            raise HandlerChildrenRetry(delay=outcome.retry_after)
+            # quietly, logged at DEBUG rather than as an error (gyre.operator.retry).
+            raise Waiting(outcome.retry_after)
 
     async def on_deleted(body: kopf.Body, **kwargs: Any) -> None:
         handlers.indexes = kwargs

@@ -1,4 +1,12 @@
-"""Converging a Kafka topic to a `TopicSpec`, for the Stream operator.
+"""Topic administration for the Stream controller: converging a Kafka topic to a `TopicSpec`.
+
+The operator creates and converges topics itself, so it needs Kafka's admin protocol: this is
+the one operator-side module that talks to Kafka, through confluent-kafka's `AdminClient`.
+confluent-kafka is therefore a base dependency of the ``gyre`` package (a self-contained wheel
+that bundles librdkafka) and the operator image installs it; what only the workloads use
+(pyarrow, orjson, uvloop, torch, Horovod) stays in the ``stream``/``train`` extras. The
+desired state itself, `gyre.core.topics.TopicSpec`, is pure data the builders import without
+any client.
 
 `ensure_topic` is level-triggered and safe to call on every reconcile: it creates a missing
 topic, raises the partition count, and sets the topic's configuration to exactly what the spec
@@ -36,6 +44,8 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     ResourceType,
 )
 
+from gyre.core.topics import TopicSpec
+
 DEFAULT_TIMEOUT_S = 30.0
 
 # Errors that say the request itself is wrong for this cluster: retrying cannot fix them, the
@@ -58,52 +68,6 @@ _SPEC_ERRORS = {
 
 class TopicAdminError(RuntimeError):
     """The cluster could not be asked (unreachable, timed out, transient broker error)."""
-
-
-@dataclass(frozen=True)
-class TopicSpec:
-    """The desired state of a topic.
-
-    ``retention_ms``: ``None`` keeps the broker default, ``-1`` keeps data forever.
-    ``cleanup_policy``: ``delete``, ``compact`` or ``compact,delete``. ``config``: any other
-    topic-level config (``min.insync.replicas``, ``max.message.bytes``, ...); it wins over the
-    two named fields when both set the same key.
-    """
-
-    name: str
-    partitions: int = 1
-    replication_factor: int = 1
-    retention_ms: int | None = None
-    cleanup_policy: str = "delete"
-    config: Mapping[str, str] = field(default_factory=dict)
-
-    def desired_config(self) -> dict[str, str]:
-        want: dict[str, str] = {"cleanup.policy": self.cleanup_policy}
-        if self.retention_ms is not None:
-            want["retention.ms"] = str(self.retention_ms)
-        want.update({str(k): str(v) for k, v in self.config.items()})
-        return want
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "partitions": self.partitions,
-            "replication_factor": self.replication_factor,
-            "retention_ms": self.retention_ms,
-            "cleanup_policy": self.cleanup_policy,
-            "config": dict(self.config),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TopicSpec:
-        return cls(
-            name=str(data["name"]),
-            partitions=int(data.get("partitions", 1)),
-            replication_factor=int(data.get("replication_factor", 1)),
-            retention_ms=None if data.get("retention_ms") is None else int(data["retention_ms"]),
-            cleanup_policy=str(data.get("cleanup_policy", "delete")),
-            config={str(k): str(v) for k, v in (data.get("config") or {}).items()},
-        )
 
 
 @dataclass(frozen=True)
@@ -140,20 +104,6 @@ class TopicState:
             },
             sort_keys=True,
         )
-
-
-def dead_letter_topic_spec(main: TopicSpec, name: str | None = None) -> TopicSpec:
-    """The dead-letter topic for ``main``: ``<topic>.dlq``, same replication, 7 days, 1 partition.
-
-    Rejected events are rare and read by people, so one partition keeps them in arrival order.
-    """
-    return TopicSpec(
-        name=name or f"{main.name}.dlq",
-        partitions=1,
-        replication_factor=main.replication_factor,
-        retention_ms=7 * 24 * 3600 * 1000,
-        cleanup_policy="delete",
-    )
 
 
 _ADMINS: dict[str, AdminClient] = {}

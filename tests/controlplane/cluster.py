@@ -1,6 +1,6 @@
-"""Test support for code that runs against a cluster: a `Cluster` handle and `eventually`.
+"""A `Cluster` handle: what a test needs to reach a cluster (kubeconfig, kubectl, a client).
 
-The ``cluster`` pytest fixture (``tests/controlplane/conftest.py``) yields a `Cluster`.
+The ``cluster`` pytest fixture (``tests/controlplane/conftest.py``) yields one.
 """
 
 from __future__ import annotations
@@ -8,30 +8,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
-
-from kubernetes import config as kube_config
-from kubernetes.client import ApiClient
+from typing import Any
 
 from gyre.controlplane.plane import ControlPlane, default_bin_dir
-
-T = TypeVar("T")
-
-
-def eventually(check: Callable[[], T], timeout: float = 90, interval: float = 0.5) -> T:
-    """Call ``check`` until it returns without an AssertionError; re-raise it at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return check()
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-        time.sleep(interval)
+from kubernetes import config as kube_config
+from kubernetes.client import ApiClient
 
 
 @dataclass
