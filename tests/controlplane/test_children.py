@@ -15,7 +15,15 @@ from typing import Any, ClassVar
 import pytest
 import yaml
 from gyre.api.experiment import ExperimentSpec
-from gyre.controllers.base import Controller, ObjectMeta, Resolved, StatusInput, StatusOutput, reconcile
+from gyre.controllers.base import (
+    Controller,
+    ObjectMeta,
+    ReconcileContext,
+    Resolved,
+    StatusInput,
+    StatusOutput,
+    reconcile,
+)
 from gyre.core import conditions as cnd
 from gyre.core.children import ChildKind, ChildObject
 from gyre.core.workload import Owner
@@ -193,9 +201,8 @@ def test_a_kind_the_cluster_does_not_serve_falls_back_and_status_says_which(
 
     async def once() -> Any:
         async with LocalRuntime(tmp_path / "state") as rt:
-            return await reconcile(
-                WidgetOrConfig(), meta, example["spec"], {}, lambda *a: None, rt, children=children
-            )
+            ctx = ReconcileContext(lambda *a: None, rt, children=children)
+            return await reconcile(WidgetOrConfig(), meta, example["spec"], {}, ctx)
 
     try:
         first = asyncio.run(once())

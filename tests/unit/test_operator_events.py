@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gyre.controllers.base import ObjectMeta, Outcome, Transition, condition_transitions, reconcile
+from gyre.controllers.base import (
+    ObjectMeta,
+    Outcome,
+    ReconcileContext,
+    Transition,
+    condition_transitions,
+    reconcile,
+)
 from gyre.controllers.registry import CONTROLLERS
 from gyre.operator.events import (
     NORMAL,
@@ -260,7 +267,8 @@ def test_a_real_pass_whose_dependency_appeared_reports_it_resolved(tmp_path: Pat
         }
         meta = ObjectMeta(kind="FeatureJob", namespace="ns", name="f", uid="uid-f", generation=1)
         async with LocalRuntime(tmp_path) as rt:
-            return await reconcile(CONTROLLERS["FeatureJob"], meta, spec, old, lambda *_: stream, rt)
+            ctx = ReconcileContext(lambda *_: stream, rt)
+            return await reconcile(CONTROLLERS["FeatureJob"], meta, spec, old, ctx)
 
     events = events_for(asyncio.run(go()), None)
     assert (NORMAL, "DependenciesResolved") in [(e.type, e.reason) for e in events]

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
-from gyre.controllers.base import ObjectMeta, reconcile
+from gyre.controllers.base import ObjectMeta, ReconcileContext, reconcile
 from gyre.controllers.registry import CONTROLLERS
 from gyre.manifests import repo_root
 from gyre.operator.handlers import status_patch
@@ -37,14 +37,8 @@ def ready_stream(spec: Mapping[str, Any]) -> dict[str, Any]:
 def run(kind: str, spec: Mapping[str, Any], objects: Mapping[tuple[str, str], Any], tmp: Path) -> Any:
     async def go() -> Any:
         async with LocalRuntime(tmp) as rt:
-            return await reconcile(
-                CONTROLLERS[kind],
-                meta(kind, "x"),
-                spec,
-                {},
-                lambda k, ns, name: objects.get((k, name)),
-                rt,
-            )
+            ctx = ReconcileContext(lambda k, ns, name: objects.get((k, name)), rt)
+            return await reconcile(CONTROLLERS[kind], meta(kind, "x"), spec, {}, ctx)
 
     return asyncio.run(go())
 

@@ -303,19 +303,26 @@ def _backoff(retry: int) -> float:
     return float(min(2 ** min(retry, 6), 10))
 
 
+@dataclass(frozen=True)
+class ReconcileContext:
+    """What a pass reaches beyond the object itself."""
+
+    lookup: Lookup  # other Gyre objects, by kind, namespace and name
+    runtime: Runtime  # where the workloads run
+    listing: Listing = no_listing  # every object of a kind in a namespace
+    children: Children = field(default_factory=NoChildren)  # child objects on the API server
+    retry: int = 0  # how many passes in a row asked to come back (for backoff)
+
+
 async def reconcile(
     controller: Controller[Any],
     meta: ObjectMeta,
     raw_spec: Mapping[str, Any],
     old_status: Mapping[str, Any],
-    lookup: Lookup,
-    runtime: Runtime,
-    retry: int = 0,
-    listing: Listing = no_listing,
-    children: Children | None = None,
+    ctx: ReconcileContext,
 ) -> Outcome:
-    """One pass; returns the status to write and whether to come back."""
-    children = children or NoChildren()
+    """One pass over one object; returns the status to write and whether to come back."""
+    lookup, runtime, listing, children, retry = ctx.lookup, ctx.runtime, ctx.listing, ctx.children, ctx.retry
     old_conditions = old_status.get("conditions")
     base = {k: v for k, v in old_status.items() if k not in ("conditions",)}
 

@@ -28,7 +28,15 @@ from typing import Any, Protocol
 import kopf
 
 from gyre.api import GROUP, KINDS, VERSION
-from gyre.controllers.base import Children, Controller, ObjectMeta, Outcome, reconcile
+from gyre.controllers.base import (
+    Children,
+    Controller,
+    NoChildren,
+    ObjectMeta,
+    Outcome,
+    ReconcileContext,
+    reconcile,
+)
 from gyre.controllers.registry import CONTROLLERS
 from gyre.operator import metrics
 from gyre.operator.events import WARNING, Event, EventRecorder, EventWriter, events_for
@@ -139,17 +147,10 @@ class Handlers:
             if meta.uid in self.deleted:
                 return Outcome(status=old_status), {}
             try:
-                outcome = await reconcile(
-                    controller,
-                    meta,
-                    body.get("spec") or {},
-                    old_status,
-                    self.lookup,
-                    self.runtime,
-                    retry,
-                    self.listing,
-                    self.children,
+                ctx = ReconcileContext(
+                    self.lookup, self.runtime, self.listing, self.children or NoChildren(), retry
                 )
+                outcome = await reconcile(controller, meta, body.get("spec") or {}, old_status, ctx)
             except Exception as exc:
                 metrics.ERRORS.labels(kind).inc()
                 metrics.RECONCILES.labels(kind, trigger, "error").inc()
