@@ -12,6 +12,7 @@ from gyre.controllers.base import ObjectMeta, StatusInput
 from gyre.controllers.trainingjob import (
     PhaseDecision,
     PhaseInput,
+    TrainingFacts,
     TrainingJobController,
     decide_phase,
 )
@@ -121,7 +122,7 @@ def status_of(
                 n: WorkloadStatus(name=n, phase=ph, replicas=2, ready_replicas=2)
                 for n, ph in observed.items()
             },
-            facts={"trainer": trainer},
+            facts=TrainingFacts(trainer),
         ),
     )
 

@@ -151,7 +151,7 @@ class StatusInput:
     deps: Mapping[str, Resolved]
     workloads: Sequence[Workload]
     observed: Mapping[str, WorkloadStatus]
-    facts: Mapping[str, Any]  # what `converge` learned (e.g. a topic's partitions)
+    facts: Any  # what `converge` learned: the kind's own typed facts (e.g. `StreamFacts`)
     children: Mapping[tuple[str, str], ChildState] = field(default_factory=dict)  # by (kind, name)
     served: frozenset[ChildKind] = frozenset()  # the child kinds the cluster serves
 
@@ -239,10 +239,11 @@ class Controller(abc.ABC, Generic[S]):
         status: Mapping[str, Any],
         runtime: Runtime,
         listing: Listing,
-    ) -> Mapping[str, Any]:
+    ) -> Any:
         """Before `build`: converge what this object shares with others (a Kafka cluster
-        several Streams use). Returns facts that `build` and `compute_status` see."""
-        return {}
+        several Streams use). Returns the kind's typed facts, which `build` and `converge`
+        see (None: nothing to prepare)."""
+        return None
 
     def build(
         self,
@@ -250,7 +251,7 @@ class Controller(abc.ABC, Generic[S]):
         spec: S,
         deps: Mapping[str, Resolved],
         status: Mapping[str, Any],
-        prepared: Mapping[str, Any],
+        prepared: Any,
         *,
         served: frozenset[ChildKind] = frozenset(),
     ) -> list[Workload]:
@@ -265,7 +266,7 @@ class Controller(abc.ABC, Generic[S]):
         spec: S,
         deps: Mapping[str, Resolved],
         status: Mapping[str, Any],
-        prepared: Mapping[str, Any],
+        prepared: Any,
         *,
         served: frozenset[ChildKind] = frozenset(),
     ) -> list[ChildObject]:
@@ -278,12 +279,13 @@ class Controller(abc.ABC, Generic[S]):
         spec: S,
         deps: Mapping[str, Resolved],
         runtime: Runtime,
-        prepared: Mapping[str, Any],
+        prepared: Any,
         workloads: Sequence[Workload],
-    ) -> Mapping[str, Any]:
+    ) -> Any:
         """I/O beyond workloads (e.g. Kafka topics) and reading the applied ``workloads``'
-        ``/status`` (`Runtime.read_status`). Returns facts for `compute_status`."""
-        return {}
+        ``/status`` (`Runtime.read_status`). Returns the kind's typed facts for
+        `compute_status` (by default what `prepare` returned)."""
+        return prepared
 
     @abc.abstractmethod
     def compute_status(self, spec: S, inp: StatusInput) -> StatusOutput: ...
@@ -407,7 +409,7 @@ async def reconcile(
         child_states = (
             await children.apply(meta.owner, controller.child_kinds, wanted) if controller.child_kinds else {}
         )
-        facts = {**prepared, **await controller.converge(meta, spec, resolved, runtime, prepared, workloads)}
+        facts = await controller.converge(meta, spec, resolved, runtime, prepared, workloads)
         observed = await runtime.observe(meta.owner)
     except Exception as exc:  # the runtime or an external system failed: retried
         log.warning("Reconcile of %s %s/%s failed: %s", meta.kind, meta.namespace, meta.name, exc)

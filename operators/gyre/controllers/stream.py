@@ -22,7 +22,7 @@ import asyncio
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
@@ -73,6 +73,30 @@ class CollectorCounts:
 
     accepted: int
     rejected: int
+
+
+@dataclass(frozen=True)
+class KafkaFacts:
+    """What `prepare` learned of the Kafka cluster the Stream uses."""
+
+    bootstrap: str | None  # None: a managed cluster whose broker has no address yet
+    cluster: KafkaClusterStatus | None = None  # a managed cluster
+    cluster_workloads: Mapping[str, WorkloadStatus] = field(default_factory=dict)
+    cluster_conflict: str | None = None  # this Stream's cluster settings are not the ones used
+
+
+@dataclass
+class StreamFacts:
+    """What a pass learned: the cluster, the topics, and the workloads' `/status`."""
+
+    kafka: KafkaFacts
+    sampled_at: float  # when the figures were read
+    topic: TopicStatus | None = None
+    topic_problems: list[str] = field(default_factory=list)
+    topic_error: str | None = None
+    collector_url: str | None = None
+    collector: CollectorCounts | None = None
+    sinks: dict[str, SinkDoc] = field(default_factory=dict)
 
 
 KAFKA_CLUSTER = "KafkaCluster"
@@ -167,35 +191,36 @@ class StreamController(Controller[StreamSpec]):
         status: Mapping[str, Any],
         runtime: Runtime,
         listing: Listing,
-    ) -> Mapping[str, Any]:
+    ) -> KafkaFacts:
         cluster = cluster_name(spec, meta.name)
         previous = (status.get("kafkaCluster") or {}).get("name")
         if previous and previous != cluster:
             await self._release_cluster(meta.namespace, previous, meta.uid, runtime, listing)
         if spec.kafka.external:
-            return {"bootstrap": ",".join(spec.kafka.external.bootstrap_servers)}
+            return KafkaFacts(bootstrap=",".join(spec.kafka.external.bootstrap_servers))
         if cluster is None or spec.kafka.managed is None:
             raise ValueError("spec.kafka must name a managed or an external cluster")
         users = cluster_users(cluster, meta.namespace, listing, (meta, spec))
         owner = await self._converge_cluster(meta.namespace, cluster, users, runtime)
         observed = await runtime.observe(owner)
-        facts: dict[str, Any] = {
-            "bootstrap": runtime.endpoint(owner, BROKER, "kafka"),
-            "cluster": KafkaClusterStatus(
+        defining = users[0]
+        conflict = None
+        if defining.uid != meta.uid and _settings(defining.managed) != _settings(spec.kafka.managed):
+            conflict = (
+                f"Kafka cluster {cluster!r} is defined by Stream {defining.name!r}, the oldest that "
+                "uses it; this Stream's kafka.managed settings differ and are not applied"
+            )
+        return KafkaFacts(
+            bootstrap=runtime.endpoint(owner, BROKER, "kafka"),
+            cluster=KafkaClusterStatus(
                 name=cluster,
                 streams=[u.name for u in users],
                 nodes=sum(w.replicas for w in observed.values()),
                 ready_nodes=sum(w.ready_replicas for w in observed.values()),
             ),
-            "cluster_workloads": observed,
-        }
-        defining = users[0]
-        if defining.uid != meta.uid and _settings(defining.managed) != _settings(spec.kafka.managed):
-            facts["cluster_conflict"] = (
-                f"Kafka cluster {cluster!r} is defined by Stream {defining.name!r}, the oldest that "
-                "uses it; this Stream's kafka.managed settings differ and are not applied"
-            )
-        return facts
+            cluster_workloads=observed,
+            cluster_conflict=conflict,
+        )
 
     async def finalize(
         self, meta: ObjectMeta, raw_spec: Mapping[str, Any], runtime: Runtime, listing: Listing
@@ -215,11 +240,11 @@ class StreamController(Controller[StreamSpec]):
         spec: StreamSpec,
         deps: Mapping[str, Resolved],
         status: Mapping[str, Any],
-        prepared: Mapping[str, Any],
+        prepared: KafkaFacts,
         *,
         served: frozenset[ChildKind] = frozenset(),
     ) -> list[Workload]:
-        return build_stream(spec, meta.namespace, meta.name, prepared.get("bootstrap"))
+        return build_stream(spec, meta.namespace, meta.name, prepared.bootstrap)
 
     async def converge(
         self,
@@ -227,15 +252,15 @@ class StreamController(Controller[StreamSpec]):
         spec: StreamSpec,
         deps: Mapping[str, Resolved],
         runtime: Runtime,
-        prepared: Mapping[str, Any],
+        prepared: KafkaFacts,
         workloads: Sequence[Workload],
-    ) -> Mapping[str, Any]:
-        facts: dict[str, Any] = {"sampled_at": time.time()}
+    ) -> StreamFacts:
+        facts = StreamFacts(kafka=prepared, sampled_at=time.time())
         if spec.kafka.managed:
-            nodes: Mapping[str, WorkloadStatus] = prepared.get("cluster_workloads") or {}
+            nodes = prepared.cluster_workloads
             if not nodes or any(w.phase != WorkloadPhase.READY for w in nodes.values()):
                 return facts
-        bootstrap = prepared.get("bootstrap")
+        bootstrap = prepared.bootstrap
         if not bootstrap:
             return facts
         try:
@@ -252,47 +277,46 @@ class StreamController(Controller[StreamSpec]):
                 timeout_s=ADMIN_TIMEOUT_S,
             )
         except TopicAdminError as exc:
-            facts["topic_error"] = str(exc)
+            facts.topic_error = str(exc)
             return facts
-        facts["topic"] = TopicStatus(name=main.name, partitions=main.partitions, dead_letter_topic=dlq.name)
-        facts["topic_problems"] = list(main.problems) + list(dlq.problems)
+        facts.topic = TopicStatus(name=main.name, partitions=main.partitions, dead_letter_topic=dlq.name)
+        facts.topic_problems = [*main.problems, *dlq.problems]
         collector = runtime.endpoint(meta.owner, COLLECTOR, "http")
         if collector:
-            facts["collector_url"] = f"http://{collector}/v1/events"
+            facts.collector_url = f"http://{collector}/v1/events"
         by_name = {w.name: w for w in workloads}
         if COLLECTOR in by_name:
             replicas = await runtime.read_status(meta.owner, by_name[COLLECTOR])
             docs = [d for d in map(CollectorStatus.parse, replicas) if d is not None]
             if docs:
                 # every replica counts what it accepted since it started: the Stream's total
-                facts["collector"] = CollectorCounts(
+                facts.collector = CollectorCounts(
                     accepted=sum(d.accepted for d in docs), rejected=sum(d.rejected for d in docs)
                 )
-        sinks: dict[str, SinkDoc] = {}
         for sink in spec.sinks:
             w = by_name.get(sink_workload_name(sink))
             doc = SinkDoc.parse(next(iter(await runtime.read_status(meta.owner, w)), None)) if w else None
             if doc is not None:
-                sinks[sink.name] = doc
-        facts["sinks"] = sinks
+                facts.sinks[sink.name] = doc
         return facts
 
     def compute_status(self, spec: StreamSpec, inp: StatusInput) -> StatusOutput:
-        facts, old, observed = inp.facts, inp.old_status, inp.observed
-        cluster: KafkaClusterStatus | None = facts.get("cluster")
-        topic: TopicStatus | None = facts.get("topic")
-        out = StreamStatus(bootstrap_servers=facts.get("bootstrap"), kafka_cluster=cluster)
+        facts: StreamFacts = inp.facts
+        old, observed = inp.old_status, inp.observed
+        cluster = facts.kafka.cluster
+        topic = facts.topic
+        out = StreamStatus(bootstrap_servers=facts.kafka.bootstrap, kafka_cluster=cluster)
         if topic is not None:
             out.topic = topic
         topic_ready = bool(topic and topic.partitions)
         waiting: list[str] = []
         failed: list[str] = []
-        for name, st in (facts.get("cluster_workloads") or {}).items():
+        for name, node in facts.kafka.cluster_workloads.items():
             label = f"Kafka cluster {cluster.name if cluster else ''} {name}"
-            if st.phase != WorkloadPhase.READY:
-                waiting.append(f"{label} ({st.ready_replicas}/{st.replicas} ready)")
-            if st.phase == WorkloadPhase.FAILED:
-                failed.append(f"{label}: {st.message}")
+            if node.phase != WorkloadPhase.READY:
+                waiting.append(f"{label} ({node.ready_replicas}/{node.replicas} ready)")
+            if node.phase == WorkloadPhase.FAILED:
+                failed.append(f"{label}: {node.message}")
         for w in inp.workloads:
             st = observed.get(w.name)
             if st is None or st.phase != WorkloadPhase.READY:
@@ -300,15 +324,15 @@ class StreamController(Controller[StreamSpec]):
             if st is not None and st.phase == WorkloadPhase.FAILED:
                 failed.append(f"{w.name}: {st.message}")
         if not topic_ready:
-            waiting.append(f"topic ({facts.get('topic_error') or 'waiting for the broker'})")
+            waiting.append(f"topic ({facts.topic_error or 'waiting for the broker'})")
         # Figures.
-        counts: CollectorCounts | None = facts.get("collector")
-        if facts.get("collector_url"):
-            out.collector_url = facts["collector_url"]
+        counts = facts.collector
+        if facts.collector_url:
+            out.collector_url = facts.collector_url
         if counts is not None:
             accepted, rejected = counts.accepted, counts.rejected
             prev = StreamStatus.model_validate(dict(old)) if old else StreamStatus()
-            now = float(facts["sampled_at"])
+            now = facts.sampled_at
             if (
                 prev.sampled_at is not None
                 and now > prev.sampled_at
@@ -325,7 +349,7 @@ class StreamController(Controller[StreamSpec]):
             out.sampled_at = now
         sinks = []
         for sink in spec.sinks:
-            doc: SinkDoc | None = (facts.get("sinks") or {}).get(sink.name)
+            doc = facts.sinks.get(sink.name)
             sinks.append(
                 SinkStatus(name=sink.name, ready=False)
                 if doc is None
@@ -346,10 +370,10 @@ class StreamController(Controller[StreamSpec]):
         out.lake_uri = next((s.lake.uri for s in spec.sinks if s.lake), None)
         out.schema_fields = [FieldStatus(name=f.name, type=f.type) for f in spec.schema_.fields]
 
-        problems = list(facts.get("topic_problems") or [])
+        problems = facts.topic_problems
         degraded: list[tuple[str, str]] = []
-        if facts.get("cluster_conflict"):
-            degraded.append(("ClusterSettingsIgnored", facts["cluster_conflict"]))
+        if facts.kafka.cluster_conflict:
+            degraded.append(("ClusterSettingsIgnored", facts.kafka.cluster_conflict))
         if problems:
             degraded.append(("TopicMismatch", "; ".join(problems)))
         if failed:

@@ -94,6 +94,13 @@ def _replicas(st: WorkloadStatus | None) -> ReplicaStatus:
     return ReplicaStatus(active=max(active - st.succeeded, 0), succeeded=st.succeeded, failed=st.failed)
 
 
+@dataclass(frozen=True)
+class TrainingFacts:
+    """What a pass learned beyond the workloads' phases."""
+
+    trainer: TrainerStatus | None = None  # the launcher's /status (None: not answering)
+
+
 class TrainingJobController(Controller[TrainingJobSpec]):
     kind = "TrainingJob"
     spec_model = TrainingJobSpec
@@ -125,7 +132,7 @@ class TrainingJobController(Controller[TrainingJobSpec]):
         spec: TrainingJobSpec,
         deps: Mapping[str, Resolved],
         status: Mapping[str, Any],
-        prepared: Mapping[str, Any],
+        prepared: Any,
         *,
         served: frozenset[ChildKind] = frozenset(),
     ) -> list[Any]:
@@ -152,22 +159,22 @@ class TrainingJobController(Controller[TrainingJobSpec]):
         spec: TrainingJobSpec,
         deps: Mapping[str, Resolved],
         runtime: Runtime,
-        prepared: Mapping[str, Any],
+        prepared: Any,
         workloads: Sequence[Workload],
-    ) -> Mapping[str, Any]:
+    ) -> TrainingFacts:
         launcher = next((w for w in workloads if w.name == LAUNCHER), None)
         if launcher is None:
-            return {}
-        return {
-            "trainer": TrainerStatus.parse(next(iter(await runtime.read_status(meta.owner, launcher)), None))
-        }
+            return TrainingFacts()
+        docs = await runtime.read_status(meta.owner, launcher)
+        return TrainingFacts(trainer=TrainerStatus.parse(next(iter(docs), None)))
 
     def compute_status(self, spec: TrainingJobSpec, inp: StatusInput) -> StatusOutput:
         meta, old = inp.meta, inp.old_status
         same_run = old.get("observedGeneration") == meta.generation
         launcher = inp.observed.get(LAUNCHER)
         workers = inp.observed.get(WORKER)
-        trainer: TrainerStatus | None = inp.facts.get("trainer")
+        facts: TrainingFacts = inp.facts or TrainingFacts()
+        trainer = facts.trainer
         progress = trainer.progress if trainer else None
         now = cnd.now_rfc3339()
         out = TrainingJobStatus()
