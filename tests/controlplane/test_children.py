@@ -182,7 +182,7 @@ class WidgetOrConfig(Controller[ExperimentSpec]):
         path = "Widget" if WIDGET in inp.served else "ConfigMap"
         seen: Sequence[str] = sorted(f"{k}/{n}" for k, n in inp.children)
         return StatusOutput(
-            fields={"childPath": path, "children": list(seen)},
+            status=ExperimentSpec.STATUS.model_validate({"childPath": path, "children": list(seen)}),
             conditions=[cnd.Cond(cnd.READY, True, "ChildrenApplied", path)],
             phase="Ready",
         )
