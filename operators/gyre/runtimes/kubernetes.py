@@ -6,18 +6,30 @@ authority over what it renders, so drift is repaired) and prunes the owner's obj
 are no longer rendered, found by the owner labels. `observe` reads the controllers and
 their pods back into `WorkloadStatus`. This is the only module of the runtime that talks to
 the API server; it uses the official client's raw `call_api` for server-side apply, which
-the typed APIs do not offer. Calls block and run in a worker thread.
+the typed APIs do not offer.
+
+Calls block, so each runs in a thread of the runtime's own pool, sized like the client's
+connection pool: requests of many reconciles are in flight at once (the API server answers a
+list in tens of milliseconds, mostly waiting, not computing), and a slow call elsewhere in the
+operator cannot starve them. Within one pass the independent requests are concurrent too:
+ConfigMaps and Services, then the controllers that mount and use them; the prune's and
+`observe`'s lists. An apply prunes once per owner and whenever the set of rendered objects
+changes: what it pruned before stays pruned. A ConfigMap or Service that is rendered as it was
+last applied, and whose resourceVersion has not moved since, is read instead of applied again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
@@ -26,6 +38,8 @@ from gyre.core.workload import Owner, Workload, WorkloadKind, WorkloadPhase, Wor
 from gyre.runtimes import k8s_render as r
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 REQUEST_TIMEOUT_S = 30.0
 RECREATE_TIMEOUT_S = 60.0
@@ -55,6 +69,7 @@ PVC = ResourceKind("PersistentVolumeClaim", "v1", "persistentvolumeclaims")
 
 RENDERED_KINDS = (CONFIG_MAP, SERVICE, DEPLOYMENT, STATEFUL_SET, JOB)
 _BY_KIND = {k.kind: k for k in RENDERED_KINDS}
+CONTROLLERS = (DEPLOYMENT, STATEFUL_SET, JOB)
 _CONTROLLER_KIND = {
     WorkloadKind.SERVICE: DEPLOYMENT,
     WorkloadKind.STATEFUL: STATEFUL_SET,
@@ -77,17 +92,45 @@ class KubernetesRuntime:
         self._settings = settings
         # The last workloads applied per owner: `endpoint` is synchronous and needs the ports.
         self._applied: dict[str, tuple[Workload, ...]] = {}
+        # Per owner, the (kind, name) set rendered when its children were last pruned.
+        self._pruned: dict[str, frozenset[tuple[str, str]]] = {}
+        # Per (kind, namespace, name): the digest of the manifest last applied, and the
+        # resourceVersion the apply returned.
+        self._last_applied: dict[tuple[str, str, str], tuple[str, str]] = {}
+        # More threads than pooled connections would open a connection (a TLS handshake)
+        # per request beyond the pool.
+        self._threads = max(4, int(api_client.configuration.connection_pool_maxsize or 4))
+        self._pool: ThreadPoolExecutor | None = None
 
     # -- Runtime protocol -------------------------------------------------------------------
 
     async def apply(self, owner: Owner, workloads: Sequence[Workload]) -> None:
-        await asyncio.to_thread(self.apply_sync, owner, workloads)
+        manifests = r.render(owner, workloads, owner.namespace, self._settings)
+        # What the controllers' pods mount and reach first, then the controllers.
+        first = [m for m in manifests if _BY_KIND[m["kind"]] not in CONTROLLERS]
+        then = [m for m in manifests if _BY_KIND[m["kind"]] in CONTROLLERS]
+        for tier in (first, then):
+            await self._all([functools.partial(self._apply_object, m) for m in tier])
+        keep = frozenset((m["kind"], m["metadata"]["name"]) for m in manifests)
+        if self._pruned.get(owner.key) != keep:
+            await self._prune(owner, keep)
+            self._pruned[owner.key] = keep
+        self._applied[owner.key] = tuple(workloads)
 
     async def observe(self, owner: Owner) -> dict[str, WorkloadStatus]:
-        return await asyncio.to_thread(self.observe_sync, owner)
+        applied = self._applied.get(owner.key)
+        # Only the kinds the last apply rendered: a pruned controller of another kind is gone.
+        kinds = CONTROLLERS if applied is None else tuple({_CONTROLLER_KIND[w.kind]: None for w in applied})
+        selector = r.owner_selector(owner)
+        if applied is not None and not applied:
+            return {}
+        pods, *controllers = await self._all(
+            [functools.partial(self._list, k, owner.namespace, selector) for k in (POD, *kinds)]
+        )
+        return self._workload_status(owner, pods, dict(zip(kinds, controllers, strict=True)))
 
     async def delete(self, owner: Owner) -> None:
-        await asyncio.to_thread(self.delete_sync, owner)
+        await self._run(self.delete_sync, owner)
 
     def endpoint(self, owner: Owner, workload: str, port: str) -> str | None:
         for w in self._applied.get(owner.key, ()):
@@ -100,22 +143,38 @@ class KubernetesRuntime:
 
     async def close(self) -> None:
         self._applied.clear()
+        self._pruned.clear()
+        self._last_applied.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    # -- concurrency ------------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="gyre-kube")
+        return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args))
+
+    async def _all(self, calls: Sequence[Callable[[], T]]) -> list[T]:
+        """Run the blocking ``calls`` at once; every one ends before the first error is raised
+        (nothing of this pass is still writing when the next pass starts)."""
+        results = await asyncio.gather(*(self._run(c) for c in calls), return_exceptions=True)
+        for res in results:
+            if isinstance(res, BaseException):
+                raise res
+        return results  # type: ignore[return-value]
 
     # -- blocking implementations -----------------------------------------------------------
 
-    def apply_sync(self, owner: Owner, workloads: Sequence[Workload]) -> None:
-        manifests = r.render(owner, workloads, owner.namespace, self._settings)
-        for manifest in manifests:
-            self._apply_object(manifest)
-        keep = {(m["kind"], m["metadata"]["name"]) for m in manifests}
-        self._prune(owner, keep)
-        self._applied[owner.key] = tuple(workloads)
-
-    def observe_sync(self, owner: Owner) -> dict[str, WorkloadStatus]:
-        ns = owner.namespace
-        selector = r.owner_selector(owner)
+    def _workload_status(
+        self,
+        owner: Owner,
+        pods: Sequence[dict[str, Any]],
+        controllers: dict[ResourceKind, list[dict[str, Any]]],
+    ) -> dict[str, WorkloadStatus]:
         pods_by_workload: dict[str, list[dict[str, Any]]] = {}
-        for pod in self._list(POD, ns, selector):
+        for pod in pods:
             workload = pod["metadata"].get("labels", {}).get(r.LABEL_WORKLOAD)
             if workload:
                 pods_by_workload.setdefault(workload, []).append(pod)
@@ -123,8 +182,8 @@ class KubernetesRuntime:
         # one the last apply rendered.
         wanted = {w.name: _CONTROLLER_KIND[w.kind] for w in self._applied.get(owner.key, ())}
         out: dict[str, WorkloadStatus] = {}
-        for kind in (DEPLOYMENT, STATEFUL_SET, JOB):
-            for obj in self._list(kind, ns, selector):
+        for kind, objs in controllers.items():
+            for obj in objs:
                 workload = obj["metadata"].get("labels", {}).get(r.LABEL_WORKLOAD)
                 if not workload or wanted.get(workload, kind) is not kind:
                     continue
@@ -143,7 +202,9 @@ class KubernetesRuntime:
         for kind in (*reversed(RENDERED_KINDS), PVC):
             for obj in self._list(kind, owner.namespace, selector):
                 self._delete(kind, owner.namespace, obj["metadata"]["name"], "Background")
+                self._last_applied.pop((kind.kind, owner.namespace, obj["metadata"]["name"]), None)
         self._applied.pop(owner.key, None)
+        self._pruned.pop(owner.key, None)
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -151,8 +212,18 @@ class KubernetesRuntime:
         kind = _BY_KIND[manifest["kind"]]
         ns = manifest["metadata"]["namespace"]
         name = manifest["metadata"]["name"]
+        digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+        last = self._last_applied.get((kind.kind, ns, name))
+        if kind not in CONTROLLERS and last is not None and last[0] == digest:
+            # A ConfigMap or Service this runtime applied, as rendered now: a read tells
+            # whether anything changed it since (its resourceVersion moves on any write),
+            # for a fraction of what the API server spends on an apply. Controllers are
+            # applied every time: their status moves their resourceVersion all along.
+            live = self._get(kind, ns, name)
+            if live is not None and live["metadata"].get("resourceVersion") == last[1]:
+                return
         try:
-            status, _ = self._server_side_apply(kind, ns, name, manifest)
+            status, applied = self._server_side_apply(kind, ns, name, manifest)
         except ApiException as e:
             if e.status != 422:
                 raise
@@ -164,7 +235,11 @@ class KubernetesRuntime:
             log.info("Recreating %s %s/%s: %s", kind.kind, ns, name, _reason(e))
             self._delete(kind, ns, name, _RECREATE_PROPAGATION.get(kind.kind, "Background"))
             self._wait_gone(kind, ns, name, existing["metadata"]["uid"])
-            status, _ = self._server_side_apply(kind, ns, name, manifest)
+            status, applied = self._server_side_apply(kind, ns, name, manifest)
+        self._last_applied[(kind.kind, ns, name)] = (
+            digest,
+            str((applied.get("metadata") or {}).get("resourceVersion", "")),
+        )
         if status == 201:
             log.info("Created %s %s/%s", kind.kind, ns, name)
         else:
@@ -182,13 +257,17 @@ class KubernetesRuntime:
             content_type="application/apply-patch+yaml",
         )
 
-    def _prune(self, owner: Owner, keep: set[tuple[str, str]]) -> None:
-        for kind in reversed(RENDERED_KINDS):  # controllers first, then Services, ConfigMaps
-            for obj in self._list(kind, owner.namespace, r.owner_selector(owner)):
+    async def _prune(self, owner: Owner, keep: frozenset[tuple[str, str]]) -> None:
+        kinds = tuple(reversed(RENDERED_KINDS))  # controllers first, then Services, ConfigMaps
+        selector = r.owner_selector(owner)
+        listed = await self._all([functools.partial(self._list, k, owner.namespace, selector) for k in kinds])
+        for kind, objs in zip(kinds, listed, strict=True):
+            for obj in objs:
                 name = obj["metadata"]["name"]
                 if (kind.kind, name) in keep:
                     continue
-                self._delete(kind, owner.namespace, name, "Background")
+                await self._run(self._delete, kind, owner.namespace, name, "Background")
+                self._last_applied.pop((kind.kind, owner.namespace, name), None)
                 log.info("Pruned %s %s/%s", kind.kind, owner.namespace, name)
 
     def _list(self, kind: ResourceKind, ns: str, selector: str) -> list[dict[str, Any]]:
