@@ -249,6 +249,39 @@ def test_changed_job_template_recreates_the_job(
     asyncio.run(runtime.delete(owner))
 
 
+def test_configmap_and_service_drift_is_repaired_though_unchanged_ones_are_only_read(
+    cluster: Cluster, runtime: KubernetesRuntime, owner: Owner
+) -> None:
+    """A ConfigMap or Service rendered as last applied is read, not applied again, unless
+    something changed it since: a hand edit and a deletion are still repaired."""
+    job = Workload(
+        name="job",
+        role="worker",
+        kind=WorkloadKind.BATCH,
+        command=("python", "-m", "gyre.pipelines.train"),
+        ports=(Port("http", 8080),),
+        config_files={"app.conf": "a=1\n"},
+    )
+    asyncio.run(runtime.apply(owner, [job]))
+    children = objects(cluster, owner, "configmaps,services")
+    (config,) = [n for k, n in children if k == "ConfigMap"]
+    (service,) = [n for k, n in children if k == "Service"]
+    ns = owner.namespace
+    cluster.kubectl("patch", "configmap", config, "-n", ns, "-p", '{"data": {"app.conf": "a=2\\n"}}')
+    cluster.kubectl(
+        "label", "service", service, "-n", ns, f"{k8s_render.LABEL_WORKLOAD}=other", "--overwrite"
+    )
+    asyncio.run(runtime.apply(owner, [job]))
+    assert cluster.get_json("configmap", config, "-n", ns)["data"] == {"app.conf": "a=1\n"}
+    labels = cluster.get_json("service", service, "-n", ns)["metadata"]["labels"]
+    assert labels[k8s_render.LABEL_WORKLOAD] == "job"
+
+    cluster.kubectl("delete", "service", service, "-n", ns)
+    asyncio.run(runtime.apply(owner, [job]))
+    assert cluster.get_json("service", service, "-n", ns)["metadata"]["labels"] == labels
+    asyncio.run(runtime.delete(owner))
+
+
 def test_deleting_the_owner_garbage_collects_children(
     cluster: Cluster, runtime: KubernetesRuntime, owner: Owner
 ) -> None:

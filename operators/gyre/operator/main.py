@@ -102,6 +102,11 @@ class KubeWriter:
         )
 
 
+# Connections the operator's API client keeps open; the kubernetes runtime has as many
+# requests in flight at once (the client's default, 5 per CPU, is 10 on two cores).
+KUBE_CONNECTIONS = 32
+
+
 def kube_api_client() -> Any:
     from kubernetes import client, config
 
@@ -109,7 +114,9 @@ def kube_api_client() -> Any:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
         config.load_kube_config()  # type: ignore[no-untyped-call]
-    return client.ApiClient()
+    configuration = client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = KUBE_CONNECTIONS
+    return client.ApiClient(configuration)
 
 
 def make_runtime(name: str, state_dir: Path | None) -> Runtime:
