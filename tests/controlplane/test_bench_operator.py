@@ -8,7 +8,8 @@ import json
 
 import pytest
 from gyre.bench import operator as bench
-from gyre.controlplane.testing import Cluster
+
+from tests.controlplane.cluster import Cluster
 
 pytestmark = pytest.mark.controlplane
 
