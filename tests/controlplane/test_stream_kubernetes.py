@@ -156,7 +156,8 @@ def test_a_stream_renders_a_kafka_statefulset_a_collector_and_a_sink_and_prunes_
         assert owners(obj) == [(*me, True)], obj["metadata"]["name"]
 
     def status() -> None:
-        st = op.get("stream", "clicks")["status"]
+        st = op.get("stream", "clicks").get("status") or {}
+        assert "kafkaCluster" in st, f"no status with the cluster yet: {st}"
         cluster = st["kafkaCluster"]
         assert (cluster["name"], cluster["streams"], cluster["nodes"]) == ("clicks", ["clicks"], 3)
         assert st["bootstrapServers"] == f"clicks-kafka.{ns}.svc:9092"
