@@ -314,9 +314,16 @@ def _allreduce_worker(args: argparse.Namespace, backend: Any) -> dict[str, Any]:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    import faulthandler
+
     import torch
 
+    # a rank stuck in a collective prints where (every thread) and exits before the driver
+    # gives up on it
+    faulthandler.dump_traceback_later(0.9 * args.timeout, exit=True)
+
     torch.set_num_threads(args.threads)
+    backend = None
     if args.mode == "allreduce" and args.backend == "gloo":
         import datetime
 
@@ -330,18 +337,25 @@ def _worker(args: argparse.Namespace) -> int:
             "gloo", rank=args.rank, world_size=args.size, timeout=datetime.timedelta(minutes=5)
         )
         result = _allreduce_worker(args, None)
-        dist.destroy_process_group()
+        dist.barrier()
     else:
         backend = _join(args, args.backend)
-        if args.mode == "allreduce":
-            result = _allreduce_worker(args, backend)
-        else:
-            result = _train_worker(args, backend)
+        result = (_allreduce_worker if args.mode == "allreduce" else _train_worker)(args, backend)
         if backend is not None:
             backend.barrier()
-            backend.shutdown()
     result["rank"] = args.rank
     Path(args.out).write_text(json.dumps(result))
+    if backend is not None and args.backend == "horovod":
+        backend.shutdown()
+    elif args.backend in ("ddp", "gloo"):
+        # Leave without tearing the gloo process group down: in torch 2.4 its destructor
+        # joins gloo's worker threads while holding the GIL, and a worker that frees the
+        # last reference to a Python-created tensor waits for the GIL: the rank hangs at
+        # exit now and then. The barrier above already
+        # ended every collective on both ranks, and the result is written.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 
