@@ -34,12 +34,12 @@ class HorovodBackend(Backend):
         os.environ.update(build_horovod_env(slot, launcher_host, launcher_port, iface))
         # HOROVOD_CYCLE_TIME stays Horovod's own 1 ms (an operator may still set it). Every
         # cycle of Horovod's background thread coordinates all ranks with a small allreduce,
-        # busy or idle, and a synchronous collective waits for the next cycle. Measured with
-        # `gyre bench train` on 2 shared cores, 2 ranks: an idle rank burns 0.1-0.3 of a core
-        # at 1 ms, 0.3-0.4 at 0.1 ms, 0.01-0.02 at 20 ms; a 1 KiB allreduce takes ~0.4 ms at
-        # 0.1 ms but 1.5 ms and more at 1 ms; training throughput was best at 1 ms (0.2 ms:
-        # -5%, 5 ms: within noise, 20 ms: -50%). A lower default buys latency with the CPU
-        # that the ranks' compute needs where cores are few; a higher one stalls every step.
+        # busy or idle, and a synchronous collective waits for the next cycle, so one
+        # allreduce costs at least a cycle. `gyre bench train`, 2 ranks on 2 idle cores:
+        # a 1 KiB allreduce takes 1.07 ms at 1 ms, 0.62 ms at 0.1 ms (torch gloo: 0.62),
+        # 5.1 ms at 5 ms; but training gets 62k samples/s at 1 ms, 53k at 0.3 ms and 49k at
+        # 0.1 ms, because the faster cycles take the CPU the ranks compute with (CPU per
+        # step 8.2, 9.5, 10.4 ms). Where cores are few, 1 ms is the better trade.
         import horovod.torch as hvd
 
         self.hvd = hvd
