@@ -90,7 +90,7 @@ class Hyperparameters:
     epochs: int = 1
     batch_size: int = 32  # per worker
     lr: float = 1e-3
-    optimizer: str = "adam"
+    optimizer: str = "adam"  # "sgd" (plain: no momentum), "adam" or "adamw"
     weight_decay: float = 0.0
     seed: int = 42
     max_steps: int | None = None  # stop early after this many global steps (tests, smoke runs)

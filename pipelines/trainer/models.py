@@ -101,6 +101,8 @@ def predict_output(cfg_task: str, outputs: torch.Tensor) -> torch.Tensor:
 
 def build_optimizer(name: str, params: Any, lr: float, weight_decay: float) -> Optimizer:
     if name == "sgd":
+        # plain SGD, no momentum: the update is lr x gradient, so it is the optimizer that
+        # shows whether the distributed gradient is the mean over ranks (Adam hides a scale)
         return SGD(params, lr=lr, weight_decay=weight_decay)
     if name == "adamw":
         return AdamW(params, lr=lr, weight_decay=weight_decay)

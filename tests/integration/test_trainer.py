@@ -72,35 +72,90 @@ def _assert_ok(codes: list[int], gang: Gang) -> None:
     assert codes == [0] * len(codes), gang.logs()
 
 
+# Plain SGD (no momentum, no weight decay): the update is lr x gradient, so any constant
+# factor on the averaged gradient (a sum over ranks instead of the mean, a wrong divisor)
+# shows in the weights. Adam would hide it: its update is invariant to the gradient's scale.
+SGD_25_STEPS = {"epochs": 1, "max_steps": 25, "optimizer": "sgd", "lr": 0.1, "weight_decay": 0.0}
+WEIGHT_RTOL, WEIGHT_ATOL = 1e-4, 1e-5
+
+
+def _train_b_or_2b(
+    clicks: Path, tmp_path: Path, tag: str, workers: int, env: dict[str, str] | None = None, **cfg: Any
+) -> dict[str, Any]:
+    """The weights after 25 SGD steps of a global batch of 32: ``workers`` x 32/workers rows."""
+    run = base_config(
+        clicks,
+        tmp_path / tag,
+        workers=workers,
+        output=str(tmp_path / f"{tag}-model"),
+        data_shards=2,
+        checkpoint={"dir": None},
+        hyperparameters={**SGD_25_STEPS, "batch_size": 32 // workers},
+        **cfg,
+    )
+    codes, gang = run_gang(tmp_path, run, tag, env=env or {})
+    _assert_ok(codes, gang)
+    assert _metadata(tmp_path / f"{tag}-model")["training"]["workers"] == workers
+    return _state(tmp_path / f"{tag}-model")
+
+
+def _mismatches(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """The tensors of two state dicts that differ beyond float32 reduction-order noise."""
+    assert a.keys() == b.keys()
+    return [
+        f"{name}: max |diff| {float((a[name] - b[name]).abs().max()):.3g}"
+        for name in a
+        if not torch.allclose(a[name], b[name], rtol=WEIGHT_RTOL, atol=WEIGHT_ATOL)
+    ]
+
+
 def test_two_ranks_with_batch_b_equal_one_rank_with_batch_2b(clicks: Path, tmp_path: Path) -> None:
     """Synchronous allreduce: the averaged gradient of 2 x b rows is the gradient of 2b rows."""
-    common = {
-        "data_shards": 2,
-        "checkpoint": {"dir": None},
-        "hyperparameters": {"epochs": 1, "max_steps": 25, "optimizer": "adam"},
-    }
-    two = base_config(clicks, tmp_path / "two", workers=2, output=str(tmp_path / "two-model"), **common)
-    two["hyperparameters"]["batch_size"] = 16
-    one = base_config(clicks, tmp_path / "one", workers=1, output=str(tmp_path / "one-model"), **common)
-    one["hyperparameters"]["batch_size"] = 32
-
-    codes2, gang2 = run_gang(tmp_path, two, "two")
-    _assert_ok(codes2, gang2)
-    codes1, gang1 = run_gang(tmp_path, one, "one")
-    _assert_ok(codes1, gang1)
-
-    w2, w1 = _state(tmp_path / "two-model"), _state(tmp_path / "one-model")
-    assert w2.keys() == w1.keys()
-    for name in w1:
-        torch.testing.assert_close(w2[name], w1[name], rtol=1e-4, atol=1e-5, msg=name)
+    w2 = _train_b_or_2b(clicks, tmp_path, "two", workers=2)
+    w1 = _train_b_or_2b(clicks, tmp_path, "one", workers=1)
+    assert not _mismatches(w2, w1), _mismatches(w2, w1)
     # and training did move the weights (the comparison is not between two initial states)
     torch.manual_seed(7)  # the config's seed: the initial weights both runs started from
     initial = build_mlp(w1["net.0.weight"].shape[1], {"hidden": [16, 8]}).state_dict()
     assert not torch.allclose(initial["net.0.weight"], w1["net.0.weight"], atol=1e-3)
     meta = _metadata(tmp_path / "two-model")
     assert meta["training"]["steps"] == 25
-    assert meta["training"]["workers"] == 2
-    assert _metadata(tmp_path / "one-model")["training"]["workers"] == 1
+    assert meta["hyperparameters"]["optimizer"] == "sgd"
+
+
+SCALED_LOSS = {"kind": "module", "module": "trainer_scaled_loss:build_model", "params": {"hidden": [16, 8]}}
+
+
+@pytest.fixture(scope="module")
+def one_rank_scaled_loss(clicks: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The 1 x 2b reference run through the scaled-loss model module (factor 1 on one worker)."""
+    tmp = tmp_path_factory.mktemp("scaled-one")
+    env = {"PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+    return _train_b_or_2b(clicks, tmp, "one", workers=1, env=env, model=SCALED_LOSS)
+
+
+@pytest.mark.parametrize(
+    ("scale", "detected"),
+    [(1.0, False), (2.0, True), (1.05, True)],
+    ids=["control-factor-1", "sum-instead-of-mean", "factor-1.05"],
+)
+def test_b_vs_2b_comparison_detects_a_wrong_gradient_scale(
+    clicks: Path, tmp_path: Path, one_rank_scaled_loss: dict[str, Any], scale: float, detected: bool
+) -> None:
+    """The equivalence above is only a proof if a wrongly scaled gradient fails it.
+
+    The 2-worker run multiplies its loss, hence (plain SGD) its gradient, by ``scale``;
+    factor 2 is a sum over the ranks instead of the mean. The same comparison must tell
+    it apart from the 1-worker run, and must not for factor 1 (the control: the module's
+    model is the built-in MLP, so only the factor differs).
+    """
+    env = {
+        "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+        "TEST_MULTI_WORKER_LOSS_SCALE": str(scale),
+    }
+    w2 = _train_b_or_2b(clicks, tmp_path, "two", workers=2, env=env, model=SCALED_LOSS)
+    found = _mismatches(w2, one_rank_scaled_loss)
+    assert bool(found) is detected, found
 
 
 @pytest.fixture(scope="module")

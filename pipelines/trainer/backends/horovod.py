@@ -32,6 +32,14 @@ class HorovodBackend(Backend):
         iface: str | None,
     ) -> None:
         os.environ.update(build_horovod_env(slot, launcher_host, launcher_port, iface))
+        # HOROVOD_CYCLE_TIME stays Horovod's own 1 ms (an operator may still set it). Every
+        # cycle of Horovod's background thread coordinates all ranks with a small allreduce,
+        # busy or idle, and a synchronous collective waits for the next cycle, so one
+        # allreduce costs at least a cycle. `gyre bench train`, 2 ranks on 2 idle cores:
+        # a 1 KiB allreduce takes 1.07 ms at 1 ms, 0.62 ms at 0.1 ms (torch gloo: 0.62),
+        # 5.1 ms at 5 ms; but training gets 62k samples/s at 1 ms, 53k at 0.3 ms and 49k at
+        # 0.1 ms, because the faster cycles take the CPU the ranks compute with (CPU per
+        # step 8.2, 9.5, 10.4 ms). Where cores are few, 1 ms is the better trade.
         import horovod.torch as hvd
 
         self.hvd = hvd
