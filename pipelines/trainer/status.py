@@ -30,6 +30,7 @@ class TrainerProgress(StatusDoc):
     workers: int = 0
     backend: str = ""
     artifact: str | None = None  # the model's URI once written
+    features: list[str] = []  # the model's input columns, once written
     message: str = ""
     updated_at: str = ""  # RFC 3339
 

@@ -382,6 +382,7 @@ def train(cfg: TrainerConfig, backend: Backend, publish: Callable[[str], None] |
             percent=100.0,
             eta_s=0,
             artifact=cfg.output,
+            features=[f["name"] for f in data.preprocessor.features],
             metrics=metrics_hist,
             message=f"model {version} written",
         )

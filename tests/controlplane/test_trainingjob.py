@@ -116,6 +116,8 @@ def test_trains_to_a_model_that_beats_the_majority_class(operator: OperatorProce
     from gyre.pipelines.trainer.artifact import load
 
     model = load(st["model"]["uri"])
+    # What dependents read: the features, published in status from the run's final report.
+    assert st["model"]["features"] == [f["name"] for f in model.features], st["model"]
     probs = model.predict(
         [
             {"plan": "free", "page_views": 0, "session_seconds": 10.0},

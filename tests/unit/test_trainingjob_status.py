@@ -190,11 +190,24 @@ def test_failure_message_is_the_runs_own_words() -> None:
 
 
 def test_success_publishes_the_model_uri_and_version() -> None:
-    out = status_of(
-        {LAUNCHER: P.SUCCEEDED, WORKER: P.SUCCEEDED}, running_trainer(phase="succeeded", step=200)
+    done = running_trainer(
+        phase="succeeded", step=200, artifact="file:///models/churn/churn-g3", features=["plan", "page_views"]
     )
+    out = status_of({LAUNCHER: P.SUCCEEDED, WORKER: P.SUCCEEDED}, done)
     assert out.phase == "Succeeded"
-    assert wire(out)["model"] == {"uri": "file:///models/churn/churn-g3", "version": "churn-g3"}
+    assert wire(out)["model"] == {
+        "uri": "file:///models/churn/churn-g3",
+        "version": "churn-g3",
+        "features": ["plan", "page_views"],
+    }
+    # The final report is read while the launcher lingers (the run still Running); the next
+    # pass, with the launcher gone, keeps the features.
+    lingering = status_of({LAUNCHER: P.RUNNING, WORKER: P.SUCCEEDED}, done)
+    assert lingering.phase == "Running"
+    assert wire(lingering)["model"]["features"] == ["plan", "page_views"]
+    old = {"observedGeneration": 3, "phase": "Running", "model": wire(lingering)["model"]}
+    again = status_of({LAUNCHER: P.SUCCEEDED, WORKER: P.SUCCEEDED}, None, old)
+    assert wire(again)["model"]["features"] == ["plan", "page_views"]
     ready = next(c for c in out.conditions if c.type == "Ready")
     assert (ready.status, ready.reason) == (True, "ModelAvailable")
 

@@ -226,6 +226,9 @@ class ModelRef(ApiModel):
     """Where the artifact is: <spec.output.uri>/<version>."""
     version: str | None = None
     """The model version, <name>-g<generation>: a spec change trains a new version."""
+    features: Annotated[list[str], Field(max_length=1024)] = []
+    """The model's input columns, as the trainer used them: what a request to a model server
+    serving it must carry (or its feature lookup must supply)."""
 
 
 class TrainingJobStatus(BaseStatus):

@@ -224,11 +224,16 @@ class TrainingJobController(Controller[TrainingJobSpec]):
             done_at = now
         out.start_time = start
         out.completion_time = done_at
-        if phase == "Succeeded":
-            # The launcher exits 0 only after rank 0 wrote the artifact and every worker ended.
+        written = progress is not None and progress.phase == "succeeded" and progress.artifact is not None
+        if phase == "Succeeded" or written:
+            # The launcher exits 0 only after rank 0 wrote the artifact and every worker ended;
+            # rank 0's final report (read while the launcher lingers) says it is written and
+            # names the features, which later passes keep.
+            known = (old.get("model") or {}).get("features") if same_run else None
             out.model = ModelRef(
                 uri=artifact_uri(spec, meta.name, meta.generation),
                 version=model_version(meta.name, meta.generation),
+                features=(progress.features if progress and progress.features else None) or known or [],
             )
         restarting = phase == "Running" and (
             (progress is not None and progress.phase == "failed")
