@@ -496,3 +496,25 @@ def test_the_operator_reads_the_charts_settings_from_its_environment() -> None:
         repositories={"apache/kafka": "mirror/kafka"},
     )
     assert render_settings({}) == r.RenderSettings()
+
+
+STARTED = {"name": "main", "containerID": "containerd://ab12", "state": {"running": {}}}
+
+
+@pytest.mark.parametrize(
+    ("status", "serving"),
+    [
+        # what a kubelet reports for a started container
+        ({"phase": "Running", "containerStatuses": [STARTED]}, True),
+        # what kwok's fake nodes report: Running, but no container was ever started
+        ({"phase": "Running", "containerStatuses": [{"name": "main", "state": {"running": {}}}]}, False),
+        ({"phase": "Pending", "containerStatuses": []}, False),
+        ({"phase": "Running", "containerStatuses": [{**STARTED, "state": {"waiting": {}}}]}, False),
+    ],
+)  # fmt: skip
+def test_status_is_read_only_from_pods_with_a_started_container(
+    status: dict[str, Any], serving: bool
+) -> None:
+    from gyre.runtimes.kubernetes import _serving
+
+    assert _serving({"metadata": {"name": "p"}, "status": status}) is serving

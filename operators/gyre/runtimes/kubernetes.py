@@ -177,17 +177,13 @@ class KubernetesRuntime:
 
         The operator need not reach the pod network itself (it may run outside the cluster);
         the API server does. Pods are in replica order (indexed Jobs, StatefulSets), else in
-        order of creation; a pod that does not answer is left out."""
+        order of creation; a pod that does not answer is left out, and so is one whose
+        container no container runtime started (`_serving`)."""
         if workload.status_port is None:
             return []
         port = workload.port(workload.status_port).port
         selector = ",".join(f"{k}={v}" for k, v in r.selector_labels(owner, workload).items())
-        running = [
-            p
-            for p in self.kube.list(POD, owner.namespace, selector)
-            if (p.get("status") or {}).get("phase") == "Running"
-            and not (p.get("metadata") or {}).get("deletionTimestamp")
-        ]
+        running = [p for p in self.kube.list(POD, owner.namespace, selector) if _serving(p)]
         running.sort(key=lambda p: (replica_index(p) or 0, str(p["metadata"].get("creationTimestamp") or "")))
         out: list[dict[str, Any]] = []
         for pod in running:
@@ -244,3 +240,18 @@ class KubernetesRuntime:
                 await self._run(self.kube.delete, kind, owner.namespace, name, "Background")
                 self._last_applied.pop((kind.kind, owner.namespace, name), None)
                 log.info("Pruned %s %s/%s", kind.kind, owner.namespace, name)
+
+
+def _serving(pod: dict[str, Any]) -> bool:
+    """A running pod whose main container a container runtime started: only then is there
+    something to answer at its address. (A fake node such as kwok's marks pods Running with
+    no container ID, at addresses nothing on this network owns; asking the API server to
+    proxy there would send traffic towards them.)"""
+    if (pod.get("status") or {}).get("phase") != "Running" or (pod.get("metadata") or {}).get(
+        "deletionTimestamp"
+    ):
+        return False
+    return any(
+        cs.get("name") == r.CONTAINER_NAME and cs.get("containerID") and "running" in (cs.get("state") or {})
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []
+    )
