@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes import client, watch
 from kubernetes.client import ApiClient
 from operator_harness import OperatorProcess, fresh_namespace, install_crds
 
@@ -161,6 +162,35 @@ def run_until(
     return reader.world(pods=True), time.monotonic() - t0
 
 
+def kill_at_first_status(op: OperatorProcess, reader: Reader) -> tuple[World, float]:
+    """Start ``op`` and SIGKILL it the moment a watch sees it write a TrainingJob's status.
+
+    A watch, not a poll: statuses are written concurrently, and a poll's round trip can be long
+    enough for all of them to land before the kill."""
+    api = client.CustomObjectsApi(reader.api)
+    listed = api.list_namespaced_custom_object("gyre.dev", "v1alpha1", reader.ns, "trainingjobs")
+    had = {
+        tj["metadata"]["name"] for tj in listed["items"] if (tj.get("status") or {}).get("observedGeneration")
+    }
+    t0 = time.monotonic()
+    op.start()
+    stream = watch.Watch()
+    try:
+        for event in stream.stream(
+            api.list_namespaced_custom_object, "gyre.dev", "v1alpha1", reader.ns, "trainingjobs",
+            resource_version=listed["metadata"]["resourceVersion"], timeout_seconds=90,
+        ):  # fmt: skip
+            obj = event["object"]
+            if (obj.get("status") or {}).get("observedGeneration") and obj["metadata"]["name"] not in had:
+                op.kill()
+                break
+        else:
+            raise AssertionError("the operator wrote no status within 90 s")
+    finally:
+        stream.stop()
+    return reader.world(pods=True), time.monotonic() - t0
+
+
 def test_sigkill_mid_reconcile_then_restart_converges(
     cluster: Cluster, namespace: str, reader: Reader, tmp_path: Path
 ) -> None:
@@ -183,7 +213,7 @@ def test_sigkill_mid_reconcile_then_restart_converges(
         assert 0 < len(applying.with_children()) < COUNT
 
         # 2. Mid-status: some TrainingJobs have a status, others none yet.
-        writing, took = run_until(ops[1], reader, lambda w: len(w.with_status()) >= 1, children=False)
+        writing, took = kill_at_first_status(ops[1], reader)
         print(f"second operator killed after {took:.1f}s: {writing.describe()}")
         assert 0 < len(writing.with_status()) < COUNT
 
