@@ -94,7 +94,7 @@ class Handlers:
     def __init__(self, runtime: Runtime, writer: Writer, children: Children | None = None) -> None:
         self.runtime = runtime
         self.writer = writer
-        self.children = children
+        self.children: Children = children or NoChildren()
         # Change handlers and the resync loop may reach the same object at once; its
         # reconciles are serialized so the runtime never sees two applies racing.
         self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -147,9 +147,7 @@ class Handlers:
             if meta.uid in self.deleted:
                 return Outcome(status=old_status), {}
             try:
-                ctx = ReconcileContext(
-                    self.lookup, self.runtime, self.listing, self.children or NoChildren(), retry
-                )
+                ctx = ReconcileContext(self.lookup, self.runtime, self.listing, self.children, retry)
                 outcome = await reconcile(controller, meta, body.get("spec") or {}, old_status, ctx)
             except Exception as exc:
                 metrics.ERRORS.labels(kind).inc()

@@ -114,10 +114,9 @@ def compute_job_status(workload: str, obj: dict[str, Any], pods: Sequence[dict[s
 
     latest: dict[int, dict[str, Any]] = {}
     for pod in pods:
-        index = pod["metadata"].get("annotations", {}).get(JOB_INDEX_ANNOTATION)
-        if index is None or not index.isdigit():
+        i = replica_index(pod)
+        if i is None or i < 0:
             continue
-        i = int(index)
         created = pod["metadata"].get("creationTimestamp", "")
         if i not in latest or created >= latest[i]["metadata"].get("creationTimestamp", ""):
             latest[i] = pod
