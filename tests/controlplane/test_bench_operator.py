@@ -1,6 +1,7 @@
-"""`gyre bench operator` end to end at a tiny size, against the test cluster: it runs both
-operators in ABBA order, measures every object, and prints one JSON object whose figures are
-consistent with each other. No timed asserts: the goals are reported, not checked here."""
+"""`gyre bench operator` end to end at a tiny size, against the test cluster: it runs the three
+operators in an order reversed every other round, measures every object, and prints one JSON
+object whose figures are consistent with each other. No timed asserts: the goals are
+reported, not checked here."""
 
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ def test_bench_operator_prints_one_consistent_json_object(
     result = json.loads(out[0])
 
     assert (result["resources"], result["warmup"], result["rounds"]) == (N, WARMUP, 2)
-    assert result["order"] == ["floor", "gyre", "gyre", "floor"]
-    for which in ("gyre", "floor"):
+    assert result["order"] == ["floor", "apply-floor", "gyre", "gyre", "apply-floor", "floor"]
+    for which in ("gyre", "floor", "apply_floor"):
         figures = result[which]
         assert [r["round"] for r in figures["rounds"]] == [0, 1]
         assert 0 < figures["p50_ms"] <= figures["p90_ms"] <= figures["p99_ms"] <= figures["max_ms"]
@@ -35,6 +36,15 @@ def test_bench_operator_prints_one_consistent_json_object(
         for r in figures["rounds"]:
             assert r["reconciles_per_s"] > 0
             assert 0 < r["p50_ms"] <= r["p99_ms"] <= figures["max_ms"]
+            # Every measured object was created (POST) in its window, and the API server
+            # spent CPU on it.
+            assert r["api_requests_per_object"] >= 1, r
+            assert r["apiserver_cpu_ms_per_object"] > 0, r
+        assert figures["requests_per_object"].get("POST trainingjobs", 0) >= 1, figures
+    # The apply floor applied the six objects Gyre renders for every object; the floor none.
+    apply_floor = result["apply_floor"]["requests_per_object"]
+    assert apply_floor.get("APPLY jobs") == pytest.approx(2, abs=0.01), apply_floor
+    assert "APPLY jobs" not in result["floor"]["requests_per_object"]
     # Gyre's reconciles really built and applied workloads: a launcher and a worker Job for
     # every object of the phase, warm-up included.
     for r in result["gyre"]["rounds"]:
@@ -45,6 +55,9 @@ def test_bench_operator_prints_one_consistent_json_object(
     )
     assert result["p50_over_floor"] == pytest.approx(
         result["gyre"]["p50_ms"] / result["floor"]["p50_ms"], rel=0.02
+    )
+    assert result["ratio_vs_apply_floor"] == pytest.approx(
+        result["gyre"]["reconciles_per_s"] / result["apply_floor"]["reconciles_per_s"], rel=0.02
     )
     goals = result["goals"]
     assert set(goals) == {"ratio", "p99_ms", "p50_over_floor"}

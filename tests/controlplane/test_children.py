@@ -227,3 +227,36 @@ def test_a_kind_the_cluster_does_not_serve_falls_back_and_status_says_which(
         assert name not in left, "the fallback ConfigMap is pruned once the Widget is used"
     finally:
         cluster.kubectl("delete", "crd", "widgets.widgets.example.dev", "--ignore-not-found", check=False)
+
+
+def test_a_childs_status_change_is_heard_by_its_parent(cluster: Cluster, ns: str) -> None:
+    """A served kind outside Gyre's group is watched once discovery finds it: its children's
+    status changes and deletions are reported with their owner; spec-only changes are not
+    (the parent made them)."""
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(WIDGET_CRD))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/widgets.widgets.example.dev", "--timeout=60s")
+    children = KubeChildren(cluster.api_client(), discovery_ttl_s=0, namespaces=[ns])
+    heard: list[tuple[str, str, str]] = []
+    children.subscribe(lambda namespace, kind, name: heard.append((namespace, kind, name)))
+    owner = parent(cluster, ns)
+    me = (ns, "ConfigMap", owner.name)
+    widget = f"{owner.name}-w"
+    kind = "widgets.widgets.example.dev"
+
+    def patch(body: dict[str, Any]) -> None:
+        cluster.kubectl("patch", kind, widget, "-n", ns, "--type=merge", "-p", json.dumps(body))
+
+    try:
+        eventually(lambda: asyncio.run(children.served([WIDGET])) == {WIDGET}, timeout=30)
+        asyncio.run(children.apply(owner, [WIDGET], [ChildObject(WIDGET, widget, {"spec": {"size": 1}})]))
+        patch({"status": {"phase": "Ready"}})
+        eventually(lambda: heard.count(me) == 1, timeout=10, what="the status change heard")
+        patch({"spec": {"size": 2}})
+        patch({"status": {"phase": "Degraded"}})
+        eventually(lambda: heard.count(me) >= 2, timeout=10, what="the second status change heard")
+        assert heard.count(me) == 2, heard  # not the spec change in between
+        cluster.kubectl("delete", kind, widget, "-n", ns)
+        eventually(lambda: heard.count(me) == 3, timeout=10, what="the deletion heard")
+    finally:
+        children.close()
+        cluster.kubectl("delete", "crd", "widgets.widgets.example.dev", "--ignore-not-found", check=False)

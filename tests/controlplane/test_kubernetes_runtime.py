@@ -1,5 +1,7 @@
 """The kubernetes runtime against a real API server with kwok nodes: apply, observe, prune,
-idempotence, GPU placement, recreation on immutable changes, delete."""
+idempotence, GPU placement, recreation on immutable changes, delete, and the watch-fed cache
+(what an unchanged pass costs, drift repaired once the watch shows it, owners told of
+changes)."""
 
 from __future__ import annotations
 
@@ -44,8 +46,10 @@ def api(cluster: Cluster) -> Iterator[ApiClient]:
 
 
 @pytest.fixture(scope="module")
-def runtime(api: ApiClient) -> KubernetesRuntime:
-    return KubernetesRuntime(api)
+def runtime(api: ApiClient) -> Iterator[KubernetesRuntime]:
+    rt = KubernetesRuntime(api)
+    yield rt
+    asyncio.run(rt.close())
 
 
 @pytest.fixture(scope="module")
@@ -271,14 +275,87 @@ def test_configmap_and_service_drift_is_repaired_though_unchanged_ones_are_only_
     cluster.kubectl(
         "label", "service", service, "-n", ns, f"{k8s_render.LABEL_WORKLOAD}=other", "--overwrite"
     )
-    asyncio.run(runtime.apply(owner, [job]))
-    assert cluster.get_json("configmap", config, "-n", ns)["data"] == {"app.conf": "a=1\n"}
-    labels = cluster.get_json("service", service, "-n", ns)["metadata"]["labels"]
-    assert labels[k8s_render.LABEL_WORKLOAD] == "job"
+
+    # The runtime sees a change once its watch delivers it (which is also what makes the
+    # operator run the owner's next pass): the pass after that repairs it.
+    def repaired() -> None:
+        asyncio.run(runtime.apply(owner, [job]))
+        assert cluster.get_json("configmap", config, "-n", ns)["data"] == {"app.conf": "a=1\n"}
+        labels = cluster.get_json("service", service, "-n", ns)["metadata"]["labels"]
+        assert labels[k8s_render.LABEL_WORKLOAD] == "job"
+
+    eventually(repaired, 10, what="the hand edits undone")
 
     cluster.kubectl("delete", "service", service, "-n", ns)
-    asyncio.run(runtime.apply(owner, [job]))
-    assert cluster.get_json("service", service, "-n", ns)["metadata"]["labels"] == labels
+
+    def recreated() -> None:
+        asyncio.run(runtime.apply(owner, [job]))
+        labels = cluster.get_json("service", service, "-n", ns)["metadata"]["labels"]
+        assert labels[k8s_render.LABEL_WORKLOAD] == "job"
+
+    eventually(recreated, 10, what="the deleted Service back")
+    asyncio.run(runtime.delete(owner))
+
+
+class Requests:
+    """Counts the API requests the runtime makes (the real client's, not a stand-in)."""
+
+    def __init__(self, runtime: KubernetesRuntime) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self._kube = runtime.kube
+        self._request = runtime.kube.request
+
+    def __enter__(self) -> Requests:
+        def counting(method: str, path: str, **kwargs: Any) -> Any:
+            self.calls.append((method, path))
+            return self._request(method, path, **kwargs)
+
+        self._kube.request = counting  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._kube.request = self._request  # type: ignore[method-assign]
+
+
+def test_an_unchanged_pass_costs_no_api_call_and_spec_drift_is_repaired(
+    cluster: Cluster, runtime: KubernetesRuntime, owner: Owner
+) -> None:
+    """Once applied, applying and observing the same workloads again is read from the watch
+    cache: no request at all. A spec changed by hand (a new generation) is applied again."""
+    workloads = [web(replicas=1, kafka=False), train()]
+    asyncio.run(runtime.apply(owner, workloads))
+    eventually(lambda: _assert_phase(runtime, owner, "web", WorkloadPhase.READY))
+    with Requests(runtime) as requests:
+        for _ in range(3):
+            asyncio.run(runtime.apply(owner, workloads))
+            observed = observe(runtime, owner)
+            asyncio.run(runtime.read_status(owner, workloads[0]))
+    assert requests.calls == []
+    assert set(observed) == {"web", "train"}
+
+    name = f"{owner.name}-web"
+    cluster.kubectl("scale", "deployment", name, "-n", owner.namespace, "--replicas=3")
+
+    def restored() -> None:
+        asyncio.run(runtime.apply(owner, workloads))
+        assert cluster.get_json("deployment", name, "-n", owner.namespace)["spec"]["replicas"] == 1
+
+    eventually(restored, 10, what="the hand-scaled Deployment back at 1 replica")
+    asyncio.run(runtime.delete(owner))
+
+
+def test_subscribers_hear_of_changes_to_an_owners_objects(
+    cluster: Cluster, runtime: KubernetesRuntime, owner: Owner
+) -> None:
+    heard: list[tuple[str, str, str]] = []
+    runtime.subscribe(lambda ns, kind, name: heard.append((ns, kind, name)))
+    asyncio.run(runtime.apply(owner, [web(replicas=1, kafka=False)]))
+    me = (owner.namespace, owner.kind, owner.name)
+    eventually(lambda: _assert_phase(runtime, owner, "web", WorkloadPhase.READY))
+    eventually(lambda: heard.count(me) >= 3, 10, what="the Deployment, its pod and their updates heard")
+    before = heard.count(me)
+    cluster.kubectl("delete", "pods", "-n", owner.namespace, "-l", k8s_render.owner_selector(owner))
+    eventually(lambda: heard.count(me) > before, 10, what="the deleted pod heard")
     asyncio.run(runtime.delete(owner))
 
 

@@ -27,6 +27,16 @@ CASES: list[tuple[str, PhaseInput, PhaseDecision]] = [
     ("launcher ready counts as running", PhaseInput(None, False, P.READY, P.READY), PhaseDecision("Running")),
     ("launcher exited 0", PhaseInput(None, False, P.SUCCEEDED, P.SUCCEEDED), PhaseDecision("Succeeded")),
     (
+        "launcher exited 0, workers still exiting: waited for",
+        PhaseInput(None, False, P.SUCCEEDED, P.RUNNING, finishing_s=29.0),
+        PhaseDecision("Running"),
+    ),
+    (
+        "launcher exited 0, workers exiting past the grace: done (cleanPodPolicy takes them)",
+        PhaseInput(None, False, P.SUCCEEDED, P.RUNNING, finishing_s=30.0),
+        PhaseDecision("Succeeded"),
+    ),
+    (
         "launcher exited 0 while no worker ever started: not a success",
         PhaseInput(None, False, P.SUCCEEDED, P.PENDING),
         PhaseDecision("Created"),

@@ -1,24 +1,32 @@
 """`gyre bench operator`: reconcile throughput and latency of Gyre's operator vs the kopf floor.
 
-Two operators watch a namespace each, on one control plane: Gyre's operator with the
-``kubernetes`` runtime, and the floor — a kopf operator with the same settings whose handler
-writes the same first status without doing anything. The resources are TrainingJobs that are
-not suspended, so each of Gyre's reconciles builds a launcher Job, a worker Job, their Services
-and the trainer ConfigMap and applies them server-side (kwok nodes run the pods; nothing
-trains).
+Three operators watch a namespace each, on one control plane: Gyre's operator with the
+``kubernetes`` runtime; the floor — a kopf operator with the same settings whose handler
+writes the same first status without doing anything; and the apply floor, which also applies
+the very objects Gyre renders, and nothing else (`gyre.bench.floor`). The resources are
+TrainingJobs that are not suspended, so each of Gyre's reconciles builds a launcher Job, a
+worker Job, their Services and ConfigMaps and applies them server-side (kwok nodes run the
+pods; nothing trains).
 
 Each phase starts one operator, warms it up on ``--warmup`` objects it must finish first, then
 creates ``-n`` objects and records, per object, the time from its create call returning to
 the moment a watch sees its first status saying its workloads were applied (the ``Created``
-condition at the object's generation). Phases run in ABBA order over ``--rounds`` (floor,
-Gyre, Gyre, floor, ...), so neither operator always runs on the fresher plane; each phase gets
-a new namespace, deleted (and waited for) after it. Prints one JSON object: the figures of
-both operators, per round and pooled, and a ``goals`` map (name → value, goal, met).
+condition at the object's generation). Phases run over ``--rounds`` in an order reversed every
+other round (floor, apply floor, Gyre, Gyre, apply floor, floor, ...), so no operator always
+runs on the fresher plane; each phase gets a new namespace, deleted (and waited for) after it.
+
+Where the time goes: for the measured window of each phase (first create to last status),
+the API server's request counts (``apiserver_request_total``) and its CPU time, per measured
+object — what the operator asked for and what the cluster did with the objects it created.
+
+Prints one JSON object: the figures of every operator, per round and pooled, Gyre's ratios to
+both floors, and a ``goals`` map (name → value, goal, met) against the framework floor.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import statistics
@@ -51,6 +59,7 @@ NODES = tuple(FakeNode(f"bench-node-{i}", cpu="1000", memory="4000Gi", pods=2000
 GOAL_RATIO = 0.7
 GOAL_P99_MS = 5000.0
 GOAL_P50_OVER_FLOOR = 2.0
+OPERATORS = ("floor", "apply-floor", "gyre")
 
 
 def trainingjob(name: str) -> dict[str, Any]:
@@ -155,6 +164,9 @@ class PhaseResult:
     latencies_ms: list[float] = field(repr=False)
     reconcile_mean_ms: float | None = None  # Gyre only, from its metrics
     workloads: int | None = None  # Gyre only: workloads applied for this phase's objects
+    # The measured window, per measured object: API requests by kind, API server CPU seconds.
+    requests: dict[str, float] = field(default_factory=dict, repr=False)
+    apiserver_cpu_s: float = 0.0
 
     def summary(self) -> dict[str, Any]:
         lat = self.latencies_ms
@@ -168,7 +180,41 @@ class PhaseResult:
             out["reconcile_mean_ms"] = round(self.reconcile_mean_ms, 1)
         if self.workloads is not None:
             out["workloads"] = self.workloads
+        out["api_requests_per_object"] = round(sum(self.requests.values()), 1)
+        out["apiserver_cpu_ms_per_object"] = round(self.apiserver_cpu_s * 1000, 1)
         return out
+
+
+class ApiServerCounters:
+    """The API server's own counters, read from its ``/metrics``: requests served so far by
+    (verb, resource/subresource), and its process CPU seconds."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self._api = api
+
+    def read(self) -> tuple[collections.Counter[str], float]:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        method, url, headers, body, post = self._api.param_serialize(
+            method="GET", resource_path="/metrics", auth_settings=["BearerToken"]
+        )
+        response = self._api.call_api(method, url, header_params=headers, body=body, post_params=post)
+        text = response.response.data.decode()
+        requests: collections.Counter[str] = collections.Counter()
+        cpu = 0.0
+        for family in text_string_to_metric_families(text):
+            if family.name == "apiserver_request":
+                for sample in family.samples:
+                    if sample.name != "apiserver_request_total":
+                        continue
+                    lb = sample.labels
+                    resource = lb.get("resource") or "(none)"
+                    if lb.get("subresource"):
+                        resource += "/" + lb["subresource"]
+                    requests[f"{lb.get('verb', '?')} {resource}"] += int(sample.value)
+            elif family.name == "process_cpu_seconds":
+                cpu = sum(sample.value for sample in family.samples)
+        return requests, float(cpu)
 
 
 def _wait_healthy(port: int, proc: subprocess.Popen[bytes], log_path: Path) -> None:
@@ -207,8 +253,9 @@ def gyre_metrics(metrics_port: int) -> tuple[float | None, int]:
 
 def _operator_cmd(which: str, namespace: str, health: int, metrics: int, workdir: Path) -> list[str]:
     py = sys.executable
-    if which == "floor":
-        return [py, "-m", "gyre.bench.floor", "-n", namespace, "--health-port", str(health)]
+    if which in ("floor", "apply-floor"):
+        extra = ["--apply"] if which == "apply-floor" else []
+        return [py, "-m", "gyre.bench.floor", "-n", namespace, "--health-port", str(health), *extra]
     return [
         py, "-m", "gyre.cli", "operator", "--runtime", "kubernetes", "-n", namespace,
         "--metrics-port", str(metrics), "--health-port", str(health), "--state-dir", str(workdir),
@@ -282,10 +329,13 @@ def run_phase(
         _create_all(custom, namespace, warm)
         statuses.wait(warm, deadline, check)
         names = [f"bench-{i:04d}" for i in range(n)]
+        counters = ApiServerCounters(api)
+        requests_before, cpu_before = counters.read()
         start = time.perf_counter()
         created = _create_all(custom, namespace, names)
         statuses.wait(names, deadline, check)
         end = max(statuses.seen[k] for k in names)
+        requests_after, cpu_after = counters.read()
         mean_ms, workloads = gyre_metrics(metrics) if which == "gyre" else (None, None)
     finally:
         statuses.close()
@@ -298,14 +348,16 @@ def run_phase(
         latencies_ms=[(statuses.seen[k] - created[k]) * 1000 for k in names],
         reconcile_mean_ms=mean_ms,
         workloads=workloads,
+        requests={k: v / n for k, v in (requests_after - requests_before).items() if v > 0},
+        apiserver_cpu_s=(cpu_after - cpu_before) / n,
     )
 
 
 def phase_order(rounds: int) -> list[str]:
-    """ABBA: floor, gyre, gyre, floor, floor, gyre, ..."""
+    """Reversed every other round: floor, apply-floor, gyre, gyre, apply-floor, floor, ..."""
     out: list[str] = []
     for r in range(rounds):
-        out += ["floor", "gyre"] if r % 2 == 0 else ["gyre", "floor"]
+        out += list(OPERATORS) if r % 2 == 0 else list(reversed(OPERATORS))
     return out
 
 
@@ -319,11 +371,20 @@ def summarize(results: Sequence[PhaseResult]) -> dict[str, Any]:
             "p90_ms": round(percentile(lat, 0.90), 1),
             "p99_ms": round(percentile(lat, 0.99), 1),
             "max_ms": round(max(lat), 1),
+            "api_requests_per_object": round(statistics.mean(sum(r.requests.values()) for r in mine), 1),
+            "apiserver_cpu_ms_per_object": round(statistics.mean(r.apiserver_cpu_s for r in mine) * 1000, 1),
+            # Every kind of request in the measured windows, most frequent first.
+            "requests_per_object": {
+                k: round(v / len(mine), 2)
+                for k, v in sum(
+                    (collections.Counter(r.requests) for r in mine), collections.Counter()
+                ).most_common()
+            },
             "rounds": [r.summary() for r in mine],
         }
         return out
 
-    gyre, floor = pooled("gyre"), pooled("floor")
+    gyre, floor, apply_floor = pooled("gyre"), pooled("floor"), pooled("apply-floor")
     ratio = gyre["reconciles_per_s"] / floor["reconciles_per_s"]
     p50_over = gyre["p50_ms"] / floor["p50_ms"]
 
@@ -334,8 +395,12 @@ def summarize(results: Sequence[PhaseResult]) -> dict[str, Any]:
     return {
         "gyre": gyre,
         "floor": floor,
+        "apply_floor": apply_floor,
         "ratio": round(ratio, 3),
         "p50_over_floor": round(p50_over, 3),
+        # Gyre against an operator that applies the same objects and does nothing else.
+        "ratio_vs_apply_floor": round(gyre["reconciles_per_s"] / apply_floor["reconciles_per_s"], 3),
+        "p50_over_apply_floor": round(gyre["p50_ms"] / apply_floor["p50_ms"], 3),
         "goals": {
             "ratio": goal(ratio, ">=", GOAL_RATIO),
             "p99_ms": goal(gyre["p99_ms"], "<=", GOAL_P99_MS),
@@ -382,7 +447,9 @@ def main(argv: list[str] | None = None) -> int:
         _install_crds(env)
         for i, which in enumerate(phase_order(args.rounds)):
             print(f"phase {i + 1}: {which}", file=sys.stderr, flush=True)
-            results.append(run_phase(which, i // 2, api, env, args.resources, args.warmup, workdir))
+            results.append(
+                run_phase(which, i // len(OPERATORS), api, env, args.resources, args.warmup, workdir)
+            )
     finally:
         if plane is not None:
             plane.down()

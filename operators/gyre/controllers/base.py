@@ -21,7 +21,7 @@ from gyre.api._base import BaseStatus, Kind
 from gyre.core import conditions as cnd
 from gyre.core.children import ChildKind, ChildObject, ChildState
 from gyre.core.workload import Owner, Workload, WorkloadStatus
-from gyre.runtimes.base import Runtime
+from gyre.runtimes.base import OwnerListener, Runtime
 
 log = logging.getLogger("gyre.controllers")
 
@@ -112,6 +112,11 @@ class Children(Protocol):
         """Converge the owner's children of ``kinds`` to exactly ``wanted``; their states."""
         ...
 
+    def subscribe(self, listener: OwnerListener) -> None:
+        """Call ``listener`` whenever a served child's status changes or a child is deleted
+        (Gyre kinds excepted: the operator watches those itself)."""
+        ...
+
 
 class NoChildren:
     """Where no API server holds objects (unit tests of workload-only kinds)."""
@@ -125,6 +130,9 @@ class NoChildren:
         if wanted:
             raise RuntimeError(f"{owner.key} declares child objects, but no API server is connected")
         return {}
+
+    def subscribe(self, listener: OwnerListener) -> None:
+        pass
 
 
 class Lookup(Protocol):
@@ -209,7 +217,8 @@ def condition_transitions(
 @dataclass(frozen=True)
 class Outcome:
     status: dict[str, Any]
-    retry_after: float | None = None  # waiting on something outside this object
+    retry_after: float | None = None  # waiting on something outside this object (backoff)
+    requeue_after: float | None = None  # work in progress: look again after this
     permanent_error: str | None = None  # the spec cannot work as written
     workloads: int = 0
     delete_object: bool = False
@@ -455,7 +464,7 @@ async def reconcile(
         fields,
         conds,
         out.phase,
-        retry_after=out.requeue_after,
+        requeue_after=out.requeue_after,
         workloads=len(workloads),
         delete_object=out.delete_object,
         applied=tuple(w.name for w in workloads),

@@ -43,6 +43,10 @@ FAILED = "Failed"
 SUSPENDED = "Suspended"
 TERMINAL = ("Succeeded", "Failed")
 POLL_S = 2.0
+# After the launcher exited 0 (every worker reported done), how long workers still exiting
+# (tearing their process down) are waited for before the run is Succeeded and cleanPodPolicy
+# removes what is left.
+WORKER_EXIT_GRACE_S = 30.0
 # A new generation is a new run: these figures of the old run are removed.
 FIGURES_OF_A_RUN = (
     "progress", "metrics", "model", "start_time", "completion_time", "restarts", "resumed_from_step",
@@ -196,6 +200,9 @@ class TrainingJobController(Controller[TrainingJobSpec]):
             now if workers_pending else None
         )
         out.gang_pending_since = pending_since if workers_pending else None
+        launcher_done = launcher is not None and launcher.phase == WorkloadPhase.SUCCEEDED
+        if launcher_done and not done_at:
+            done_at = now  # the run completed; workers may still be exiting (decide_phase)
         decision = decide_phase(
             PhaseInput(
                 previous=(old.get("phase") if same_run else None),
@@ -210,6 +217,7 @@ class TrainingJobController(Controller[TrainingJobSpec]):
                 pending_workers=(workers.replicas - workers.ready_replicas) if workers else 0,
                 worker_count=workers.replicas if workers else 0,
                 pending_detail=(workers.message if workers else "") or "pending",
+                finishing_s=_seconds_since(done_at) if launcher_done else None,
             )
         )
         if decision.phase == "Failed" and not decision.message:  # failed in an earlier pass
@@ -358,6 +366,7 @@ class PhaseInput:
     pending_workers: int = 0
     worker_count: int = 0
     pending_detail: str = "pending"
+    finishing_s: float | None = None  # since the launcher exited 0 (None: it has not)
 
 
 @dataclass(frozen=True)
@@ -376,9 +385,13 @@ def decide_phase(i: PhaseInput) -> PhaseDecision:
     workers_pending = i.workers == WorkloadPhase.PENDING
     if i.launcher == WorkloadPhase.SUCCEEDED and not workers_pending:
         # The launcher exits 0 only once every worker reported done (as an MPIJob's launcher
-        # decides its job); a straggling worker is cleaned by cleanPodPolicy. A launcher that
-        # ended while no worker ever started trained nothing (kwok runs no containers): the
-        # gang timeout judges that job instead.
+        # decides its job); workers still exiting are waited for a while, so their ends are
+        # counted, then a straggler is cleaned by cleanPodPolicy. A launcher that ended while
+        # no worker ever started trained nothing (kwok runs no containers): the gang timeout
+        # judges that job instead.
+        exiting = i.workers in (WorkloadPhase.RUNNING, WorkloadPhase.READY)
+        if exiting and (i.finishing_s or 0.0) < WORKER_EXIT_GRACE_S:
+            return PhaseDecision("Running")
         return PhaseDecision("Succeeded")
     if i.failure:
         return PhaseDecision("Failed", "BackoffLimitExceeded", i.failure)

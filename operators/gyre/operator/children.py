@@ -4,6 +4,10 @@ prune by label, and their stored state read back (see `gyre.core.children`).
 The same for both runtimes: Gyre child objects (an Experiment's trial TrainingJobs) live in the
 API server even when the workloads run as local processes. Applies go through
 `gyre.runtimes.kube_api`, the one apply path (field manager ``gyre``, conflicts forced).
+
+A parent reconciles again when a child's status changes: Gyre kinds through the operator's own
+watches (`gyre.operator.handlers`), every other served child kind through a watch of Gyre's
+objects of that kind (`gyre.runtimes.kube_cache`), started once discovery finds it served.
 """
 
 from __future__ import annotations
@@ -17,10 +21,13 @@ from typing import Any
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
+from gyre.api import GROUP
 from gyre.core.children import ChildKind, ChildObject, ChildState
 from gyre.core.workload import Owner
 from gyre.runtimes import k8s_render as r
+from gyre.runtimes.base import OwnerListener
 from gyre.runtimes.kube_api import KubeApi
+from gyre.runtimes.kube_cache import DELETED, ObjectCache
 from gyre.runtimes.shapes import ResourceKind
 
 log = logging.getLogger("gyre.operator.children")
@@ -60,10 +67,53 @@ def child_state(kind: ChildKind, stored: Mapping[str, Any]) -> ChildState:
 class KubeChildren:
     """`gyre.controllers.base.Children` on a Kubernetes API server."""
 
-    def __init__(self, api_client: ApiClient, discovery_ttl_s: float = DISCOVERY_TTL_S) -> None:
+    def __init__(
+        self, api_client: ApiClient, discovery_ttl_s: float = DISCOVERY_TTL_S, namespaces: Sequence[str] = ()
+    ) -> None:
         self.kube = KubeApi(api_client)
+        self._api = api_client
         self._ttl = discovery_ttl_s
+        self._namespaces = tuple(namespaces)
         self._groups: dict[str, tuple[float, frozenset[str]]] = {}  # apiVersion → (when, kinds)
+        self._listeners: list[OwnerListener] = []
+        self._watches: dict[ChildKind, ObjectCache] = {}
+        self._statuses: dict[tuple[str, str, str], Any] = {}  # (kind, namespace, name) → status
+
+    def subscribe(self, listener: OwnerListener) -> None:
+        self._listeners.append(listener)
+
+    def close(self) -> None:
+        for cache in self._watches.values():
+            cache.close()
+        self._watches.clear()
+
+    def _watch(self, kind: ChildKind) -> None:
+        """Follow Gyre's objects of ``kind``: a status change or a deletion is reported."""
+        if kind in self._watches or kind.api_version.startswith(f"{GROUP}/") or not self._listeners:
+            return
+        resource = _resource(kind)
+        cache = ObjectCache(self._api, (resource,), f"{r.LABEL_MANAGED_BY}={r.MANAGED_BY}", self._namespaces)
+
+        def on_event(_kind: ResourceKind, event: str, obj: dict[str, Any]) -> None:
+            md = obj.get("metadata") or {}
+            labels = md.get("labels") or {}
+            key = (kind.kind, str(md.get("namespace", "")), str(md.get("name", "")))
+            status = None if event == DELETED else obj.get("status")
+            if event != DELETED and self._statuses.get(key) == status:
+                return
+            if event == DELETED:
+                self._statuses.pop(key, None)
+            else:
+                self._statuses[key] = status
+            owner_kind, owner_name = labels.get(r.LABEL_OWNER_KIND), labels.get(r.LABEL_OWNER_NAME)
+            if owner_kind and owner_name:
+                for listener in self._listeners:
+                    listener(key[1], owner_kind, owner_name)
+
+        cache.add_listener(on_event)
+        cache.start()
+        self._watches[kind] = cache
+        log.info("Watching %s child objects", kind.kind)
 
     async def served(self, kinds: Sequence[ChildKind]) -> frozenset[ChildKind]:
         return await asyncio.to_thread(self.served_sync, kinds)
@@ -74,7 +124,10 @@ class KubeChildren:
         return await asyncio.to_thread(self.apply_sync, owner, kinds, wanted)
 
     def served_sync(self, kinds: Sequence[ChildKind]) -> frozenset[ChildKind]:
-        return frozenset(k for k in kinds if k.kind in self._kinds_of(k.api_version))
+        served = frozenset(k for k in kinds if k.kind in self._kinds_of(k.api_version))
+        for kind in served:
+            self._watch(kind)
+        return served
 
     def _kinds_of(self, api_version: str) -> frozenset[str]:
         now = time.monotonic()

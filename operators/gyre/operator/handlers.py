@@ -2,9 +2,17 @@
 
 create, update and resume call `gyre.controllers.base.reconcile` through kopf handlers, and a
 resync loop calls it for every known object at a fixed interval (the periodic trigger that
-repairs drift and refreshes observed figures). The status a pass returns is compared with the
-stored one and written once, as a merge patch of only what changed. Every pass, whichever
-trigger ran it, reports its Events through one `EventRecorder` (deduplicated, rate-limited).
+repairs drift and refreshes observed figures). Two more triggers are the operator's own
+timers, one per object: a pass whose work is in progress asks to look again after a while
+(``requeue_after``: a training run's progress), and a change to any object the runtime runs
+for an owner (a pod started, a Job finished: `Runtime.subscribe`) brings that owner's next
+pass forward to `NUDGE_S` from then. Either way, an object has at most one pending timer,
+set to the earliest time asked for, so a burst of changes costs one pass. These passes are
+not kopf's: they leave kopf's annotations alone and write nothing when nothing changed.
+
+The status a pass returns is compared with the stored one and written once, as a merge patch
+of only what changed. Every pass, whichever trigger ran it, reports its Events through one
+`EventRecorder` (deduplicated, rate-limited).
 
 Dependencies are looked up in kopf indexes, kept current by watches: resolving a reference
 costs no API call, and handlers start only once the indexes hold every existing object, so a
@@ -42,10 +50,14 @@ from gyre.operator import metrics
 from gyre.operator.events import WARNING, Event, EventRecorder, EventWriter, events_for
 from gyre.operator.retry import Waiting
 from gyre.runtimes.base import Runtime
+from gyre.runtimes.k8s_render import label_value
 
 log = logging.getLogger("gyre.operator")
 
 PLURALS = {kind: model.INFO.plural for kind, model in KINDS.items()}
+NUDGE_S = 0.5  # after a change to an owner's workloads, its next pass runs within this
+
+Key = tuple[str, str, str]  # (kind, namespace, name)
 
 
 class Writer(EventWriter, Protocol):
@@ -108,6 +120,53 @@ class Handlers:
         # their workloads again.
         self.deleted: set[str] = set()
         self._tasks: set[asyncio.Future[None]] = set()
+        # The operator's own timers: per object, when its next pass is due, and the handle.
+        self._timers: dict[Key, tuple[float, asyncio.TimerHandle]] = {}
+        self._failures: dict[Key, int] = defaultdict(int)  # passes in a row that asked to retry
+        self._by_label: dict[tuple[str, str, str], Key] = {}  # owner labels → object
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- the operator's own triggers ------------------------------------------------------------
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start hearing the runtime's changes (called once the event loop runs)."""
+        self._loop = loop
+        self.runtime.subscribe(self._on_runtime_change)
+        self.children.subscribe(self._on_runtime_change)
+
+    def _on_runtime_change(self, namespace: str, kind: str, name: str) -> None:
+        # Called in whichever thread the runtime reports from.
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._nudge, namespace, kind, name)
+
+    def _nudge(self, namespace: str, kind: str, name: str) -> None:
+        key = self._by_label.get((namespace, kind, name))
+        if key is not None:
+            self.schedule(key, NUDGE_S, "workloads")
+
+    def schedule(self, key: Key, delay: float, trigger: str) -> None:
+        """Run ``key``'s pass after ``delay`` seconds, unless one is due sooner."""
+        loop = self._loop or asyncio.get_running_loop()
+        due = loop.time() + delay
+        pending = self._timers.get(key)
+        if pending is not None:
+            if pending[0] <= due:
+                return
+            pending[1].cancel()
+        self._timers[key] = (due, loop.call_at(due, self._fire, key, trigger))
+
+    def _fire(self, key: Key, trigger: str) -> None:
+        self._timers.pop(key, None)
+        body = self.objects.get(key)
+        if body is not None and self.lookup(*key) is not None:
+            self._background(self._reconcile_and_write(key, body, trigger))
+
+    def _forget(self, key: Key) -> None:
+        pending = self._timers.pop(key, None)
+        if pending is not None:
+            pending[1].cancel()
+        self._failures.pop(key, None)
+        self._by_label.pop((key[1], label_value(key[0]), label_value(key[2])), None)
 
     def lookup(self, kind: str, namespace: str, name: str) -> Mapping[str, Any] | None:
         index = self.indexes.get(_index_name(kind)) if kind in PLURALS else None
@@ -136,9 +195,11 @@ class Handlers:
         return out
 
     async def run(
-        self, kind: str, trigger: str, body: Mapping[str, Any], retry: int
+        self, kind: str, trigger: str, body: Mapping[str, Any], retry: int, kopf_retries: bool = False
     ) -> tuple[Outcome, dict[str, Any]]:
-        """One reconcile pass; returns the outcome and the status changes to write."""
+        """One reconcile pass; returns the outcome and the status changes to write.
+
+        ``kopf_retries``: kopf ran it and retries it itself when it asks to (``retry_after``)."""
         controller: Controller[Any] = CONTROLLERS[kind]
         meta = _meta(kind, body)
         old_status = dict(body.get("status") or {})
@@ -160,9 +221,22 @@ class Handlers:
         changes = status_patch(old_status, outcome.status)
         if changes:
             metrics.STATUS_WRITES.labels(kind).inc()
-        result = "invalid" if outcome.permanent_error else ("requeue" if outcome.retry_after else "ok")
+        result = (
+            "invalid"
+            if outcome.permanent_error
+            else ("requeue" if outcome.retry_after or outcome.requeue_after else "ok")
+        )
         metrics.RECONCILES.labels(kind, trigger, result).inc()
         key = (kind, meta.namespace, meta.name)
+        self._by_label[(meta.namespace, label_value(kind), label_value(meta.name))] = key
+        if outcome.retry_after is not None:
+            self._failures[key] += 1
+        else:
+            self._failures.pop(key, None)
+        if outcome.requeue_after is not None:
+            self.schedule(key, outcome.requeue_after, "requeue")
+        elif outcome.retry_after is not None and not kopf_retries:
+            self.schedule(key, outcome.retry_after, "retry")  # kopf retries its own passes
         self.workloads[key] = outcome.workloads
         self._publish_workloads(kind)
         self.events.record(meta, events_for(outcome, self.applied.get(key)))
@@ -196,7 +270,7 @@ class Handlers:
     ) -> None:
         kind, namespace, name = key
         try:
-            _, changes = await self.run(kind, trigger, body, 0)
+            _, changes = await self.run(kind, trigger, body, self._failures.get(key, 0))
             if changes:
                 await self.writer.write_status(kind, namespace, name, changes)
         except Exception as exc:  # the next trigger retries
@@ -216,6 +290,7 @@ class Handlers:
                 kind, namespace, name = key
                 if self.lookup(kind, namespace, name) is None:  # deleted: gone from the index
                     self.objects.pop(key, None)
+                    self._forget(key)
                     self.last_reconciled.pop(key, None)
                     self.applied.pop(key, None)
                     if self.workloads.pop(key, None) is not None:
@@ -240,14 +315,15 @@ def register(
 def _register_kind(registry: kopf.OperatorRegistry, handlers: Handlers, kind: str, plural: str) -> None:
     async def on_change(body: kopf.Body, patch: kopf.Patch, retry: int, reason: str, **kwargs: Any) -> None:
         handlers.indexes = kwargs
-        outcome, changes = await handlers.run(kind, str(reason), body, retry)
+        outcome, changes = await handlers.run(kind, str(reason), body, retry, kopf_retries=True)
         for key, value in changes.items():
             patch.status[key] = value
         if outcome.permanent_error:
             raise kopf.PermanentError(outcome.permanent_error)
         if outcome.retry_after is not None:
             # Waiting (for a dependency, or for workloads to come up) is normal: retried
-            # quietly, logged at DEBUG rather than as an error (gyre.operator.retry).
+            # quietly, logged at DEBUG rather than as an error (gyre.operator.retry). Work in
+            # progress (requeue_after) is the operator's own timer's, not kopf's.
             raise Waiting(outcome.retry_after)
 
     async def on_deleted(body: kopf.Body, **kwargs: Any) -> None:
@@ -259,6 +335,7 @@ def _register_kind(registry: kopf.OperatorRegistry, handlers: Handlers, kind: st
         handlers._locks.pop(meta.owner.key, None)
         handlers.events.forget(meta.uid)
         handlers.applied.pop((kind, meta.namespace, meta.name), None)
+        handlers._forget((kind, meta.namespace, meta.name))
         if handlers.workloads.pop((kind, meta.namespace, meta.name), None) is not None:
             handlers._publish_workloads(kind)
         log.info("Released the workloads of %s %s/%s", kind, meta.namespace, meta.name)

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +119,9 @@ def kube_api_client() -> Any:
     return client.ApiClient(configuration)
 
 
-def make_runtime(name: str, state_dir: Path | None) -> Runtime:
+def make_runtime(name: str, state_dir: Path | None, namespaces: Sequence[str] = ()) -> Runtime:
+    """``namespaces``: where the operator watches (all when empty), which the kubernetes
+    runtime's own watches follow."""
     if name == "local":
         from gyre.runtimes.local import LocalRuntime
 
@@ -127,7 +129,7 @@ def make_runtime(name: str, state_dir: Path | None) -> Runtime:
     if name == "kubernetes":
         from gyre.runtimes.kubernetes import KubernetesRuntime
 
-        return KubernetesRuntime(kube_api_client(), render_settings(os.environ))
+        return KubernetesRuntime(kube_api_client(), render_settings(os.environ), namespaces)
     raise SystemExit(f"unknown runtime {name!r}: use local or kubernetes")
 
 
@@ -168,12 +170,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def run_operator(args: argparse.Namespace, stop: asyncio.Event | None = None) -> None:
-    runtime = make_runtime(args.runtime, args.state_dir)
+    runtime = make_runtime(args.runtime, args.state_dir, args.namespace)
     registry = kopf.OperatorRegistry()
     # Child objects live in the API server whichever runtime runs the workloads.
     from gyre.operator.children import KubeChildren
 
-    handlers = register(registry, runtime, KubeWriter(), KubeChildren(kube_api_client()))
+    children = KubeChildren(kube_api_client(), namespaces=args.namespace)
+    handlers = register(registry, runtime, KubeWriter(), children)
 
     @kopf.on.login(registry=registry)
     def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -183,6 +186,7 @@ async def run_operator(args: argparse.Namespace, stop: asyncio.Event | None = No
     def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure_kopf(settings)
 
+    handlers.attach(asyncio.get_running_loop())
     resync = asyncio.create_task(handlers.resync_forever(args.resync_interval))
     if args.metrics_port:
         start_http_server(args.metrics_port, addr="0.0.0.0")
@@ -208,6 +212,7 @@ async def run_operator(args: argparse.Namespace, stop: asyncio.Event | None = No
         )
     finally:
         resync.cancel()
+        children.close()
         await runtime.close()
         log.info("Stopped the Gyre operator")
 

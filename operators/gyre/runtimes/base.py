@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from gyre.core.workload import Owner, Workload, WorkloadStatus
+
+OwnerListener = Callable[[str, str, str], None]
+"""``(namespace, owner kind, owner name)`` of an owner whose workloads changed; kind and name
+as their labels spell them (`gyre.runtimes.k8s_render.label_value`)."""
 
 
 class Runtime(Protocol):
@@ -34,6 +38,12 @@ class Runtime(Protocol):
         Empty when the workload declares no status port or no replica answers (not started
         yet, or gone). Controllers parse each with the workload's `StatusDoc` model.
         """
+        ...
+
+    def subscribe(self, listener: OwnerListener) -> None:
+        """Call ``listener`` whenever something of an owner's workloads changes (a replica
+        started, became ready, exited): the owner then reconciles without waiting for a timer.
+        It may be called from another thread, and more than once per change."""
         ...
 
     def endpoint(self, owner: Owner, workload: str, port: str) -> str | None:

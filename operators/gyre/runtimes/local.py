@@ -65,6 +65,8 @@ from gyre.pipelines._common.status import STATUS_PATH
 from gyre.runtimes import _reaper
 from gyre.runtimes._http import fetch_json
 from gyre.runtimes._ports import LOOPBACK, PortAllocator, shared_allocator
+from gyre.runtimes.base import OwnerListener
+from gyre.runtimes.k8s_render import label_value
 from gyre.runtimes.shapes import shape_of
 
 log = logging.getLogger(__name__)
@@ -156,6 +158,7 @@ class LocalRuntime:
         self._ports = ports or shared_allocator()
         self._owners: dict[str, _OwnerState] = {}
         self._closed = False
+        self._listeners: list[OwnerListener] = []
 
     async def __aenter__(self) -> Self:
         return self
@@ -238,6 +241,14 @@ class LocalRuntime:
             *(asyncio.to_thread(fetch_json, f"http://{LOOPBACK}:{n}{STATUS_PATH}") for n in numbers)
         )
         return [b for b in bodies if b is not None]
+
+    def subscribe(self, listener: OwnerListener) -> None:
+        self._listeners.append(listener)
+
+    def _changed(self, owner: Owner) -> None:
+        """A replica of ``owner`` started, became ready or not, or exited."""
+        for listener in self._listeners:
+            listener(owner.namespace, label_value(owner.kind), label_value(owner.name))
 
     def endpoint(self, owner: Owner, workload: str, port: str) -> str | None:
         st = self._owners.get(owner.key)
@@ -472,13 +483,14 @@ class LocalRuntime:
                 log.warning("Workload %s of %s: %s", w.name, st.owner.key, run.error)
                 return
             replica.proc, replica.state, replica.started = proc, _State.RUNNING, True
+            self._changed(st.owner)
             log.info("Started %s-%d of %s (pid %d)", w.name, replica.index, st.owner.key, proc.pid)
             if run.stop.is_set():  # stopped while it was being spawned
                 _signal(proc.pid, signal.SIGTERM)
             probe = None
             if w.readiness is not None:
                 port = st.ports[w.name][w.readiness.port][replica.index]
-                probe = asyncio.create_task(self._probe_loop(run, replica, port))
+                probe = asyncio.create_task(self._probe_loop(st.owner, run, replica, port))
             try:
                 returncode = await proc.wait()
             finally:
@@ -489,6 +501,7 @@ class LocalRuntime:
             # asyncio reports death by signal N as -N; a shell (and Kubernetes) says 128+N.
             code = returncode if returncode >= 0 else 128 - returncode
             replica.proc, replica.ready, replica.exit_code = None, False, code
+            self._changed(st.owner)
             # The reaper kills what the command left; this catches the rest if it was killed.
             _reaper.kill_session(proc.pid)
             _note(self.log_path(st.owner, w.name, replica.index), f"exited with code {code}")
@@ -581,18 +594,21 @@ class LocalRuntime:
                     task.cancel()
         self._free_gpus(run.replicas)
 
-    async def _probe_loop(self, run: _Run, replica: _Replica, port: int) -> None:
+    async def _probe_loop(self, owner: Owner, run: _Run, replica: _Replica, port: int) -> None:
         readiness = run.workload.readiness
         assert readiness is not None
         await asyncio.sleep(readiness.initial_delay_s)
         failures = 0
         while True:
+            was_ready = replica.ready
             if await probe_once(port, readiness.http_path):
                 replica.ready, failures = True, 0
             else:
                 failures += 1
                 if failures >= _PROBE_FAILURE_THRESHOLD:
                     replica.ready = False
+            if replica.ready != was_ready:
+                self._changed(owner)
             await asyncio.sleep(max(readiness.period_s, 0.01))
 
     # -- GPUs ---------------------------------------------------------------------------------
