@@ -109,7 +109,9 @@ class _Replica:
 
 @dataclass(eq=False)
 class _Run:
-    """One applied version of a workload; a changed spec replaces it with a new one."""
+    """One applied version of a workload; a changed spec replaces it with a new one (new
+    contents of the config files of a workload that ``reloads_config`` do not: they update
+    ``workload`` in place)."""
 
     workload: Workload
     spec_hash: str
@@ -453,12 +455,9 @@ class LocalRuntime:
         a workload that rereads them never sees one half written."""
         config_dir = self.config_dir(st.owner, w.name)
         config_dir.mkdir(parents=True, exist_ok=True)
-        for entry in config_dir.iterdir():
+        for entry in config_dir.iterdir():  # only files this runtime wrote
             if entry.name not in w.config_files:
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry)
-                else:
-                    entry.unlink()
+                entry.unlink()
         for name, content in w.config_files.items():
             tmp = config_dir / f".{name}.tmp"
             tmp.write_text(content)
