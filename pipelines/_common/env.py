@@ -26,8 +26,8 @@ class ConfigError(ValueError):
 CONFIG_FILE_NAME = "config.json"
 
 
-def load_config_json(env: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The JSON object in the file named by ``$GYRE_CONFIG`` (an empty dict when unset).
+def config_path(env: Mapping[str, str] | None = None) -> str | None:
+    """The config file ``$GYRE_CONFIG`` names (None when unset).
 
     ``$GYRE_CONFIG`` may also name a directory (a workload's config-files directory, e.g. a
     mounted ConfigMap); the file is then ``config.json`` in it.
@@ -35,9 +35,15 @@ def load_config_json(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     env = os.environ if env is None else env
     path = env.get(CONFIG_ENV)
     if not path:
+        return None
+    return os.path.join(path, CONFIG_FILE_NAME) if os.path.isdir(path) else path
+
+
+def load_config_json(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The JSON object in the file `config_path` names (an empty dict when unset)."""
+    path = config_path(env)
+    if path is None:
         return {}
-    if os.path.isdir(path):
-        path = os.path.join(path, CONFIG_FILE_NAME)
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -56,6 +62,31 @@ def load_client_config(env: Mapping[str, str], default_port: int) -> dict[str, A
         d["bootstrap_servers"] = env[BOOTSTRAP_ENV]
     d["port"] = env_int(env, "GYRE_PORT_HTTP", int(d.get("port", default_port)))
     return d
+
+
+def expand_vars(text: str, env: Mapping[str, str]) -> str:
+    """Kubernetes' ``$(VAR)`` expansion: ``$$`` is a literal ``$``, unknown names stay as is.
+
+    The local runtime expands a workload's arguments with it, as Kubernetes does; a workload
+    expands references in its config file with it (the router's backend URLs).
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        if text.startswith("$$", i):
+            out.append("$")
+            i += 2
+            continue
+        if text.startswith("$(", i):
+            end = text.find(")", i + 2)
+            if end != -1:
+                name = text[i + 2 : end]
+                out.append(env.get(name, text[i : end + 1]))
+                i = end + 1
+                continue
+        out.append(text[i])
+        i += 1
+    return "".join(out)
 
 
 def env_int(env: Mapping[str, str], name: str, default: int) -> int:

@@ -46,8 +46,9 @@ from gyre.core.workload import (
     WorkloadPhase,
     WorkloadStatus,
 )
+from gyre.pipelines._common.env import expand_vars
 from gyre.runtimes.base import Runtime
-from gyre.runtimes.local import LocalRuntime, expand_vars
+from gyre.runtimes.local import LocalRuntime
 
 from tests.support import eventually_async
 
@@ -548,6 +549,34 @@ async def test_spec_change_restarts_on_the_same_port(tmp_path: Path) -> None:
         await eventually_async(restarted, WITHIN_S, POLL_S)
         await wait_phase(rt, "api", WorkloadPhase.READY)
         assert rt.endpoint(OWNER, "api", "main") == address
+
+
+@run_async
+async def test_config_files_change_in_place_for_a_workload_that_rereads_them(tmp_path: Path) -> None:
+    def spec(content: str, **kwargs: Any) -> Workload:
+        return service(
+            "api",
+            "serve",
+            "--pid-file",
+            "$(DATA)/pids.json",
+            config_files={"app.json": content},
+            reloads_config=True,
+            **kwargs,
+        )
+
+    async with runtime(tmp_path) as rt:
+        await rt.apply(OWNER, [spec("1")])
+        await wait_phase(rt, "api", WorkloadPhase.READY)
+        pid = read_json(rt.volume_path(OWNER, "api", "data") / "pids.json")["pid"]
+        await rt.apply(OWNER, [spec("2")])
+        assert (rt.config_dir(OWNER, "api") / "app.json").read_text() == "2"
+        assert sorted(p.name for p in rt.config_dir(OWNER, "api").iterdir()) == ["app.json"]
+        assert alive(pid)  # apply waits for what it stops: a restart would show here
+        assert (await status_of(rt, "api")).restarts == 0
+        # Any other change still restarts it, with the contents it has now.
+        await rt.apply(OWNER, [spec("2", env={**DATA_ENV, "VERSION": "2"})])
+        assert not alive(pid)
+        assert (rt.config_dir(OWNER, "api") / "app.json").read_text() == "2"
 
 
 @run_async

@@ -1,6 +1,7 @@
 """A small program that the local runtime's tests run as workloads.
 
-Modes: ``serve`` (TCP listener), ``http`` (HTTP server), ``exit``, ``dump`` (writes its argv,
+Modes: ``serve`` (TCP listener), ``http`` (HTTP server), ``echo`` (an HTTP/1.1 server that
+answers every request with who it is and what it got), ``exit``, ``dump`` (writes its argv,
 environment and config files as JSON, then exits) and ``sleep``. Options shared by all modes
 record what happened in files, so that tests can assert on the state of the world.
 """
@@ -15,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -76,9 +78,47 @@ def serve_http(port: int, ready_file: Path | None) -> None:
         server.serve_forever()
 
 
+def serve_echo(port: int, requests_log: Path | None) -> None:
+    """Any method, any path: a JSON answer naming this workload and echoing the request;
+    ``requests_log`` gets the same document as a line per request."""
+    lock = threading.Lock()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as a model server would
+
+        def answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            doc = {
+                "workload": os.environ["GYRE_WORKLOAD"],
+                "method": self.command,
+                "path": self.path,
+                "headers": {k.lower(): v for k, v in self.headers.items()},
+                "body": self.rfile.read(length).decode(),
+            }
+            body = json.dumps(doc).encode()
+            if requests_log is not None:
+                with lock, open(requests_log, "a") as f:
+                    f.write(json.dumps(doc) + "\n")
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Set-Cookie", f"served-by={doc['workload']}")
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = answer  # noqa: N815 - the stdlib names them
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    http.server.ThreadingHTTPServer.allow_reuse_address = True
+    with http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler) as server:
+        server.serve_forever()
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["serve", "http", "exit", "dump", "sleep"])
+    p.add_argument("mode", choices=["serve", "http", "echo", "exit", "dump", "sleep"])
     p.add_argument("--port-env", default="GYRE_PORT_MAIN")
     p.add_argument("--ready-file", type=Path, help="http: answer 2xx only once it exists")
     p.add_argument("--listen-after", type=Path, help="serve: listen only once it exists")
@@ -86,6 +126,7 @@ def main() -> int:
     p.add_argument("--fail-times", type=int, help="exit: fail while --counter <= this, then 0")
     p.add_argument("--fail-replica", type=int, help="exit with 1 if this is my replica index")
     p.add_argument("--out", type=Path, help="dump: where to write")
+    p.add_argument("--requests-log", type=Path, help="echo: append each request to this file")
     p.add_argument("--pid-file", type=Path, help="write my pid (and grandchildren's) as JSON")
     p.add_argument("--counter", type=Path, help="a file counting how often I started")
     p.add_argument("--record-port", type=Path, help="append the --port-env port to this file")
@@ -120,6 +161,8 @@ def main() -> int:
         serve_tcp(port_from(args.port_env))
     elif args.mode == "http":
         serve_http(port_from(args.port_env), args.ready_file)
+    elif args.mode == "echo":
+        serve_echo(port_from(args.port_env), args.requests_log)
     elif args.mode == "exit":
         if args.fail_times is not None:
             return 1 if starts <= args.fail_times else 0

@@ -287,6 +287,16 @@ def test_config_files_are_mounted_at_the_config_dir_with_a_rolling_hash() -> Non
     assert hash_a != hash_b
 
 
+def test_config_of_a_workload_that_rereads_it_does_not_roll_its_pods() -> None:
+    """The kubelet refreshes the mounted ConfigMap; a hash in the template would restart the pods."""
+    a = one(r.render(OWNER, [workload(config_files={"f": "1"}, reloads_config=True)], NS), "Deployment")
+    b = one(r.render(OWNER, [workload(config_files={"f": "2"}, reloads_config=True)], NS), "Deployment")
+    assert a == b
+    assert "annotations" not in a["spec"]["template"]["metadata"]
+    mount = {"name": "gyre-config", "mountPath": r.CONFIG_DIR, "readOnly": True}
+    assert mount in container(a)["volumeMounts"]
+
+
 @pytest.mark.parametrize(
     ("resources", "expected"),
     [

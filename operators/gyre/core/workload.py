@@ -24,6 +24,11 @@ Conventions shared by both runtimes:
   ``GYRE_PORT_<NAME>`` for each declared port (`port_env`). Ports are declared once, here.
 * ``status_port`` names the port on which the workload serves ``GET /status`` (the status
   contract, `gyre.pipelines._common.status`); controllers read it with `Runtime.read_status`.
+* ``reloads_config``: the workload rereads its ``config_files`` when they change (a router's
+  weights), so a change of their contents alone updates them where the workload runs instead
+  of restarting it. Locally each file is replaced atomically in place; on Kubernetes the pods
+  are not rolled and the kubelet refreshes the mounted ConfigMap (within its sync period, about
+  a minute by default).
 """
 
 from __future__ import annotations
@@ -183,6 +188,7 @@ class Workload:
     secrets: tuple[SecretFile, ...] = ()
     on_kubernetes: KubernetesContainer | None = None
     status_port: str | None = None  # a Port.name: where GET /status is served
+    reloads_config: bool = False  # config_files change in place, without a restart
 
     def port(self, name: str) -> Port:
         for p in self.ports:

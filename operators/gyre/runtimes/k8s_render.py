@@ -305,8 +305,10 @@ def build_pod_template(ctx: RenderContext, workload: Workload) -> Manifest:
     if workload.config_files:
         volumes.append({"name": "gyre-config", "configMap": {"name": config_map_name(owner, workload.name)}})
         mounts.append({"name": "gyre-config", "mountPath": CONFIG_DIR, "readOnly": True})
-        # ConfigMap changes do not restart pods by themselves; a changed hash rolls them.
-        annotations[ANNOTATION_CONFIG_HASH] = config_hash(workload.config_files)
+        # ConfigMap changes do not restart pods by themselves; a changed hash rolls them,
+        # unless the workload rereads its config (the kubelet refreshes the mounted files).
+        if not workload.reloads_config:
+            annotations[ANNOTATION_CONFIG_HASH] = config_hash(workload.config_files)
 
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,

@@ -15,6 +15,7 @@ takes the replica's whole process tree with it.
     ports.json                      the owner's ports, reused after an operator restart
     logs/<workload>-<replica>.log   stdout and stderr of the replica, appended across restarts
     config/<workload>/              the workload's ``config_files``, written before it starts
+                                    (and rewritten in place for one that ``reloads_config``)
     <workload>-<replica>/           working directory of the replica
     <workload>-<replica>/<volume>/  a volume; kept across restarts of the replica and operator
 
@@ -61,6 +62,7 @@ from gyre.core.workload import (
     WorkloadStatus,
     port_env,
 )
+from gyre.pipelines._common.env import expand_vars
 from gyre.pipelines._common.status import STATUS_PATH
 from gyre.runtimes import _reaper
 from gyre.runtimes._http import fetch_json
@@ -109,7 +111,9 @@ class _Replica:
 
 @dataclass(eq=False)
 class _Run:
-    """One applied version of a workload; a changed spec replaces it with a new one."""
+    """One applied version of a workload; a changed spec replaces it with a new one (new
+    contents of the config files of a workload that ``reloads_config`` do not: they update
+    ``workload`` in place)."""
 
     workload: Workload
     spec_hash: str
@@ -200,6 +204,8 @@ class LocalRuntime:
                 spec_hash = self._spec_hash(st, w)
                 current = st.runs.get(w.name)
                 if current is not None and current.spec_hash == spec_hash:
+                    if current.error is None and current.workload.config_files != w.config_files:
+                        self._update_config_files(st, current, w)
                     if current.unschedulable is not None:
                         launch.append(current)  # resources may have been freed since
                     continue
@@ -335,7 +341,8 @@ class LocalRuntime:
     # -- spec ---------------------------------------------------------------------------------
 
     def _spec_hash(self, st: _OwnerState, w: Workload) -> str:
-        """Changes when the workload or an address it was started with changes."""
+        """Changes when the workload or an address it was started with changes; for a workload
+        that rereads its config files, not when only their contents change."""
         peers: dict[str, str] = {}
         for var, value in w.env.items():
             if isinstance(value, EndpointRef | PeersRef) and value.workload not in (None, w.name):
@@ -343,6 +350,8 @@ class LocalRuntime:
                     peers[var] = self._resolve_env_value(st, w, 0, value)
                 except _SpecError as exc:
                     peers[var] = f"error: {exc}"
+        if w.reloads_config:
+            w = dataclasses.replace(w, config_files=dict.fromkeys(w.config_files, ""))
         doc = {"workload": _canonical(w), "peers": peers}
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
@@ -442,12 +451,7 @@ class LocalRuntime:
                 log.info("Workload %s of %s is pending: %s", w.name, st.owner.key, run.unschedulable)
                 return
         try:
-            config_dir = self.config_dir(st.owner, w.name)
-            if config_dir.exists():
-                shutil.rmtree(config_dir)
-            config_dir.mkdir(parents=True)
-            for name, content in w.config_files.items():
-                (config_dir / name).write_text(content)
+            self._write_config_files(st, w)
         except OSError as exc:
             run.error = f"cannot write config files: {exc}"
             self._free_gpus(run.replicas)
@@ -456,6 +460,30 @@ class LocalRuntime:
             replica.task = asyncio.create_task(
                 self._supervise(st, run, replica), name=f"gyre-local {w.name}-{replica.index}"
             )
+
+    def _write_config_files(self, st: _OwnerState, w: Workload) -> None:
+        """Exactly ``w.config_files`` in its config directory, each file replaced atomically:
+        a workload that rereads them never sees one half written."""
+        config_dir = self.config_dir(st.owner, w.name)
+        config_dir.mkdir(parents=True, exist_ok=True)
+        for entry in config_dir.iterdir():  # only files this runtime wrote
+            if entry.name not in w.config_files:
+                entry.unlink()
+        for name, content in w.config_files.items():
+            tmp = config_dir / f".{name}.tmp"
+            tmp.write_text(content)
+            tmp.replace(config_dir / name)
+
+    def _update_config_files(self, st: _OwnerState, run: _Run, w: Workload) -> None:
+        """New contents of the config files of a running workload that rereads them."""
+        try:
+            self._write_config_files(st, w)
+        except OSError as exc:
+            # Left as they were; the next apply tries again (the run keeps its old spec).
+            log.warning("Could not update the config files of %s of %s: %s", w.name, st.owner.key, exc)
+            return
+        run.workload = w
+        log.info("Updated the config files of %s of %s in place", w.name, st.owner.key)
 
     async def _supervise(self, st: _OwnerState, run: _Run, replica: _Replica) -> None:
         """Run one replica, restarting it as its policy says, until it is done or stopped."""
@@ -706,27 +734,6 @@ class LocalRuntime:
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-def expand_vars(text: str, env: Mapping[str, str]) -> str:
-    """Kubernetes' ``$(VAR)`` expansion: ``$$`` is a literal ``$``, unknown names stay as is."""
-    out: list[str] = []
-    i = 0
-    while i < len(text):
-        if text.startswith("$$", i):
-            out.append("$")
-            i += 2
-            continue
-        if text.startswith("$(", i):
-            end = text.find(")", i + 2)
-            if end != -1:
-                name = text[i + 2 : end]
-                out.append(env.get(name, text[i : end + 1]))
-                i = end + 1
-                continue
-        out.append(text[i])
-        i += 1
-    return "".join(out)
 
 
 async def probe_once(port: int, http_path: str | None, host: str = LOOPBACK) -> bool:
