@@ -528,3 +528,18 @@ def test_status_is_read_only_from_pods_with_a_started_container(
     from gyre.runtimes.kubernetes import _serving
 
     assert _serving({"metadata": {"name": "p"}, "status": status}) is serving
+
+
+def test_requests_are_counted_as_the_api_server_names_them() -> None:
+    from gyre.runtimes.kube_api import _resource_of
+
+    apply = [("fieldManager", "gyre"), ("force", "true")]
+    assert _resource_of("PATCH", "/apis/batch/v1/namespaces/ns/jobs/x", apply) == ("APPLY", "jobs")
+    assert _resource_of("PATCH", "/apis/gyre.dev/v1alpha1/namespaces/ns/streams/s/status", []) == (
+        "PATCH",
+        "streams/status",
+    )
+    assert _resource_of("GET", "/api/v1/namespaces/ns/pods", [("labelSelector", "a=b")]) == ("LIST", "pods")
+    assert _resource_of("GET", "/api/v1/pods", [("watch", "true")]) == ("WATCH", "pods")
+    assert _resource_of("GET", "/api/v1/namespaces/ns/pods/p:8080/proxy/status", []) == ("GET", "pods/proxy")
+    assert _resource_of("GET", "/apis/widgets.example.dev/v1", []) == ("GET", "(none)")  # discovery

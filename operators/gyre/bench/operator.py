@@ -167,6 +167,7 @@ class PhaseResult:
     # The measured window, per measured object: API requests by kind, API server CPU seconds.
     requests: dict[str, float] = field(default_factory=dict, repr=False)
     apiserver_cpu_s: float = 0.0
+    operator_requests: dict[str, float] | None = None  # Gyre only: what its runtime sent
 
     def summary(self) -> dict[str, Any]:
         lat = self.latencies_ms
@@ -181,6 +182,8 @@ class PhaseResult:
         if self.workloads is not None:
             out["workloads"] = self.workloads
         out["api_requests_per_object"] = round(sum(self.requests.values()), 1)
+        if self.operator_requests is not None:
+            out["operator_requests_per_object"] = round(sum(self.operator_requests.values()), 2)
         out["apiserver_cpu_ms_per_object"] = round(self.apiserver_cpu_s * 1000, 1)
         return out
 
@@ -249,6 +252,22 @@ def gyre_metrics(metrics_port: int) -> tuple[float | None, int]:
             elif s.name == "gyre_workloads":
                 workloads += s.value
     return (total / count * 1000 if count else None), int(workloads)
+
+
+def gyre_requests(metrics_port: int) -> collections.Counter[str]:
+    """What Gyre's runtime has sent to the API server so far, by ``VERB resource``, from its
+    ``gyre_kube_requests_total`` (kopf's own requests are not in it: a status patch and the
+    annotations patch per handled object, as for the floors)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out: collections.Counter[str] = collections.Counter()
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "gyre_kube_requests_total":
+                out[f"{s.labels['verb']} {s.labels['resource']}"] += int(s.value)
+    return out
 
 
 def _operator_cmd(which: str, namespace: str, health: int, metrics: int, workdir: Path) -> list[str]:
@@ -331,11 +350,13 @@ def run_phase(
         names = [f"bench-{i:04d}" for i in range(n)]
         counters = ApiServerCounters(api)
         requests_before, cpu_before = counters.read()
+        own_before = gyre_requests(metrics) if which == "gyre" else None
         start = time.perf_counter()
         created = _create_all(custom, namespace, names)
         statuses.wait(names, deadline, check)
         end = max(statuses.seen[k] for k in names)
         requests_after, cpu_after = counters.read()
+        own = None if own_before is None else gyre_requests(metrics) - own_before
         mean_ms, workloads = gyre_metrics(metrics) if which == "gyre" else (None, None)
     finally:
         statuses.close()
@@ -350,6 +371,7 @@ def run_phase(
         workloads=workloads,
         requests={k: v / n for k, v in (requests_after - requests_before).items() if v > 0},
         apiserver_cpu_s=(cpu_after - cpu_before) / n,
+        operator_requests=None if own is None else {k: v / n for k, v in own.items() if v > 0},
     )
 
 
@@ -382,6 +404,10 @@ def summarize(results: Sequence[PhaseResult]) -> dict[str, Any]:
             },
             "rounds": [r.summary() for r in mine],
         }
+        own = [r.operator_requests for r in mine if r.operator_requests is not None]
+        if own:
+            total = sum((collections.Counter(o) for o in own), collections.Counter())
+            out["operator_requests_per_object"] = {k: round(v / len(own), 2) for k, v in total.most_common()}
         return out
 
     gyre, floor, apply_floor = pooled("gyre"), pooled("floor"), pooled("apply-floor")

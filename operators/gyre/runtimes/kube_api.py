@@ -15,6 +15,7 @@ from typing import Any
 
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
+from prometheus_client import Counter
 
 from gyre.runtimes.shapes.base import ResourceKind
 
@@ -27,6 +28,30 @@ RECREATE_TIMEOUT_S = 60.0
 # a run, so its pods go with it; a StatefulSet's pods and claims are orphaned and adopted by
 # the new StatefulSet, so data survives a change of, say, volume size.
 _RECREATE_PROPAGATION = {"StatefulSet": "Orphan"}
+
+REQUESTS = Counter(
+    "gyre_kube_requests",
+    "Requests Gyre's runtime and child objects sent to the API server (watches: one per start)",
+    ["verb", "resource"],
+)
+
+
+def _resource_of(method: str, path: str, query: Iterable[tuple[str, str]]) -> tuple[str, str]:
+    """(verb, resource) as the API server's own metrics name them: APPLY for a server-side
+    apply, LIST/WATCH for collections; the resource is the path's plural (and subresource)."""
+    parts = [p for p in path.split("?", 1)[0].split("/") if p]
+    if "namespaces" in parts and parts.index("namespaces") + 2 < len(parts):
+        rest = parts[parts.index("namespaces") + 2 :]
+    else:
+        rest = parts[2:] if parts[:1] == ["api"] else parts[3:]
+    resource = "/".join([rest[0], *rest[2:3]]) if rest else "(none)"
+    names_one = len(rest) >= 2
+    verb = method
+    if method == "PATCH" and dict(query).get("fieldManager") and "force" in dict(query):
+        verb = "APPLY"
+    elif method == "GET" and rest and not names_one:
+        verb = "WATCH" if dict(query).get("watch") == "true" else "LIST"
+    return verb, resource
 
 
 class KubeApi:
@@ -120,10 +145,12 @@ class KubeApi:
         content_type: str = "application/json",
         timeout_s: float = REQUEST_TIMEOUT_S,
     ) -> tuple[int, dict[str, Any]]:
+        query = list(query)
+        REQUESTS.labels(*_resource_of(method, path, query)).inc()
         serialized = self._api.param_serialize(
             method=method,
             resource_path=path,
-            query_params=list(query),
+            query_params=query,
             header_params={"Accept": "application/json", "Content-Type": content_type},
             body=body,
             auth_settings=["BearerToken"],

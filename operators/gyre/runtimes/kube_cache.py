@@ -28,7 +28,7 @@ from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
-from gyre.runtimes.kube_api import KubeApi
+from gyre.runtimes.kube_api import REQUESTS, KubeApi
 from gyre.runtimes.shapes.base import ResourceKind
 
 log = logging.getLogger(__name__)
@@ -221,6 +221,7 @@ class ObjectCache:
         return rv
 
     def _events(self, kind: ResourceKind, namespace: str | None, rv: str) -> Iterator[dict[str, Any]]:
+        REQUESTS.labels("WATCH", kind.plural).inc()
         serialized = self._api.param_serialize(
             method="GET",
             resource_path=self._collection(kind, namespace),
