@@ -98,7 +98,7 @@ class HostSnapshot:
             _bridges(),
             _cgroups(),
             _netns(),
-            {str(d) for d in HOST_DIRS if not d.exists()},
+            {str(d) for d in (*HOST_DIRS, Path("/run/netns")) if not d.exists()},
         )
 
 
@@ -189,9 +189,11 @@ def test_memory_limit_kills_an_allocating_container(real: RealNode) -> None:
         "apply", "-f", "-", input=json.dumps(_pod(name, real.name, args=["alloc"], memory="32Mi"))
     )
 
-    def terminated() -> dict[str, Any] | None:
+    def terminated() -> dict[str, Any]:
         statuses = _pod_status(real, name).get("containerStatuses") or []
-        state: dict[str, Any] | None = statuses[0]["state"].get("terminated") if statuses else None
+        assert statuses, "no container status yet"
+        assert "terminated" in statuses[0]["state"], statuses
+        state: dict[str, Any] = statuses[0]["state"]["terminated"]
         return state
 
     state = eventually(terminated, timeout=60)

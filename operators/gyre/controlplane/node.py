@@ -116,7 +116,7 @@ def build_settings(state_dir: Path, kubelet_port: int, healthz_port: int) -> Nod
         cgroup_root=f"/gyre-{tag}",
         kubelet_port=kubelet_port,
         healthz_port=healthz_port,
-        created_host_dirs=tuple(str(d) for d in HOST_DIRS if not d.exists()),
+        created_host_dirs=tuple(str(d) for d in (*HOST_DIRS, NETNS_DIR) if not d.exists()),
     )
 
 
@@ -389,7 +389,11 @@ def leftovers(s: NodeSettings) -> Leftovers:
         bridge=Path(f"/sys/class/net/{s.bridge}").exists(),
         chains=tuple((t, c) for t, c, _ in _node_chains(s, with_kubelet_chains=shared)),
         cgroups=tuple(str(d) for d in _cgroup_dirs(s)),
-        directories=tuple(d for d in (s.root, *(s.created_host_dirs if shared else ())) if Path(d).exists()),
+        directories=tuple(
+            d
+            for d in (s.root, *(s.created_host_dirs if shared else ()))
+            if Path(d).exists() and not (d == str(NETNS_DIR) and any(NETNS_DIR.iterdir()))
+        ),
     )
 
 
@@ -430,7 +434,12 @@ def clean_up(s: NodeSettings, *, timeout: float = 10.0) -> Leftovers:
     shutil.rmtree(s.root, ignore_errors=True)
     if shared:
         for d in s.created_host_dirs:
-            shutil.rmtree(d, ignore_errors=True)
+            if d != str(NETNS_DIR):
+                shutil.rmtree(d, ignore_errors=True)
+    if str(NETNS_DIR) in s.created_host_dirs:
+        # Only when empty: other runtimes' namespaces may be mounted there.
+        with contextlib.suppress(OSError):
+            NETNS_DIR.rmdir()
     return leftovers(s)
 
 
