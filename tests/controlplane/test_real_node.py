@@ -166,7 +166,7 @@ def test_real_node_is_ready_beside_kwok_and_kwok_leaves_it_alone(real: RealNode)
     assert info["containerRuntimeVersion"].startswith("containerd://")
 
 
-def test_pod_runs_on_the_real_node_and_its_log_is_served(real: RealNode) -> None:
+def test_pod_runs_on_the_real_node_with_logs_and_exec(real: RealNode) -> None:
     name = f"hello-{uuid.uuid4().hex[:6]}"
     real.cluster.kubectl("apply", "-f", "-", input=json.dumps(_pod(name, real.name)))
     status = eventually(lambda: (s := _pod_status(real, name))["phase"] == "Running" and s, timeout=60)
@@ -180,6 +180,9 @@ def test_pod_runs_on_the_real_node_and_its_log_is_served(real: RealNode) -> None
         timeout=30,
     )
     assert logs == "hello from gyre\n"
+    # exec goes the same way, API server to kubelet, then the kubelet's stream to containerd.
+    exec_out = real.cluster.kubectl("exec", name, "--", "/hello", "once", timeout=30)
+    assert exec_out.stdout == "hello from gyre\n"
     real.cluster.kubectl("delete", "pod", name, "--wait=true", timeout=60)
 
 

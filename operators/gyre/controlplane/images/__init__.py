@@ -23,7 +23,7 @@ from typing import Any
 
 SOURCES = Path(__file__).parent
 PAUSE_IMAGE = "gyre.local/pause:1"  # containerd's `sandbox_image` on the real node
-HELLO_IMAGE = "gyre.local/hello:1"  # prints a line and sleeps; `alloc` allocates memory
+HELLO_IMAGE = "gyre.local/hello:1"  # prints a line and sleeps (see hello.c)
 
 _MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 _MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"

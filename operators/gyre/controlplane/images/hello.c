@@ -1,5 +1,6 @@
 /* A minimal container for node tests: prints one line, then sleeps until stopped.
- * With the argument `alloc` it keeps allocating and touching memory (for memory limits). */
+ * With the argument `once` it exits after the line (for exec); with `alloc` it keeps
+ * allocating and touching memory (for memory limits). */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +13,7 @@ int main(int argc, char **argv) {
     signal(SIGTERM, quit);
     printf("hello from gyre\n");
     fflush(stdout);
+    if (argc > 1 && strcmp(argv[1], "once") == 0) return 0;
     if (argc > 1 && strcmp(argv[1], "alloc") == 0) {
         for (;;) {
             char *chunk = malloc(1 << 20);
