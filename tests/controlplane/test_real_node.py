@@ -26,7 +26,7 @@ from gyre.controlplane.node import HOST_DIRS
 from gyre.controlplane.plane import KWOK_NODE_ANNOTATION
 
 from tests.controlplane.cluster import Cluster
-from tests.support import eventually
+from tests.support import eventually, free_port
 
 pytestmark = [
     pytest.mark.integration,
@@ -129,12 +129,22 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealNode]:
         plane.down()
 
 
-def _pod(name: str, node: str, *, args: list[str] | None = None, memory: str | None = None) -> dict[str, Any]:
+def _pod(
+    name: str,
+    node: str,
+    *,
+    args: list[str] | None = None,
+    memory: str | None = None,
+    host_port: int | None = None,
+) -> dict[str, Any]:
     container: dict[str, Any] = {"name": "main", "image": HELLO_IMAGE, "imagePullPolicy": "Never"}
     if args:
         container["args"] = args
     if memory:
         container["resources"] = {"limits": {"memory": memory, "cpu": "100m"}}
+    if host_port:
+        # On loopback only; nothing connects to it (the chains it adds are what is tested).
+        container["ports"] = [{"containerPort": 8080, "hostPort": host_port, "hostIP": "127.0.0.1"}]
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -206,8 +216,9 @@ def test_memory_limit_kills_an_allocating_container(real: RealNode) -> None:
 
 def test_down_leaves_nothing_of_the_node_on_the_host(real: RealNode) -> None:
     # A pod that still runs when the node goes down: its container, sandbox, netns, veth,
-    # masquerade chain and cgroups must all go with it.
-    real.cluster.kubectl("apply", "-f", "-", input=json.dumps(_pod("left-running", real.name)))
+    # masquerade and host-port chains and cgroups must all go with it.
+    pod = _pod("left-running", real.name, host_port=free_port())
+    real.cluster.kubectl("apply", "-f", "-", input=json.dumps(pod))
     eventually(lambda: _pod_status(real, "left-running")["phase"] == "Running", timeout=60)
     settings = real.plane.node_settings()
     assert settings is not None

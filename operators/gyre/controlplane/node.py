@@ -49,6 +49,8 @@ HOST_DIRS = (
 # The kubelet's own iptables chains (canaries that watch for a flushed table).
 KUBELET_CHAINS = ("KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT", "KUBE-FIREWALL")
 NODE_COMPONENTS = ("containerd", "kubelet")
+# The portmap plugin's chains, shared by every CNI network on the host (DNAT first).
+PORTMAP_CHAINS = ("CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-SNAT", "CNI-HOSTPORT-MASQ", "CNI-HOSTPORT-SETMARK")
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class NodeSettings:
     kubelet_port: int
     healthz_port: int
     created_host_dirs: tuple[str, ...] = ()
+    created_portmap_chains: bool = False  # portmap's shared chains did not exist before
 
     @property
     def containerd_socket(self) -> str:
@@ -117,6 +120,9 @@ def build_settings(state_dir: Path, kubelet_port: int, healthz_port: int) -> Nod
         kubelet_port=kubelet_port,
         healthz_port=healthz_port,
         created_host_dirs=tuple(str(d) for d in (*HOST_DIRS, NETNS_DIR) if not d.exists()),
+        created_portmap_chains=not any(
+            ln.startswith(f":{PORTMAP_CHAINS[0]} ") for ln in _iptables_save("nat")
+        ),
     )
 
 
@@ -344,30 +350,36 @@ def _iptables_save(table: str) -> list[str]:
     return out.splitlines()
 
 
-def _node_chains(s: NodeSettings, *, with_kubelet_chains: bool) -> list[tuple[str, str, list[str]]]:
-    """(table, chain, rules that jump to it) for the node's CNI chains and the kubelet's own.
+def _node_chains(s: NodeSettings, *, host_wide: bool) -> list[tuple[str, str, list[str]]]:
+    """(table, chain, rules that jump to it) for the node's CNI chains, in removal order.
 
-    The bridge plugin names its masquerade chains by a hash, but comments each jump to them
-    with the network's name, which is this node's own.
+    The bridge and portmap plugins name their per-pod chains by a hash, but comment each
+    jump to them with the network's name, which is this node's own. With ``host_wide`` (no
+    other kubelet or containerd on the host) also the kubelet's own chains, and portmap's
+    shared ``CNI-HOSTPORT-*`` chains when this node created them and they now serve only it.
     """
     found: list[tuple[str, str, list[str]]] = []
     marker = f'name: \\"{s.network}\\"'
     for table in ("nat", "filter", "mangle"):
         lines = _iptables_save(table)
         chains = {ln[1:].split()[0] for ln in lines if ln.startswith(":")}
+        rules = [ln for ln in lines if ln.startswith("-A ")]
         targets: dict[str, list[str]] = {}
-        for ln in lines:
-            if ln.startswith("-A ") and marker in ln and " -j " in ln:
+        for ln in rules:
+            if marker in ln and " -j " in ln:
                 target = ln.rsplit(" -j ", 1)[1].split()[0]
-                if target.startswith("CNI-"):
+                if target.startswith("CNI-") and target not in PORTMAP_CHAINS:
                     targets.setdefault(target, []).append(ln)
-        if with_kubelet_chains:
-            for chain in KUBELET_CHAINS:
-                if chain in chains:
-                    targets.setdefault(chain, []).extend(
-                        ln for ln in lines if ln.startswith("-A ") and f" -j {chain}" in ln
-                    )
-        found.extend((table, chain, rules) for chain, rules in targets.items() if chain in chains)
+        shared_chains: tuple[str, ...] = KUBELET_CHAINS if host_wide else ()
+        dnat = [ln for ln in rules if ln.startswith(f"-A {PORTMAP_CHAINS[0]} ")]
+        if host_wide and table == "nat" and s.created_portmap_chains and all(marker in ln for ln in dnat):
+            shared_chains += PORTMAP_CHAINS
+        for chain in shared_chains:
+            if chain in chains:
+                targets.setdefault(chain, []).extend(
+                    ln for ln in rules if ln.endswith(f" -j {chain}") or f" -j {chain} " in ln
+                )
+        found.extend((table, chain, jumps) for chain, jumps in targets.items() if chain in chains)
     return found
 
 
@@ -387,7 +399,7 @@ def leftovers(s: NodeSettings) -> Leftovers:
         processes=tuple(_node_processes(s)),
         mounts=tuple(_node_mounts(s, with_orphan_netns=True)),
         bridge=Path(f"/sys/class/net/{s.bridge}").exists(),
-        chains=tuple((t, c) for t, c, _ in _node_chains(s, with_kubelet_chains=shared)),
+        chains=tuple((t, c) for t, c, _ in _node_chains(s, host_wide=shared)),
         cgroups=tuple(str(d) for d in _cgroup_dirs(s)),
         directories=tuple(
             d
@@ -421,7 +433,7 @@ def clean_up(s: NodeSettings, *, timeout: float = 10.0) -> Leftovers:
     if Path(f"/sys/class/net/{s.bridge}").exists():
         subprocess.run(["ip", "link", "del", s.bridge], capture_output=True, check=False)
     shared = not _other_kubelets(s)
-    for table, chain, rules in _node_chains(s, with_kubelet_chains=shared):
+    for table, chain, rules in _node_chains(s, host_wide=shared):
         for rule in rules:
             subprocess.run(
                 ["iptables", "-t", table, "-D", *shlex.split(rule[3:])], capture_output=True, check=False
