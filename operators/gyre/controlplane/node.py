@@ -46,8 +46,6 @@ HOST_DIRS = (
     Path("/var/log/containers"),
     Path("/var/log/pods"),
 )
-# The kubelet's own iptables chains (canaries that watch for a flushed table).
-KUBELET_CHAINS = ("KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT", "KUBE-FIREWALL")
 NODE_COMPONENTS = ("containerd", "kubelet")
 # The portmap plugin's chains, shared by every CNI network on the host (DNAT first).
 PORTMAP_CHAINS = ("CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-SNAT", "CNI-HOSTPORT-MASQ", "CNI-HOSTPORT-SETMARK")
@@ -333,14 +331,16 @@ def _netns_in_use() -> set[int]:
     return inodes
 
 
-def _node_mounts(s: NodeSettings, *, with_orphan_netns: bool) -> list[str]:
-    """Mounts under the node's root, and pod network namespaces nothing lives in any more."""
-    mine = [m for m in _mount_points() if m == s.root or m.startswith(s.root + "/")]
-    if with_orphan_netns and NETNS_DIR.is_dir():
+def _node_mounts(s: NodeSettings) -> list[str]:
+    """Mounts under the node's root, deepest first, and the pod network namespaces (CRI's
+    ``cni-*``) that no process lives in any more: the node's, once its containers are gone."""
+    points = _mount_points()
+    mine = [m for m in points if m == s.root or m.startswith(s.root + "/")]
+    if NETNS_DIR.is_dir():
         in_use = _netns_in_use()
         for ns in NETNS_DIR.glob("cni-*"):
             with contextlib.suppress(OSError):
-                if ns.stat().st_ino not in in_use and str(ns) in _mount_points():
+                if ns.stat().st_ino not in in_use and str(ns) in points:
                     mine.append(str(ns))
     return sorted(set(mine), key=lambda m: m.count("/"), reverse=True)
 
@@ -355,8 +355,9 @@ def _node_chains(s: NodeSettings, *, host_wide: bool) -> list[tuple[str, str, li
 
     The bridge and portmap plugins name their per-pod chains by a hash, but comment each
     jump to them with the network's name, which is this node's own. With ``host_wide`` (no
-    other kubelet or containerd on the host) also the kubelet's own chains, and portmap's
-    shared ``CNI-HOSTPORT-*`` chains when this node created them and they now serve only it.
+    other kubelet or containerd on the host) also portmap's shared ``CNI-HOSTPORT-*`` chains,
+    when this node created them and they now serve only it. The kubelet adds none of its own
+    (``makeIPTablesUtilChains: false``).
     """
     found: list[tuple[str, str, list[str]]] = []
     marker = f'name: \\"{s.network}\\"'
@@ -370,11 +371,10 @@ def _node_chains(s: NodeSettings, *, host_wide: bool) -> list[tuple[str, str, li
                 target = ln.rsplit(" -j ", 1)[1].split()[0]
                 if target.startswith("CNI-") and target not in PORTMAP_CHAINS:
                     targets.setdefault(target, []).append(ln)
-        shared_chains: tuple[str, ...] = KUBELET_CHAINS if host_wide else ()
         dnat = [ln for ln in rules if ln.startswith(f"-A {PORTMAP_CHAINS[0]} ")]
-        if host_wide and table == "nat" and s.created_portmap_chains and all(marker in ln for ln in dnat):
-            shared_chains += PORTMAP_CHAINS
-        for chain in shared_chains:
+        only_ours = all(marker in ln for ln in dnat)
+        shared = PORTMAP_CHAINS if host_wide and s.created_portmap_chains and only_ours else ()
+        for chain in shared:
             if chain in chains:
                 targets.setdefault(chain, []).extend(
                     ln for ln in rules if ln.endswith(f" -j {chain}") or f" -j {chain} " in ln
@@ -394,16 +394,16 @@ def _other_kubelets(s: NodeSettings) -> bool:
 
 
 def leftovers(s: NodeSettings) -> Leftovers:
-    shared = not _other_kubelets(s)
+    host_wide = not _other_kubelets(s)
     return Leftovers(
         processes=tuple(_node_processes(s)),
-        mounts=tuple(_node_mounts(s, with_orphan_netns=True)),
+        mounts=tuple(_node_mounts(s)),
         bridge=Path(f"/sys/class/net/{s.bridge}").exists(),
-        chains=tuple((t, c) for t, c, _ in _node_chains(s, host_wide=shared)),
+        chains=tuple((t, c) for t, c, _ in _node_chains(s, host_wide=host_wide)),
         cgroups=tuple(str(d) for d in _cgroup_dirs(s)),
         directories=tuple(
             d
-            for d in (s.root, *(s.created_host_dirs if shared else ()))
+            for d in (s.root, *(s.created_host_dirs if host_wide else ()))
             if Path(d).exists() and not (d == str(NETNS_DIR) and any(NETNS_DIR.iterdir()))
         ),
     )
@@ -426,14 +426,15 @@ def clean_up(s: NodeSettings, *, timeout: float = 10.0) -> Leftovers:
     chains, cgroups and directories. Returns what could not be removed (empty when all went).
     """
     _kill_all(_node_processes(s), timeout)
-    for point in _node_mounts(s, with_orphan_netns=True):
+    for point in _node_mounts(s):
         subprocess.run(["umount", "-l", point], capture_output=True, check=False)
         if point.startswith(str(NETNS_DIR) + "/"):
             Path(point).unlink(missing_ok=True)
     if Path(f"/sys/class/net/{s.bridge}").exists():
         subprocess.run(["ip", "link", "del", s.bridge], capture_output=True, check=False)
-    shared = not _other_kubelets(s)
-    for table, chain, rules in _node_chains(s, host_wide=shared):
+    # The host's shared directories and chains only when no other kubelet may still use them.
+    host_wide = not _other_kubelets(s)
+    for table, chain, rules in _node_chains(s, host_wide=host_wide):
         for rule in rules:
             subprocess.run(
                 ["iptables", "-t", table, "-D", *shlex.split(rule[3:])], capture_output=True, check=False
@@ -444,7 +445,7 @@ def clean_up(s: NodeSettings, *, timeout: float = 10.0) -> Leftovers:
         with contextlib.suppress(OSError):
             cgroup.rmdir()
     shutil.rmtree(s.root, ignore_errors=True)
-    if shared:
+    if host_wide:
         for d in s.created_host_dirs:
             if d != str(NETNS_DIR):
                 shutil.rmtree(d, ignore_errors=True)
@@ -456,6 +457,7 @@ def clean_up(s: NodeSettings, *, timeout: float = 10.0) -> Leftovers:
 
 
 def describe(left: Leftovers) -> Iterator[str]:
+    """One line per kind of leftover, for the error that `down` raises."""
     for field, value in asdict(left).items():
         if value:
             yield f"{field}: {value}"
