@@ -59,11 +59,11 @@ test: $(SETUP_STAMP) ## Everything CI runs (sets up first on a fresh machine): l
 ##@ Running
 
 .PHONY: cluster
-cluster: ## Start the local control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok)
-	$(PY) -m gyre.cli cluster up
+cluster: ## Start the local control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok); KUBELET=1 adds a real node
+	$(PY) -m gyre.cli cluster up $(if $(KUBELET),--kubelet)
 
 .PHONY: cluster-down
-cluster-down: ## Stop the local control plane; leaves no process behind
+cluster-down: ## Stop the local control plane; leaves no process (nor mount, bridge, iptables chain, cgroup) behind
 	$(PY) -m gyre.cli cluster down
 
 .PHONY: demo

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything Gyre needs on a fresh machine, reusing caches under $GYRE_CACHE
 # (~/.cache/gyre): a Python virtual environment with pinned dependencies, the control-plane
-# binaries (built from the Go module proxy), the Kafka jars (Maven Central) and torch + a
-# Horovod wheel. The prerequisites are checked first, and all that are missing are named
+# binaries and the real node's kubelet (built from the Go module proxy), the real node's
+# containerd, runc and CNI plugins (Debian's packages) with a locally built pause image, the
+# Kafka jars (Maven Central) and torch + a Horovod wheel. The prerequisites are checked first, and all that are missing are named
 # before anything is installed. A run that finds everything cached takes seconds.
 #
 # Usage: scripts/setup.sh           check the prerequisites, then install what is not cached
@@ -132,8 +133,28 @@ else
   printf '%s\n' "$deps_key" >"$deps_stamp"
 fi
 
-step "Control-plane binaries (first build takes a while; cached afterwards)"
-bash operators/gyre/controlplane/build-binaries.sh >/dev/null
+step "Control-plane binaries and the kubelet (first build takes a while; cached afterwards)"
+# The Go build takes both cores for minutes: it queues behind any benchmark that is running.
+flock /tmp/gyre-bench.lock bash operators/gyre/controlplane/build-binaries.sh >/dev/null
+
+step "Real node: containerd, runc, CNI plugins, iptables (Debian's packages), the pause image"
+node_missing=()
+command -v containerd >/dev/null || node_missing+=(containerd)
+command -v runc >/dev/null || node_missing+=(runc)
+[[ -x /usr/lib/cni/bridge ]] || node_missing+=(containernetworking-plugins)
+command -v iptables >/dev/null || node_missing+=(iptables)
+if ((${#node_missing[@]})); then
+  sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  $sudo apt-get update
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends "${node_missing[@]}"
+  if [[ -d /run/systemd/system ]]; then  # each plane starts a containerd of its own
+    $sudo systemctl disable --now containerd.service || true
+  fi
+else
+  say "containerd, runc, CNI plugins and iptables are installed"
+fi
+# A static C program packed as an OCI archive; each real node imports it at start.
+PYTHONPATH="$PWD/operators" "$VENV/bin/python" -m gyre.controlplane.images >/dev/null
 
 step "Kafka jars (Maven Central; cached in $GYRE_CACHE/kafka)"
 PYTHONPATH="$PWD/operators" "$VENV/bin/python" -m gyre.pipelines.kafka.fetch >/dev/null

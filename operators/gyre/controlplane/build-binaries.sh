@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the local control plane's binaries from the Go module proxy and caches them
 # outside the checkout, keyed by version: kube-apiserver, kube-controller-manager,
-# kube-scheduler and kubectl (a wrapper module that requires k8s.io/kubernetes and pins
+# kube-scheduler, kubectl and the kubelet of the real node (a wrapper module that requires k8s.io/kubernetes and pins
 # each k8s.io staging module to its matching v0.x release), etcd, kwok and helm.
 # A second run finds the binaries and returns at once.
 set -euo pipefail
@@ -20,7 +20,7 @@ mkdir -p "$BIN" "$SRC"
 log() { printf '[build-binaries] %s\n' "$*" >&2; }
 
 build_k8s() {
-  local want=(kube-apiserver kube-controller-manager kube-scheduler kubectl) missing=()
+  local want=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet) missing=()
   for b in "${want[@]}"; do [[ -x "$BIN/$b" ]] || missing+=("$b"); done
   [[ ${#missing[@]} -eq 0 ]] && return 0
   local minor="${K8S_VERSION#v1.}" staging_version
@@ -54,6 +54,7 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
 )
 GO
     go mod tidy >/dev/null 2>&1 || go mod tidy

@@ -39,16 +39,25 @@ def cli_up(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=None, help="kube-apiserver port (default: free)")
     p.add_argument("--kubeconfig", type=Path, default=None, help="where to write the kubeconfig")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
+    p.add_argument(
+        "--kubelet",
+        action="store_true",
+        help="also start containerd and a real kubelet as a node named after this host",
+    )
     args = p.parse_args(argv)
     _setup_logging()
-    plane = ControlPlane(args.state_dir, apiserver_port=args.port, kubeconfig=args.kubeconfig)
+    plane = ControlPlane(
+        args.state_dir, apiserver_port=args.port, kubeconfig=args.kubeconfig, kubelet=args.kubelet
+    )
     try:
         plane.up(args.timeout)
     except ControlPlaneError as e:
         print(f"gyre cluster up: {e}", file=sys.stderr)
         print(f"logs: {plane.state_dir / 'logs'}", file=sys.stderr)
         return 1
-    print(f"Kubernetes {K8S_VERSION} is up at {plane.server} ({len(plane.nodes)} kwok nodes).")
+    settings = plane.node_settings() if args.kubelet else None
+    real = f" and the real node {settings.name}" if settings is not None else ""
+    print(f"Kubernetes {K8S_VERSION} is up at {plane.server} ({len(plane.nodes)} kwok nodes{real}).")
     print("Use it with:")
     print(f"  export KUBECONFIG={plane.kubeconfig}")
     print(f"  export PATH={plane.bin_dir}:$PATH   # kubectl and helm of the same version")
@@ -62,7 +71,11 @@ def cli_down(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     _setup_logging()
     plane = ControlPlane(args.state_dir)
-    plane.down()
+    try:
+        plane.down()
+    except ControlPlaneError as e:
+        print(f"gyre cluster down: {e}", file=sys.stderr)
+        return 1
     print(f"Control plane in {plane.state_dir} is stopped.")
     return 0
 

@@ -35,6 +35,10 @@ CONTROLLER_MANAGER = ClientIdentity("controller-manager", "system:kube-controlle
 SCHEDULER = ClientIdentity("scheduler", "system:kube-scheduler")
 KWOK = ClientIdentity("kwok", "kwok-controller", ("system:masters",))
 CLIENTS = (ADMIN, CONTROLLER_MANAGER, SCHEDULER, KWOK)
+# The API server's identity towards kubelets (logs, exec, port-forward); no kubeconfig.
+APISERVER_KUBELET_CLIENT = ClientIdentity(
+    "apiserver-kubelet-client", "kube-apiserver-kubelet-client", ("system:masters",)
+)
 
 API_SERVER_SANS_DNS = (
     "localhost",
@@ -72,6 +76,14 @@ class Pki:
     @property
     def sa_pub(self) -> Path:
         return self.directory / "sa.pub"
+
+    @property
+    def kubelet_serving_cert(self) -> Path:
+        return self.directory / "kubelet-serving.crt"
+
+    @property
+    def kubelet_serving_key(self) -> Path:
+        return self.directory / "kubelet-serving.key"
 
     def client_cert(self, who: ClientIdentity) -> Path:
         return self.directory / f"{who.file_stem}.crt"
@@ -199,7 +211,7 @@ def ensure_pki(directory: Path, service_ip: str) -> Pki:
         _write_key(pki.apiserver_key, key)
         _write_cert(pki.apiserver_cert, cert)
 
-    for who in CLIENTS:
+    for who in (*CLIENTS, APISERVER_KUBELET_CLIENT):
         if pki.client_cert(who).exists() and pki.client_key(who).exists():
             continue
         key = _new_key()
@@ -216,3 +228,50 @@ def ensure_pki(directory: Path, service_ip: str) -> Pki:
             )
         )
     return pki
+
+
+def node_identity(node_name: str) -> ClientIdentity:
+    """The kubelet's client identity: the Node authorizer knows it by this name and group."""
+    return ClientIdentity("kubelet-client", f"system:node:{node_name}", ("system:nodes",))
+
+
+def ensure_node_pki(pki: Pki, node_name: str, addresses: tuple[str, ...]) -> None:
+    """The real node's client certificate and its serving certificate, signed by the plane's CA.
+
+    The serving certificate is reissued when the node's name or addresses change (the host
+    got another address), so the API server's connections to the kubelet keep verifying.
+    """
+    ca_key = _load_key(pki.ca_key)
+    ca_cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    who = node_identity(node_name)
+    if not _has_subject(pki.client_cert(who), who.common_name):
+        key = _new_key()
+        cert = _issue(_name(who.common_name, who.organizations), key, ca_cert, ca_key, client=True)
+        _write_key(pki.client_key(who), key)
+        _write_cert(pki.client_cert(who), cert)
+    sans = x509.SubjectAlternativeName(
+        [x509.DNSName(node_name)] + [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]
+    )
+    if not _has_sans(pki.kubelet_serving_cert, sans):
+        key = _new_key()
+        cert = _issue(_name(node_name), key, ca_cert, ca_key, server_sans=sans)
+        _write_key(pki.kubelet_serving_key, key)
+        _write_cert(pki.kubelet_serving_cert, cert)
+
+
+def _has_subject(path: Path, common_name: str) -> bool:
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except FileNotFoundError:
+        return False
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return bool(names) and names[0].value == common_name
+
+
+def _has_sans(path: Path, want: x509.SubjectAlternativeName) -> bool:
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except FileNotFoundError:
+        return False
+    have = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return set(have) == set(want)

@@ -1,5 +1,7 @@
 """A real Kubernetes control plane on loopback: etcd, kube-apiserver, controller manager,
-scheduler and kwok (fake nodes that run pods through their lifecycle without containers).
+scheduler and kwok (fake nodes that run pods through their lifecycle without containers),
+and with ``kubelet=True`` a real node beside them: containerd and a kubelet on this host
+(`gyre.controlplane.node`).
 
 `ControlPlane.up` starts the components as daemons with logs and pid files in a state
 directory, waits until the API server is ready, the nodes are Ready and the default
@@ -17,6 +19,8 @@ State directory layout::
     run/<c>.pid     pid of each running component
     state.json      the ports in use
     kubeconfig      admin kubeconfig (system:masters)
+    node.json       the real node's names and ports, while it exists
+    node/           the real node's containerd, kubelet and CNI files
 """
 
 from __future__ import annotations
@@ -42,7 +46,9 @@ from typing import Any, TypeVar
 from kubernetes import config as kube_config
 from kubernetes.client import ApiClient
 
+from gyre.controlplane import node as nodemod
 from gyre.controlplane import pki as pkimod
+from gyre.controlplane.images import PAUSE, ensure_image
 from gyre.controlplane.procs import Proc, free_port, log_tail, processes
 
 log = logging.getLogger("gyre.controlplane")
@@ -70,6 +76,8 @@ DEFAULT_STORAGE_CLASS = "standard"
 
 # Start order; `down` stops in reverse.
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+NODE_COMPONENTS = nodemod.NODE_COMPONENTS  # the real node's, started after the plane's
+KUBELET_BINARY = "kubelet"
 
 T = TypeVar("T")
 
@@ -123,18 +131,20 @@ def build_script() -> Path:
     return Path(__file__).with_name("build-binaries.sh")
 
 
-def ensure_binaries() -> Path:
+def ensure_binaries(extra: Sequence[str] = ()) -> Path:
     """The directory holding the binaries: ``$GYRE_BIN_DIR``, or the cache, built if missing.
 
-    The first build compiles Kubernetes from the Go module proxy (tens of minutes on two
-    cores); later calls find the cache and return at once.
+    ``extra`` names binaries wanted beyond the plane's own (the kubelet for a real node). The
+    first build compiles Kubernetes from the Go module proxy (tens of minutes on two cores);
+    later calls find the cache and return at once.
     """
     override = os.environ.get("GYRE_BIN_DIR")
     bin_dir = Path(override) if override else default_bin_dir()
-    if all(os.access(bin_dir / b, os.X_OK) for b in BINARIES):
+    wanted = (*BINARIES, *extra)
+    if all(os.access(bin_dir / b, os.X_OK) for b in wanted):
         return bin_dir
     if override:
-        raise ControlPlaneError(f"GYRE_BIN_DIR={override} lacks some of {', '.join(BINARIES)}")
+        raise ControlPlaneError(f"GYRE_BIN_DIR={override} lacks some of {', '.join(wanted)}")
     log.info("Building control plane binaries into %s (first time only)", bin_dir)
     env = {
         **os.environ,
@@ -342,7 +352,8 @@ class ControlPlane:
 
     ``daemon=True`` (the CLI) leaves the components running after this process exits;
     ``daemon=False`` (tests) also makes them die with this process if it is killed before
-    `down` runs.
+    `down` runs. ``kubelet=True`` adds the real node; `down` stops it whether or not this
+    instance was asked for it.
     """
 
     def __init__(
@@ -354,6 +365,7 @@ class ControlPlane:
         nodes: Sequence[FakeNode] = DEFAULT_NODES,
         daemon: bool = True,
         bin_dir: Path | str | None = None,
+        kubelet: bool = False,
     ) -> None:
         self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
         self.state_dir = self.state_dir.expanduser().resolve()
@@ -366,6 +378,7 @@ class ControlPlane:
         )
         self.nodes = tuple(nodes)
         self.daemon = daemon
+        self.kubelet = kubelet
         self._bin_dir = Path(bin_dir) if bin_dir is not None else None
         self.pki = pkimod.Pki(self.state_dir / "pki")
 
@@ -385,6 +398,14 @@ class ControlPlane:
 
     def _component_kubeconfig(self, who: pkimod.ClientIdentity) -> Path:
         return self.state_dir / "kubeconfigs" / f"{who.file_stem}.kubeconfig"
+
+    @property
+    def _node_file(self) -> Path:
+        return self.state_dir / "node.json"
+
+    def node_settings(self) -> nodemod.NodeSettings | None:
+        """The real node's settings while it exists (started, or stopped but not cleaned up)."""
+        return nodemod.NodeSettings.load(self._node_file)
 
     def _load_state(self) -> dict[str, Any]:
         try:
@@ -451,7 +472,8 @@ class ControlPlane:
 
     def status(self) -> ControlPlaneStatus:
         st = ControlPlaneStatus(self.state_dir, self.kubeconfig, self.server)
-        for c in COMPONENTS:
+        node = self.kubelet or self._node_file.exists()
+        for c in (*COMPONENTS, *(NODE_COMPONENTS if node else ())):
             pid = self.pid(c)
             st.components.append(ComponentStatus(c, pid, pid is not None, self.log_file(c)))
         if self.port is not None and self.pid("kube-apiserver") is not None:
@@ -460,8 +482,28 @@ class ControlPlane:
         return st
 
     def is_running(self) -> bool:
+        """The plane's own components run and the API server is ready (the node aside)."""
         st = self.status()
-        return st.running and st.ready
+        plane = [c for c in st.components if c.name in COMPONENTS]
+        return all(c.running for c in plane) and st.ready
+
+    def node_running(self) -> bool:
+        return self._node_file.exists() and all(self.pid(c) is not None for c in NODE_COMPONENTS)
+
+    def load_image(self, archive: Path) -> None:
+        """Import an OCI or Docker archive into the real node's containerd (``k8s.io``)."""
+        settings = self.node_settings()
+        if settings is None:
+            raise ControlPlaneError(f"no real node in {self.state_dir} (start it with kubelet=True)")
+        out = subprocess.run(
+            ["ctr", "-a", settings.containerd_socket, "-n", "k8s.io", "images", "import", str(archive)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if out.returncode != 0:
+            raise ControlPlaneError(f"ctr images import {archive}: {out.stderr.strip()}")
+        log.info("Imported %s into the real node", archive.name)
 
     # -- up
 
@@ -491,6 +533,13 @@ class ControlPlane:
         if self.is_running():
             log.info("Control plane in %s is already running", self.state_dir)
             self._write_kubeconfigs(self._require_port())
+            if self.kubelet and not self.node_running():
+                self._down_node(20.0)
+                try:
+                    self._start_node(self._require_port(), timeout)
+                except BaseException:
+                    self._down_node(5.0)
+                    raise
             self._bootstrap(timeout)
             return self
         # Half a plane is no use: stop what is left of it and start afresh on the same data.
@@ -503,10 +552,11 @@ class ControlPlane:
             self._down(5.0)
             raise
         log.info(
-            "Control plane is up in %.1fs: %s, %d kwok nodes",
+            "Control plane is up in %.1fs: %s, %d kwok nodes%s",
             time.monotonic() - t0,
             self.server,
             len(self.nodes),
+            " and a real node" if self.kubelet else "",
         )
         return self
 
@@ -555,6 +605,9 @@ class ControlPlane:
                 f"--tls-cert-file={pki.apiserver_cert}",
                 f"--tls-private-key-file={pki.apiserver_key}",
                 f"--client-ca-file={pki.ca_cert}",
+                # For logs, exec and port-forward on the real node; its kubelet trusts the CA.
+                f"--kubelet-client-certificate={pki.client_cert(pkimod.APISERVER_KUBELET_CLIENT)}",
+                f"--kubelet-client-key={pki.client_key(pkimod.APISERVER_KUBELET_CLIENT)}",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-account-key-file={pki.sa_pub}",
                 f"--service-account-signing-key-file={pki.sa_key}",
@@ -625,7 +678,62 @@ class ControlPlane:
                 "--node-lease-duration-seconds=40",
             ],
         )
+        if self.kubelet:
+            self._start_node(port, max(30.0, timeout - (time.monotonic() - t0)))
         self._bootstrap(max(30.0, timeout - (time.monotonic() - t0)))
+
+    def _start_node(self, port: int, timeout: float) -> None:
+        """containerd with the pause image imported, then the kubelet registering as this host.
+
+        node.json is written first: a start that fails halfway is cleaned up by `down`.
+        """
+        kubelet_bin = ensure_binaries((KUBELET_BINARY,)) / KUBELET_BINARY
+        pause = ensure_image(PAUSE)
+        s = nodemod.build_settings(self.state_dir, free_port(), free_port())
+        self._node_file.write_text(s.dump())
+        nodemod.prepare(s)
+        pkimod.ensure_node_pki(self.pki, s.name, ("127.0.0.1", s.ip))
+
+        containerd_config = s.path("containerd.toml")
+        containerd_config.write_text(nodemod.build_containerd_config(s))
+        s.path("cni", "net.d", "10-gyre.conflist").write_text(
+            json.dumps(nodemod.build_cni_config(s), indent=2) + "\n"
+        )
+        self._spawn("containerd", ["containerd", f"--config={containerd_config}"])
+        eventually(
+            lambda: (
+                _guard_alive(self, "containerd")
+                and subprocess.run(
+                    ["ctr", "-a", s.containerd_socket, "version"], capture_output=True, check=False
+                ).returncode
+                == 0
+            ),
+            timeout=timeout,
+            what="containerd to answer on its socket",
+        )
+        self.load_image(pause)
+
+        who = pkimod.node_identity(s.name)
+        kubeconfig = self._component_kubeconfig(who)
+        self._write_kubeconfig(kubeconfig, port, who)
+        config = s.path("kubelet.yaml")
+        config.write_text(
+            json.dumps(
+                nodemod.build_kubelet_config(
+                    s,
+                    ca=self.pki.ca_cert,
+                    cert=self.pki.kubelet_serving_cert,
+                    key=self.pki.kubelet_serving_key,
+                ),
+                indent=2,
+            )
+            + "\n"
+        )
+        self._spawn(
+            "kubelet",
+            nodemod.kubelet_args(s, binary=kubelet_bin, config=config, kubeconfig=kubeconfig),
+        )
+        log.info("Started containerd and a kubelet for node %s (%s)", s.name, s.ip)
 
     def _require_port(self) -> int:
         port = self.port
@@ -660,53 +768,56 @@ class ControlPlane:
         return state
 
     def _write_kubeconfigs(self, port: int) -> None:
+        for who in pkimod.CLIENTS:
+            self._write_kubeconfig(self._component_kubeconfig(who), port, who)
+            if who is pkimod.ADMIN:
+                self._write_kubeconfig(self.kubeconfig, port, who)
+        settings = self.node_settings()
+        if settings is not None:
+            who = pkimod.node_identity(settings.name)
+            self._write_kubeconfig(self._component_kubeconfig(who), port, who)
+
+    def _write_kubeconfig(self, path: Path, port: int, who: pkimod.ClientIdentity) -> None:
         server = f"https://127.0.0.1:{port}"
         ca = base64.b64encode(self.pki.ca_cert.read_bytes()).decode()
-        for who in pkimod.CLIENTS:
-            cfg = {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [
-                    {
-                        "name": "gyre",
-                        "cluster": {"server": server, "certificate-authority-data": ca},
-                    }
-                ],
-                "users": [
-                    {
-                        "name": who.common_name,
-                        "user": {
-                            "client-certificate-data": base64.b64encode(
-                                self.pki.client_cert(who).read_bytes()
-                            ).decode(),
-                            "client-key-data": base64.b64encode(
-                                self.pki.client_key(who).read_bytes()
-                            ).decode(),
-                        },
-                    }
-                ],
-                "contexts": [
-                    {
-                        "name": "gyre",
-                        "context": {
-                            "cluster": "gyre",
-                            "user": who.common_name,
-                            "namespace": "default",
-                        },
-                    }
-                ],
-                "current-context": "gyre",
-            }
-            # JSON is YAML; kubectl, helm and the client libraries read it as a kubeconfig.
-            text = json.dumps(cfg, indent=2) + "\n"
-            targets = [self._component_kubeconfig(who)]
-            if who is pkimod.ADMIN:
-                targets.append(self.kubeconfig)
-            for path in targets:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "w") as f:
-                    f.write(text)
+        cfg = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "gyre",
+                    "cluster": {"server": server, "certificate-authority-data": ca},
+                }
+            ],
+            "users": [
+                {
+                    "name": who.common_name,
+                    "user": {
+                        "client-certificate-data": base64.b64encode(
+                            self.pki.client_cert(who).read_bytes()
+                        ).decode(),
+                        "client-key-data": base64.b64encode(self.pki.client_key(who).read_bytes()).decode(),
+                    },
+                }
+            ],
+            "contexts": [
+                {
+                    "name": "gyre",
+                    "context": {
+                        "cluster": "gyre",
+                        "user": who.common_name,
+                        "namespace": "default",
+                    },
+                }
+            ],
+            "current-context": "gyre",
+        }
+        # JSON is YAML; kubectl, helm and the client libraries read it as a kubeconfig.
+        text = json.dumps(cfg, indent=2) + "\n"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
 
     def _spawn(self, component: str, args: list[str]) -> int:
         logf = self.log_file(component)
@@ -735,9 +846,12 @@ class ControlPlane:
             api.create("/api/v1/nodes", fake_node_manifest(node))
         api.create("/apis/storage.k8s.io/v1/storageclasses", storage_class_manifest())
         names = {n.name for n in self.nodes}
+        settings = self.node_settings() if self.kubelet else None
+        if settings is not None:
+            names.add(settings.name)
 
         def nodes_ready() -> bool:
-            for c in COMPONENTS:
+            for c in (*COMPONENTS, *(NODE_COMPONENTS if settings is not None else ())):
                 _guard_alive(self, c)
             resp = api.request("GET", "/api/v1/nodes")
             if resp.status != 200:
@@ -771,6 +885,12 @@ class ControlPlane:
             self._down(timeout)
 
     def _down(self, timeout: float) -> None:
+        # What the node could not remove is reported once the plane itself has stopped.
+        node_error: ControlPlaneError | None = None
+        try:
+            self._down_node(timeout)
+        except ControlPlaneError as e:
+            node_error = e
         stopped = []
         # Nodes' simulator, scheduler and controllers first, then the API server, then etcd.
         for group in (
@@ -790,6 +910,30 @@ class ControlPlane:
                 self._pid_file(c).unlink(missing_ok=True)
         if stopped:
             log.info("Stopped %s", ", ".join(stopped))
+        if node_error is not None:
+            raise node_error
+
+    def _down_node(self, timeout: float) -> None:
+        """Stop the kubelet, then containerd, then remove all the node left on the host.
+
+        Pods are not deleted through the API: like a rebooted machine, the node runs them
+        again when it comes back.
+        """
+        settings = self.node_settings()
+        if settings is None:
+            return
+        for c in ("kubelet", "containerd"):
+            pid = self.pid(c)
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+                _wait_exit(pid, timeout)
+            self._pid_file(c).unlink(missing_ok=True)
+        left = nodemod.clean_up(settings)
+        if not left.empty():
+            raise ControlPlaneError(f"the real node left behind: {'; '.join(nodemod.describe(left))}")
+        self._node_file.unlink(missing_ok=True)
+        log.info("Stopped the real node %s and removed what it left on the host", settings.name)
 
     def __enter__(self) -> ControlPlane:
         return self.up()
