@@ -3,8 +3,8 @@
 # (~/.cache/gyre): a Python virtual environment with pinned dependencies, the control-plane
 # binaries and the real node's kubelet (built from the Go module proxy), the real node's
 # containerd, runc and CNI plugins (Debian's packages) with a locally built pause image, the
-# Kafka jars (Maven Central) and torch + a Horovod wheel. The prerequisites are checked first, and all that are missing are named
-# before anything is installed. A run that finds everything cached takes seconds.
+# Kafka jars (Maven Central) and torch + a Horovod wheel. The prerequisites are checked first,
+# and all that are missing are named before anything is installed. A run that finds everything cached takes seconds.
 #
 # Usage: scripts/setup.sh           check the prerequisites, then install what is not cached
 #        scripts/setup.sh --check   only check the prerequisites (exit status 1 if one is missing)
@@ -134,8 +134,7 @@ else
 fi
 
 step "Control-plane binaries and the kubelet (first build takes a while; cached afterwards)"
-# The Go build takes both cores for minutes: it queues behind any benchmark that is running.
-flock /tmp/gyre-bench.lock bash operators/gyre/controlplane/build-binaries.sh >/dev/null
+bash operators/gyre/controlplane/build-binaries.sh >/dev/null
 
 step "Real node: containerd, runc, CNI plugins, iptables (Debian's packages), the pause image"
 node_missing=()
