@@ -4,7 +4,8 @@
 # binaries and the real node's kubelet (built from the Go module proxy), the real node's
 # containerd, runc and CNI plugins (Debian's packages) with a locally built pause image, the
 # Kafka jars (Maven Central) and torch + a Horovod wheel. The prerequisites are checked first,
-# and all that are missing are named before anything is installed. A run that finds everything cached takes seconds.
+# and all that are missing are named before anything is installed. A run that finds everything
+# cached takes seconds.
 #
 # Usage: scripts/setup.sh           check the prerequisites, then install what is not cached
 #        scripts/setup.sh --check   only check the prerequisites (exit status 1 if one is missing)
