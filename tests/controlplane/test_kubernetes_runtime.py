@@ -177,12 +177,16 @@ def test_apply_observe_prune_and_delete(cluster: Cluster, runtime: KubernetesRun
     eventually(lambda: _assert_no_pods(cluster, owner, "web"))
     assert "web" not in observe(runtime, owner)
 
-    # Drift is repaired: a hand edit of a field Gyre owns is reverted by the next apply.
+    # Drift is repaired: a hand edit of a field Gyre owns is reverted by the first apply after
+    # the watch shows it (the change is also what runs the owner's next pass).
     sts_name = f"{owner.name}-kafka"
     cluster.kubectl("scale", "statefulset", sts_name, "-n", owner.namespace, "--replicas=5")
-    asyncio.run(runtime.apply(owner, [kafka(), train()]))
-    sts = cluster.get_json("statefulset", sts_name, "-n", owner.namespace)
-    assert sts["spec"]["replicas"] == 2
+
+    def scaled_back() -> None:
+        asyncio.run(runtime.apply(owner, [kafka(), train()]))
+        assert cluster.get_json("statefulset", sts_name, "-n", owner.namespace)["spec"]["replicas"] == 2
+
+    eventually(scaled_back, 10, what="the hand-scaled StatefulSet back at 2 replicas")
 
     asyncio.run(runtime.delete(owner))
     assert objects(cluster, owner) == {}

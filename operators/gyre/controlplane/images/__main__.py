@@ -2,5 +2,6 @@
 
 from gyre.controlplane.images import HELLO, PAUSE, ensure_image
 
-for image in (PAUSE, HELLO):
-    print(ensure_image(image))
+if __name__ == "__main__":
+    for image in (PAUSE, HELLO):
+        print(ensure_image(image))
