@@ -1,0 +1,147 @@
+"""The model server's configuration: a frozen dataclass, JSON in ``$GYRE_CONFIG``, env overrides.
+
+The InferenceService builder renders `ModelServerConfig.to_json()` into the workload's config
+file; ``$GYRE_PORT_HTTP`` overrides the port. JSON shape (keys are the field names)::
+
+    {"name": "churn", "artifact": "file:///models/churn-g1", "variant": "stable",
+     "batching": {"enabled": true, "max_batch_size": 32, "max_latency_ms": 5, "max_queue": 1024},
+     "fallback": {"deadline_ms": 100, "failure_threshold": 5, "reset_timeout_s": 30,
+                  "default_response": {"churn_probability": 0.1}},
+     "port": 8080}
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gyre.pipelines._common.env import ConfigError, JsonConfig, build_config, env_int, load_config_json
+
+VARIANTS = ("stable", "canary", "shadow")
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """Concurrent requests grouped into one forward pass (``enabled`` false: one per request).
+
+    ``max_queue``: rows waiting for a forward pass at most; a request beyond it is refused
+    (429) rather than queued without bound.
+    """
+
+    enabled: bool = True
+    max_batch_size: int = 32
+    max_latency_ms: float = 5.0
+    max_queue: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ConfigError(f"model server config: batching.max_batch_size {self.max_batch_size} < 1")
+        if not math.isfinite(self.max_latency_ms) or self.max_latency_ms < 0:
+            raise ConfigError(f"model server config: batching.max_latency_ms {self.max_latency_ms} < 0")
+        if self.max_queue < 1:
+            raise ConfigError(f"model server config: batching.max_queue {self.max_queue} < 1")
+
+
+@dataclass(frozen=True)
+class FallbackConfig:
+    """The deadline of a prediction, what is answered past it, and the circuit breaker."""
+
+    deadline_ms: float = 100.0
+    failure_threshold: int = 5
+    reset_timeout_s: float = 30.0
+    default_response: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.deadline_ms) or self.deadline_ms <= 0:
+            raise ConfigError(f"model server config: fallback.deadline_ms {self.deadline_ms} must be > 0")
+        if self.failure_threshold < 1:
+            raise ConfigError("model server config: fallback.failure_threshold must be >= 1")
+        if not math.isfinite(self.reset_timeout_s) or self.reset_timeout_s <= 0:
+            raise ConfigError("model server config: fallback.reset_timeout_s must be > 0")
+
+
+@dataclass(frozen=True)
+class ModelServerConfig(JsonConfig):
+    """Everything the model server needs.
+
+    * ``name``: the model's name in the URLs (``/v1/models/<name>:predict``, ``/v2/models/<name>``).
+    * ``artifact``: the TrainingJob artifact's directory (a path or ``file://`` URI).
+    * ``variant``: which of the service's models this server is (stable, canary, shadow).
+    * ``warmup_rows``: rows of the artifact's own feature schema predicted before the server
+      reports ready.
+    """
+
+    name: str
+    artifact: str
+    variant: str = "stable"
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    fallback: FallbackConfig = field(default_factory=FallbackConfig)
+    latency_window: int = 2048  # recent requests the /status percentiles cover
+    host: str = "0.0.0.0"
+    port: int = 8080
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ConfigError("model server config: name must not be empty")
+        if not self.artifact:
+            raise ConfigError("model server config: artifact must not be empty")
+        if self.variant not in VARIANTS:
+            raise ConfigError(f"model server config: variant {self.variant!r} is not one of {VARIANTS}")
+        if self.latency_window < 1:
+            raise ConfigError("model server config: latency_window must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        b, f = self.batching, self.fallback
+        return {
+            "name": self.name,
+            "artifact": self.artifact,
+            "variant": self.variant,
+            "batching": {
+                "enabled": b.enabled,
+                "max_batch_size": b.max_batch_size,
+                "max_latency_ms": b.max_latency_ms,
+                "max_queue": b.max_queue,
+            },
+            "fallback": {
+                "deadline_ms": f.deadline_ms,
+                "failure_threshold": f.failure_threshold,
+                "reset_timeout_s": f.reset_timeout_s,
+                "default_response": None if f.default_response is None else dict(f.default_response),
+            },
+            "latency_window": self.latency_window,
+            "host": self.host,
+            "port": self.port,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelServerConfig:
+        return build_config(
+            cls,
+            data,
+            "model server config",
+            required=("name", "artifact"),
+            convert={"batching": _batching, "fallback": _fallback},
+        )
+
+    @classmethod
+    def load(cls, env: Mapping[str, str] | None = None) -> ModelServerConfig:
+        """The file ``$GYRE_CONFIG`` names, with the runtime's port."""
+        env = os.environ if env is None else env
+        data = load_config_json(env)
+        data["port"] = env_int(env, "GYRE_PORT_HTTP", int(data.get("port", 8080)))
+        return cls.from_dict(data)
+
+
+def _batching(value: Any) -> BatchingConfig:
+    if not isinstance(value, Mapping):
+        raise ConfigError("model server config: batching must be an object")
+    return build_config(BatchingConfig, value, "model server config: batching")
+
+
+def _fallback(value: Any) -> FallbackConfig:
+    if not isinstance(value, Mapping):
+        raise ConfigError("model server config: fallback must be an object")
+    return build_config(FallbackConfig, value, "model server config: fallback")
