@@ -37,7 +37,10 @@ def trained(uri: str | None) -> Resolved:
     return Resolved(Ref("TrainingJob", "churn-v1", "spec.model.trainingJob"), {"spec": {}, "status": status})
 
 
-CANARY = {"canary": {"model": {"uri": "file:///m/v2"}, "percent": 20}, "shadow": {"model": {"uri": "file:///m/v3"}}}
+CANARY = {
+    "canary": {"model": {"uri": "file:///m/v2"}, "percent": 20},
+    "shadow": {"model": {"uri": "file:///m/v3"}},
+}
 
 
 def test_one_model_is_a_model_server_behind_the_router() -> None:
@@ -95,7 +98,9 @@ def test_artifacts_come_from_the_trainingjob_status_or_a_uri() -> None:
     assert resolve_artifacts(spec(), deps) == bi.Artifacts(stable="file:///models/churn-v1-g1")
     assert resolve_artifacts(spec(), {"spec.model.trainingJob": trained(None)}) is None
     direct = spec(model={"uri": "file:///m/x"}, traffic=CANARY)
-    assert resolve_artifacts(direct, {}) == bi.Artifacts(stable="file:///m/x", canary="file:///m/v2", shadow="file:///m/v3")
+    assert resolve_artifacts(direct, {}) == bi.Artifacts(
+        stable="file:///m/x", canary="file:///m/v2", shadow="file:///m/v3"
+    )
 
 
 def server(variant: str, **kw: Any) -> dict[str, Any]:
