@@ -16,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from gyre.pipelines.modelserver.config import ModelServerConfig
 from gyre.pipelines.modelserver.resilience import (
     HALF_OPEN,
@@ -87,6 +89,8 @@ class GyreModel(Model):  # type: ignore[misc]  # kserve ships no type informatio
     # -- loading ----------------------------------------------------------------------------------
 
     def load(self) -> bool:
+        # One thread per forward pass: batches are small, and replicas share the cores.
+        torch.set_num_threads(max(1, int(os.environ.get("GYRE_TORCH_THREADS", "1"))))
         model = artifact.load(self.config.artifact)
         self.artifact = model
         b = self.config.batching

@@ -131,7 +131,7 @@ def facts(stable: dict[str, Any] | None = None, canary: dict[str, Any] | None = 
             BackendStatus(name="predictor", url="u", weight=80, requests=790),
             BackendStatus(name="canary", url="u", weight=20, requests=210),
         ],
-        shadow=ShadowStatus(name="shadow", url="u", percent=100, requests=1000),
+        shadow=ShadowStatus(name="shadow", url="u", percent=100, requests=990, dropped=10),
     )
     return ServingFacts(
         url="http://127.0.0.1:5000",
@@ -165,7 +165,7 @@ def test_serving_status_shows_versions_split_and_latency() -> None:
         1000,
     )
     assert (st.latency_p50_ms, st.latency_p99_ms, st.breaker, st.ready_replicas) == (1.5, 9.25, "closed", 1)
-    assert [v.requests for v in st.variants] == [790, 210, 1000]
+    assert [(v.requests, v.dropped) for v in st.variants] == [(790, 0), (210, 0), (990, 10)]
     assert out.phase == "Serving"
     c = conditions(out)
     assert c["Ready"] == (True, "Serving")

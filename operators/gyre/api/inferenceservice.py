@@ -217,6 +217,9 @@ class VariantStatus(ApiModel):
     """Its model server replicas ready to answer."""
     requests: Annotated[int, Field(ge=0)] = 0
     """Requests the router sent it (mirrored ones, for the shadow) since the router started."""
+    dropped: Annotated[int, Field(ge=0)] = 0
+    """Shadow only: mirrors the router did not send because too many were in flight (a slow
+    shadow never slows the service down)."""
     latency_p50_ms: float | None = None
     """Median prediction latency of its recent requests, in milliseconds."""
     latency_p99_ms: float | None = None

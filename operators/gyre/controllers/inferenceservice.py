@@ -204,10 +204,10 @@ class InferenceServiceController(Controller[InferenceServiceSpec]):
         st = observed.get(WORKLOAD_OF[variant])
         docs = facts.servers.get(variant, [])
         first = docs[0] if docs else None
-        requests = 0
+        requests = dropped = 0
         if facts.router is not None:
             if variant == "shadow" and facts.router.shadow is not None:
-                requests = facts.router.shadow.requests
+                requests, dropped = facts.router.shadow.requests, facts.router.shadow.dropped
             else:
                 requests = next(
                     (b.requests for b in facts.router.backends if b.name == WORKLOAD_OF[variant]), 0
@@ -224,6 +224,7 @@ class InferenceServiceController(Controller[InferenceServiceSpec]):
                 "model_version": first.model_version if first else None,
                 "ready_replicas": st.ready_replicas if st else 0,
                 "requests": requests,
+                "dropped": dropped,
                 "latency_p50_ms": round(max(p50), 3) if p50 else None,
                 "latency_p99_ms": round(max(p99), 3) if p99 else None,
                 "fallback_rate": round(max(rates), 4) if rates else None,
