@@ -175,5 +175,14 @@ if ! command -v prometheus >/dev/null; then
     $sudo systemctl disable --now prometheus.service || true
   fi
 fi
+step "Redis (Debian's package; the model server's online-feature tests start their own)"
+if ! command -v redis-server >/dev/null; then
+  sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  $sudo apt-get update
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends redis-server
+  if [[ -d /run/systemd/system ]]; then  # the package enables and starts a system service
+    $sudo systemctl disable --now redis-server.service || true
+  fi
+fi
 touch "$SETUP_STAMP"
 step "Setup complete"

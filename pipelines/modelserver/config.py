@@ -7,6 +7,8 @@ file; ``$GYRE_PORT_HTTP`` overrides the port. JSON shape (keys are the field nam
      "batching": {"enabled": true, "max_batch_size": 32, "max_latency_ms": 5, "max_queue": 1024},
      "fallback": {"deadline_ms": 100, "failure_threshold": 5, "reset_timeout_s": 30,
                   "default_response": {"churn_probability": 0.1}},
+     "features": {"redis_url": "redis://127.0.0.1:6379/0", "entity_key": "user_id",
+                  "key_prefix": "churn-features:"},
      "port": 8080}
 """
 
@@ -64,6 +66,24 @@ class FallbackConfig:
 
 
 @dataclass(frozen=True)
+class FeaturesConfig:
+    """Online feature lookup: each request row names its entity in ``entity_key``; the
+    features it does not carry come from the online store at ``redis_url``."""
+
+    redis_url: str
+    entity_key: str
+    key_prefix: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(
+                f"model server config: features.redis_url {self.redis_url!r} is not a Redis URL"
+            )
+        if not self.entity_key:
+            raise ConfigError("model server config: features.entity_key must not be empty")
+
+
+@dataclass(frozen=True)
 class ModelServerConfig(JsonConfig):
     """Everything the model server needs.
 
@@ -79,6 +99,7 @@ class ModelServerConfig(JsonConfig):
     variant: str = "stable"
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     fallback: FallbackConfig = field(default_factory=FallbackConfig)
+    features: FeaturesConfig | None = None
     latency_window: int = 2048  # recent requests the /status percentiles cover
     host: str = "0.0.0.0"
     port: int = 8080
@@ -111,6 +132,13 @@ class ModelServerConfig(JsonConfig):
                 "reset_timeout_s": f.reset_timeout_s,
                 "default_response": None if f.default_response is None else dict(f.default_response),
             },
+            "features": None
+            if self.features is None
+            else {
+                "redis_url": self.features.redis_url,
+                "entity_key": self.features.entity_key,
+                "key_prefix": self.features.key_prefix,
+            },
             "latency_window": self.latency_window,
             "host": self.host,
             "port": self.port,
@@ -123,7 +151,7 @@ class ModelServerConfig(JsonConfig):
             data,
             "model server config",
             required=("name", "artifact"),
-            convert={"batching": _batching, "fallback": _fallback},
+            convert={"batching": _batching, "fallback": _fallback, "features": _features},
         )
 
     @classmethod
@@ -145,3 +173,13 @@ def _fallback(value: Any) -> FallbackConfig:
     if not isinstance(value, Mapping):
         raise ConfigError("model server config: fallback must be an object")
     return build_config(FallbackConfig, value, "model server config: fallback")
+
+
+def _features(value: Any) -> FeaturesConfig | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ConfigError("model server config: features must be an object")
+    return build_config(
+        FeaturesConfig, value, "model server config: features", required=("redis_url", "entity_key")
+    )

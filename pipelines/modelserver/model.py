@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import logging
 import os
 import time
@@ -24,6 +25,7 @@ from typing import Any
 
 import torch
 from gyre.pipelines.modelserver.config import ModelServerConfig
+from gyre.pipelines.modelserver.features import get_online_features
 from gyre.pipelines.modelserver.resilience import (
     HALF_OPEN,
     OPEN,
@@ -38,6 +40,7 @@ from gyre.pipelines.trainer.data import CATEGORICAL, NUMERIC
 from kserve import InferOutput, InferRequest, InferResponse, Model
 from kserve.errors import InferenceError, InvalidInput
 from prometheus_client import Counter, Gauge, Histogram
+from redis.asyncio import Redis
 
 log = logging.getLogger("gyre.pipelines.modelserver")
 
@@ -60,6 +63,11 @@ BATCH_SIZE = Histogram(
 )
 BREAKER = Gauge(
     "gyre_model_breaker_open", "1 while the circuit breaker is open or half-open.", ["model", "variant"]
+)
+IMPUTED = Counter(
+    "gyre_model_imputed_features_total",
+    "Feature values the online store lacked (missing or expired), imputed by the preprocessing.",
+    ["model", "variant", "feature"],
 )
 QUEUED = Gauge("gyre_model_queued_rows", "Rows waiting for a forward pass.", ["model", "variant"])
 
@@ -85,6 +93,9 @@ class GyreModel(Model):  # type: ignore[misc]  # kserve ships no type informatio
         self.counts: collections.Counter[str] = collections.Counter()
         self._recent: collections.deque[tuple[float, bool]] = collections.deque(maxlen=config.latency_window)
         self._labels = (config.name, config.variant)
+        self.feature_lookups = 0
+        self.imputed: collections.Counter[str] = collections.Counter()
+        self.store = Redis.from_url(config.features.redis_url) if config.features else None
 
     # -- loading ----------------------------------------------------------------------------------
 
@@ -155,6 +166,7 @@ class GyreModel(Model):  # type: ignore[misc]  # kserve ships no type informatio
             self._count("invalid")
             raise
         preds: list[float] | None = None
+        imputed: list[list[str]] | None = None
         reason = ""
         if not self.breaker.allow():
             reason = "breaker_open"
@@ -162,7 +174,7 @@ class GyreModel(Model):  # type: ignore[misc]  # kserve ships no type informatio
             assert self.batcher is not None
             left = self.config.fallback.deadline_ms / 1000.0 - (time.monotonic() - started)
             try:
-                preds = await asyncio.wait_for(self.batcher.submit(rows), max(left, 0.0))
+                preds, imputed = await asyncio.wait_for(self._answer(rows), max(left, 0.0))
                 self.breaker.record_success()
             except QueueFull as e:
                 self.breaker.release_trial()
@@ -188,7 +200,44 @@ class GyreModel(Model):  # type: ignore[misc]  # kserve ships no type informatio
             self._finish(started, fallback=True, outcome="fallback")
             return self._respond(payload, rows, None, reason, response_headers)
         self._finish(started, fallback=False, outcome="predicted")
-        return self._respond(payload, rows, preds, "", response_headers)
+        return self._respond(payload, rows, preds, "", response_headers, imputed)
+
+    async def _answer(self, rows: list[dict[str, Any]]) -> tuple[list[float], list[list[str]] | None]:
+        """The model's answers, after the online features are merged in (when configured)."""
+        imputed = None
+        if self.store is not None:
+            rows, imputed = await self.with_features(rows)
+        assert self.batcher is not None
+        return await self.batcher.submit(rows), imputed
+
+    async def with_features(self, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[list[str]]]:
+        """Rows with the features they do not carry read from the online store (one round trip);
+        values the store lacks stay None (the preprocessing imputes them) and are named."""
+        cfg = self.config.features
+        assert cfg is not None
+        assert self.store is not None
+        kinds = {f["name"]: f["type"] for f in self.features}
+        wanted = sorted({n for row in rows for n in kinds if n not in row})
+        if not wanted:
+            return rows, [[] for _ in rows]
+        entities = [str(row[cfg.entity_key]) for row in rows]
+        stored = await get_online_features(self.store, cfg.key_prefix, entities, wanted)
+        self.feature_lookups += 1
+        merged, imputed = [], []
+        for row, found in zip(rows, stored, strict=True):
+            out, missing = dict(row), []
+            for name in wanted:
+                if name in row:
+                    continue
+                value = stored_value(kinds[name], found.get(name))
+                out[name] = value
+                if value is None:
+                    missing.append(name)
+                    self.imputed[name] += 1
+                    IMPUTED.labels(*self._labels, name).inc()
+            merged.append(out)
+            imputed.append(missing)
+        return merged, imputed
 
     def _respond(
         self,
@@ -197,6 +246,7 @@ class GyreModel(Model):  # type: ignore[misc]  # kserve ships no type informatio
         preds: list[float] | None,
         reason: str,
         response_headers: dict[str, str] | None,
+        imputed: list[list[str]] | None = None,
     ) -> dict[str, Any] | InferResponse:
         fallback = preds is None
         if response_headers is not None:
@@ -214,6 +264,8 @@ class GyreModel(Model):  # type: ignore[misc]  # kserve ships no type informatio
             params: dict[str, Any] = {"fallback": fallback, "variant": self.config.variant}
             if fallback:
                 params["fallback_reason"] = reason
+            if imputed is not None:
+                params["imputed"] = json.dumps(imputed)
             return InferResponse(
                 response_id=payload.id or str(uuid.uuid4()),
                 model_name=self.name,
@@ -230,12 +282,18 @@ class GyreModel(Model):  # type: ignore[misc]  # kserve ships no type informatio
         }
         if fallback:
             body["fallback_reason"] = reason
+        if imputed is not None:
+            body["imputed"] = imputed
         return body
 
     def parse(self, payload: dict[str, Any] | InferRequest) -> list[dict[str, Any]]:
-        """The request's rows, every value checked against the artifact's feature schema."""
+        """The request's rows, every value checked against the artifact's feature schema.
+
+        With online features, each row needs its entity key; the features it does not carry
+        are read from the store."""
+        key = self.config.features.entity_key if self.config.features else None
         if isinstance(payload, InferRequest):
-            rows = self._v2_rows(payload)
+            rows = self._v2_rows(payload, key)
         else:
             if not isinstance(payload, Mapping) or "instances" not in payload:
                 raise InvalidInput('the request body must be a JSON object with "instances": [{...}, ...]')
@@ -249,27 +307,34 @@ class GyreModel(Model):  # type: ignore[misc]  # kserve ships no type informatio
                 rows.append(dict(row))
         kinds = {f["name"]: f["type"] for f in self.features}
         for i, row in enumerate(rows):
+            if key is not None and (row.get(key) is None or not isinstance(row[key], str | int)):
+                raise InvalidInput(f"instances[{i}].{key}: missing entity key (a string or an integer)")
             for name, kind in kinds.items():
-                if name not in row:
+                if name in row:
+                    check_value(f"instances[{i}].{name}", kind, row[name])
+                elif key is None:
                     raise InvalidInput(
                         f"instances[{i}].{name}: missing (the model's features: {list(kinds)})"
                     )
-                check_value(f"instances[{i}].{name}", kind, row[name])
         return rows
 
-    def _v2_rows(self, request: InferRequest) -> list[dict[str, Any]]:
+    def _v2_rows(self, request: InferRequest, key: str | None) -> list[dict[str, Any]]:
         kinds = {f["name"]: f["type"] for f in self.features}
         columns: dict[str, list[Any]] = {}
         for inp in request.inputs:
-            if inp.name not in kinds:
-                raise InvalidInput(f"inputs.{inp.name}: not a feature of model {self.name} ({list(kinds)})")
-            want = "BYTES" if kinds[inp.name] == CATEGORICAL else "a numeric type"
-            ok = inp.datatype == "BYTES" if kinds[inp.name] == CATEGORICAL else inp.datatype in NUMERIC_V2
-            if not ok:
-                raise InvalidInput(f"inputs.{inp.name}: datatype {inp.datatype}, expected {want}")
+            if inp.name != key:
+                if inp.name not in kinds:
+                    raise InvalidInput(
+                        f"inputs.{inp.name}: not a feature of model {self.name} ({list(kinds)})"
+                    )
+                want = "BYTES" if kinds[inp.name] == CATEGORICAL else "a numeric type"
+                ok = inp.datatype == "BYTES" if kinds[inp.name] == CATEGORICAL else inp.datatype in NUMERIC_V2
+                if not ok:
+                    raise InvalidInput(f"inputs.{inp.name}: datatype {inp.datatype}, expected {want}")
             data = inp.data if isinstance(inp.data, list) else inp.as_numpy().reshape(-1).tolist()
             columns[inp.name] = [v.decode() if isinstance(v, bytes) else v for v in _flatten(data)]
-        missing = [n for n in kinds if n not in columns]
+        needed = [key] if key is not None else list(kinds)
+        missing = [n for n in needed if n not in columns]
         if missing:
             raise InvalidInput(f"inputs: missing {missing} (the model's features: {list(kinds)})")
         lengths = {len(c) for c in columns.values()}
@@ -323,6 +388,8 @@ class GyreModel(Model):  # type: ignore[misc]  # kserve ships no type informatio
             fallback_rate=(sum(1 for _, fb in self._recent if fb) / len(self._recent))
             if self._recent
             else None,
+            feature_lookups=self.feature_lookups,
+            imputed=dict(self.imputed),
         )
 
 
@@ -335,6 +402,19 @@ def check_value(where: str, kind: str, value: Any) -> None:
             raise InvalidInput(f"{where}: expected a number, got {type(value).__name__} {value!r}")
     elif not isinstance(value, str | int):
         raise InvalidInput(f"{where}: expected a string (a category), got {type(value).__name__} {value!r}")
+
+
+def stored_value(kind: str, text: str | None) -> Any:
+    """A feature value as the store holds it (text) → the type the preprocessing expects; a value
+    that does not parse is None (imputed), as a missing one is."""
+    if text is None or text == "":
+        return None
+    if kind != NUMERIC:
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def _flatten(data: list[Any]) -> list[Any]:

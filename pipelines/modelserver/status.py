@@ -30,3 +30,5 @@ class ModelServerStatus(StatusDoc):
     latency_p50_ms: float | None = None
     latency_p99_ms: float | None = None
     fallback_rate: float | None = None  # fallbacks / requests over the latency window
+    feature_lookups: int = 0  # online store round trips
+    imputed: dict[str, int] = {}  # feature values the store lacked (imputed), by feature

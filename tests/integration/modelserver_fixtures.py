@@ -43,6 +43,7 @@ class Trained:
 
     artifact: Path
     rows: list[dict[str, Any]]  # the validation rows as a client sends them (the raw columns)
+    entities: list[int]  # each validation row's user_id (not a feature: the entity key)
     labels: list[float]
     predictions: list[float]
     metadata: dict[str, Any]
@@ -65,7 +66,7 @@ def train_tiny_model(tmp: Path) -> Trained:
     kinds = feature_kinds(source, tcfg.dataset)
     split = compute_split(source, tcfg.split, tcfg.dataset.timestamp_column)
     names = [n for n, _ in kinds]
-    table: pa.Table = source.read_rows(split.validation_ids, [*names, tcfg.dataset.label])
+    table: pa.Table = source.read_rows(split.validation_ids, [*names, tcfg.dataset.label, "user_id"])
     raw = to_raw(table, kinds, tcfg.dataset.label)
     model = artifact.load(str(tmp / "model"))
     with torch.no_grad():
@@ -73,7 +74,8 @@ def train_tiny_model(tmp: Path) -> Trained:
         preds = predict_output(tcfg.model.task, model.network(x)).numpy()
     rows = table.select(names).to_pylist()
     metadata = json.loads((tmp / "model" / "metadata.json").read_text())
-    return Trained(tmp / "model", rows, raw.label.tolist(), [float(p) for p in preds], metadata)
+    entities = table.column("user_id").to_pylist()
+    return Trained(tmp / "model", rows, entities, raw.label.tolist(), [float(p) for p in preds], metadata)
 
 
 def slow_copy(src: Path, dst: Path) -> Path:
@@ -159,3 +161,46 @@ class ServerProc:
 
 def close(a: list[float], b: list[float], tol: float = 1e-5) -> bool:
     return bool(np.allclose(np.asarray(a), np.asarray(b), rtol=0, atol=tol))
+
+
+@dataclass
+class RedisServer:
+    """A real ``redis-server`` on a loopback port, in ``workdir`` (no persistence)."""
+
+    workdir: Path
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        args = [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        self.proc = subprocess.Popen(
+            [*args, "--dir", str(self.workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        )
+        eventually(self.ping, timeout=20, interval=0.1, retry_on=(OSError,))
+        return self
+
+    def ping(self) -> bool:
+        import redis
+
+        return bool(redis.Redis(port=self.port, socket_timeout=1).ping())
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()

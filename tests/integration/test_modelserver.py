@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import shutil
 import socket
 import time
 import urllib.error
@@ -25,14 +26,20 @@ import pytest
 pytest.importorskip("kserve")
 pytest.importorskip("torch")
 
-from gyre.pipelines.modelserver.config import BatchingConfig, FallbackConfig, ModelServerConfig
+from gyre.pipelines.modelserver.config import (
+    BatchingConfig,
+    FallbackConfig,
+    FeaturesConfig,
+    ModelServerConfig,
+)
 
 from tests.support import eventually
 
 try:
-    from .modelserver_fixtures import ServerProc, Trained, close, slow_copy, train_tiny_model
+    from .modelserver_fixtures import RedisServer, ServerProc, Trained, close, slow_copy, train_tiny_model
 except ImportError:  # tests/integration collected as a plain directory
     from modelserver_fixtures import (  # type: ignore[no-redef]
+        RedisServer,
         ServerProc,
         Trained,
         close,
@@ -283,3 +290,87 @@ def test_a_flood_is_refused_with_429_and_the_server_keeps_answering(
     slow_file.unlink()
     code, body = v1(server, trained.rows[:1])
     assert (code, body["fallback"]) == (200, False), body
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[RedisServer]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is installed by scripts/setup.sh (Debian's redis-server)")
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+PREFIX = "clicks-features:"
+
+
+def fill(store: RedisServer, trained: Trained) -> None:
+    import redis
+
+    client = redis.Redis(port=store.port)
+    pipe = client.pipeline()
+    for entity, row in zip(trained.entities, trained.rows, strict=True):
+        pipe.hset(f"{PREFIX}{entity}", mapping={k: str(v) for k, v in row.items() if v is not None})
+    pipe.execute()
+
+
+def test_online_features_give_the_trainers_predictions_and_missing_ones_are_imputed(
+    trained: Trained, servers: list[ServerProc], tmp_path: Path, store: RedisServer
+) -> None:
+    fill(store, trained)
+    features = FeaturesConfig(redis_url=store.url, entity_key="user_id", key_prefix=PREFIX)
+    patient = FallbackConfig(deadline_ms=10000)  # answers, not fallbacks, are compared
+    server = start(servers, tmp_path, config(trained, features=features, fallback=patient))
+    code, body = v1(server, [{"user_id": e} for e in trained.entities])
+    assert code == 200, body
+    assert close(body["predictions"], trained.predictions), "store features differ from the trainer's"
+    assert body["imputed"] == [[] for _ in trained.entities]
+    # an unknown entity: every feature imputed (the training means, the unknown category)
+    code, body = v1(server, [{"user_id": -1}, {"user_id": trained.entities[0], "x1": 3.0}])
+    assert code == 200, body
+    assert body["imputed"] == [["color", "x1", "x2"], []]
+    pre_row = {**trained.rows[0], "x1": 3.0}
+    _, direct = v1(
+        start(servers, tmp_path, dataclasses.replace(config(trained), variant="canary")), [pre_row]
+    )
+    assert close(body["predictions"][1:], direct["predictions"]), "a request field wins over the store"
+    st = server.status()
+    assert st["imputed"] == {"color": 1, "x1": 1, "x2": 1}, st
+    assert st["feature_lookups"] == 2
+    code, body = v1(server, [{"x1": 1.0}])
+    assert code == 400, body
+    assert "instances[0].user_id: missing entity key" in body["error"]
+
+
+def test_a_stopped_store_gives_fallbacks_within_the_deadline_and_the_breaker_recovers(
+    trained: Trained, servers: list[ServerProc], tmp_path: Path, store: RedisServer
+) -> None:
+    fill(store, trained)
+    features = FeaturesConfig(redis_url=store.url, entity_key="user_id", key_prefix=PREFIX)
+    fallback = FallbackConfig(
+        deadline_ms=200, failure_threshold=2, reset_timeout_s=1.0, default_response=DEFAULT
+    )
+    server = start(servers, tmp_path, config(trained, features=features, fallback=fallback))
+    one = [{"user_id": trained.entities[0]}]
+    code, body = v1(server, one)
+    assert (code, body["fallback"]) == (200, False), body
+    store.stop()
+    for _ in range(2):
+        t0 = time.monotonic()
+        code, body = v1(server, one)
+        assert (code, body["fallback"]) == (200, True), body
+        assert time.monotonic() - t0 < 0.2 + 0.25
+    assert server.status()["breaker"] == "open"
+    code, body = v1(server, one)
+    assert body["fallback_reason"] == "breaker_open", body
+    store.start()  # the same port
+    fill(store, trained)
+    time.sleep(1.1)
+
+    def recovered() -> None:
+        code, body = v1(server, one)
+        assert (code, body["fallback"]) == (200, False), body
+        assert close(body["predictions"], trained.predictions[:1])
+
+    eventually(recovered, timeout=20, interval=0.5)
+    assert server.status()["breaker"] == "closed"
