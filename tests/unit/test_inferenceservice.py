@@ -203,3 +203,41 @@ def test_an_unpublished_model_waits() -> None:
     inp = StatusInput(META, {}, {"spec.model.trainingJob": trained(None)}, [], {}, ServingFacts())
     out = InferenceServiceController().compute_status(spec(), inp)
     assert conditions(out)["Ready"] == (False, "ModelNotPublished")
+
+
+def featurejob(online: dict[str, Any]) -> Resolved:
+    body = {
+        "spec": {
+            "source": {"stream": "clicks"},
+            "entity": "user_id",
+            "timestampField": "ts",
+            "features": [{"name": "views_7d", "field": "views", "aggregation": "sum", "window": "7d"}],
+            "offline": {"uri": "file:///f"},
+            "online": online,
+        },
+        "status": {},
+    }
+    return Resolved(Ref("FeatureJob", "churn-features", "spec.features.featureJob"), body)
+
+
+def test_online_features_reach_every_model_server_from_the_featurejob() -> None:
+    s = spec(model={"uri": "file:///m/v1"}, features={"featureJob": "churn-features", "entityKey": "user_id"})
+    deps = {"spec.features.featureJob": featurejob({"redisUrl": "redis://10.0.0.5:6379/0"})}
+    arts = resolve_artifacts(s, deps)
+    assert arts is not None
+    assert arts.online_store == "redis://10.0.0.5:6379/0"
+    (server, _router) = bi.build_inferenceservice(s, "churn", arts)
+    cfg = ModelServerConfig.from_json(server.config_files["config.json"])
+    assert cfg.features is not None
+    assert (cfg.features.redis_url, cfg.features.entity_key, cfg.features.key_prefix) == (
+        "redis://10.0.0.5:6379/0",
+        "user_id",
+        "churn-features:",
+    )
+    own = {"spec.features.featureJob": featurejob({})}
+    controller = InferenceServiceController()
+    assert controller.build(META, s, own, {}, None) == []
+    out = controller.compute_status(s, StatusInput(META, {}, own, [], {}, ServingFacts()))
+    assert conditions(out)["Ready"] == (False, "OnlineStoreUnknown")
+    off = {"spec.features.featureJob": featurejob({"enabled": False})}
+    assert "writes no online store" in controller.check(META, s, off)[0]

@@ -21,7 +21,12 @@ from gyre.builders.route import Route, RouteBackend, RouteShadow, build_route
 from gyre.core.durations import parse_duration
 from gyre.core.workload import ConfigDirRef, Port, Readiness, Resources, Workload, WorkloadKind
 from gyre.pipelines._common.env import CONFIG_ENV, CONFIG_FILE_NAME
-from gyre.pipelines.modelserver.config import BatchingConfig, FallbackConfig, ModelServerConfig
+from gyre.pipelines.modelserver.config import (
+    BatchingConfig,
+    FallbackConfig,
+    FeaturesConfig,
+    ModelServerConfig,
+)
 
 PREDICTOR = "predictor"
 CANARY = "canary"
@@ -36,11 +41,18 @@ READY_PATH = "/v2/health/ready"
 
 @dataclass(frozen=True)
 class Artifacts:
-    """Where each model's artifact is (None: that model is not served)."""
+    """Where each model's artifact is (None: that model is not served), and the online store
+    spec.features reads (None: no feature lookup)."""
 
     stable: str
     canary: str | None = None
     shadow: str | None = None
+    online_store: str | None = None  # a Redis URL
+
+
+def feature_key_prefix(feature_job: str) -> str:
+    """The online store's key prefix of a FeatureJob's entities: ``<featureJob>:<entity>``."""
+    return f"{feature_job}:"
 
 
 def replicas(spec: InferenceServiceSpec) -> int:
@@ -53,8 +65,17 @@ def replicas(spec: InferenceServiceSpec) -> int:
     return 1
 
 
-def build_server_config(spec: InferenceServiceSpec, name: str, variant: str, uri: str) -> ModelServerConfig:
+def build_server_config(
+    spec: InferenceServiceSpec, name: str, variant: str, uri: str, online_store: str | None = None
+) -> ModelServerConfig:
     b, f = spec.batching, spec.fallback
+    features = None
+    if spec.features is not None and online_store is not None:
+        features = FeaturesConfig(
+            redis_url=online_store,
+            entity_key=spec.features.entity_key,
+            key_prefix=feature_key_prefix(spec.features.feature_job),
+        )
     return ModelServerConfig(
         name=name,
         artifact=uri,
@@ -68,12 +89,15 @@ def build_server_config(spec: InferenceServiceSpec, name: str, variant: str, uri
             reset_timeout_s=parse_duration(f.circuit_breaker.reset_timeout),
             default_response=f.default_response,
         ),
+        features=features,
         port=HTTP_PORT,
     )
 
 
-def build_model_server(spec: InferenceServiceSpec, name: str, variant: str, uri: str) -> Workload:
-    config = build_server_config(spec, name, variant, uri)
+def build_model_server(
+    spec: InferenceServiceSpec, name: str, variant: str, uri: str, online_store: str | None = None
+) -> Workload:
+    config = build_server_config(spec, name, variant, uri, online_store)
     r = spec.resources
     return Workload(
         name=WORKLOAD_OF[variant],
@@ -122,9 +146,10 @@ def build_router(spec: InferenceServiceSpec, artifacts: Artifacts) -> Workload:
 
 def build_inferenceservice(spec: InferenceServiceSpec, name: str, artifacts: Artifacts) -> list[Workload]:
     """The model servers and the router, in a fixed order."""
-    servers = [build_model_server(spec, name, "stable", artifacts.stable)]
+    store = artifacts.online_store
+    servers = [build_model_server(spec, name, "stable", artifacts.stable, store)]
     if artifacts.canary:
-        servers.append(build_model_server(spec, name, "canary", artifacts.canary))
+        servers.append(build_model_server(spec, name, "canary", artifacts.canary, store))
     if artifacts.shadow:
-        servers.append(build_model_server(spec, name, "shadow", artifacts.shadow))
+        servers.append(build_model_server(spec, name, "shadow", artifacts.shadow, store))
     return [*servers, build_router(spec, artifacts)]

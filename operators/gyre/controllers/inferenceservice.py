@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gyre.api.featurejob import FeatureJobSpec
 from gyre.api.inferenceservice import (
     InferenceServiceSpec,
     InferenceServiceStatus,
@@ -43,6 +44,7 @@ DEGRADED_FALLBACK_RATE = 0.05
 """A model answering more than this share of its recent requests with the fallback is Degraded."""
 VARIANTS = ("stable", "canary", "shadow")
 MODEL_NOT_PUBLISHED = "ModelNotPublished"
+ONLINE_STORE_UNKNOWN = "OnlineStoreUnknown"
 SERVING = "Serving"
 ROLLING_OUT = "RollingOut"
 BREAKER_OPEN = "BreakerOpen"
@@ -76,7 +78,21 @@ def resolve_artifacts(spec: InferenceServiceSpec, deps: Mapping[str, Resolved]) 
     stable = uris.get("stable")
     if stable is None:
         return None
-    return Artifacts(stable=stable, canary=uris.get("canary"), shadow=uris.get("shadow"))
+    return Artifacts(
+        stable=stable,
+        canary=uris.get("canary"),
+        shadow=uris.get("shadow"),
+        online_store=online_store(spec, deps),
+    )
+
+
+def online_store(spec: InferenceServiceSpec, deps: Mapping[str, Resolved]) -> str | None:
+    """The Redis URL of spec.features' FeatureJob: its spec.online.redisUrl (None: the FeatureJob
+    runs a store of its own, whose address it does not publish yet)."""
+    dep = deps.get("spec.features.featureJob")
+    features = dep.spec_as(FeatureJobSpec) if dep is not None else None
+    store = features.online if features is not None else None
+    return store.redis_url if store is not None and store.enabled else None
 
 
 @dataclass(frozen=True)
@@ -105,6 +121,20 @@ class InferenceServiceController(Controller[InferenceServiceSpec]):
             refs += _model_refs(spec.traffic.shadow.model, "spec.traffic.shadow.model")
         return refs
 
+    def check(self, meta: ObjectMeta, spec: InferenceServiceSpec, deps: Mapping[str, Resolved]) -> list[str]:
+        dep = deps.get("spec.features.featureJob")
+        features = dep.spec_as(FeatureJobSpec) if dep is not None else None
+        if (
+            spec.features is not None
+            and features is not None
+            and not (features.online and features.online.enabled)
+        ):
+            return [
+                f"FeatureJob {spec.features.feature_job!r} writes no online store (spec.online.enabled is "
+                "false or unset): spec.features needs one"
+            ]
+        return []
+
     def build(
         self,
         meta: ObjectMeta,
@@ -116,7 +146,9 @@ class InferenceServiceController(Controller[InferenceServiceSpec]):
         served: frozenset[ChildKind] = frozenset(),
     ) -> list[Workload]:
         artifacts = resolve_artifacts(spec, deps)
-        return [] if artifacts is None else build_inferenceservice(spec, meta.name, artifacts)
+        if artifacts is None or (spec.features is not None and artifacts.online_store is None):
+            return []
+        return build_inferenceservice(spec, meta.name, artifacts)
 
     async def converge(
         self,
@@ -158,6 +190,20 @@ class InferenceServiceController(Controller[InferenceServiceSpec]):
         facts: ServingFacts = inp.facts or ServingFacts()
         out = InferenceServiceStatus()
         artifacts = resolve_artifacts(spec, inp.deps)
+        if spec.features is not None and artifacts is not None and artifacts.online_store is None:
+            message = (
+                f"FeatureJob {spec.features.feature_job!r} does not say where its online store is "
+                "(set its spec.online.redisUrl)"
+            )
+            return StatusOutput(
+                status=out,
+                conditions=[
+                    cnd.Cond(cnd.READY, False, ONLINE_STORE_UNKNOWN, message),
+                    cnd.Cond(cnd.PROGRESSING, True, ONLINE_STORE_UNKNOWN, message),
+                ],
+                phase="Pending",
+                requeue_after=POLL_S,
+            )
         if artifacts is None:
             message = "the TrainingJob of spec.model has published no model yet (status.model)"
             return StatusOutput(
