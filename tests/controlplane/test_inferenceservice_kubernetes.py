@@ -80,11 +80,7 @@ def test_model_servers_and_router_render_and_prune(operator: OperatorProcess) ->
     predictor = children[("Deployment", f"{NAME}-predictor")]
     assert predictor["spec"]["replicas"] == 2
     (container,) = predictor["spec"]["template"]["spec"]["containers"]
-    assert container["command"][
-        -1
-    ] == "gyre.pipelines.modelserver" or "gyre.pipelines.modelserver" in " ".join(
-        container.get("args", []) + container["command"]
-    )
+    assert container["command"] == ["python", "-m", "gyre.pipelines.modelserver"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     cfg = config_of(children, "predictor")
     assert (cfg["artifact"], cfg["variant"], cfg["fallback"]["deadline_ms"]) == (
