@@ -84,6 +84,24 @@ class FeaturesConfig:
 
 
 @dataclass(frozen=True)
+class LoggingConfig:
+    """Predictions produced to ``topic`` at ``bootstrap_servers`` (a Stream's), a share
+    ``sample_rate`` of them."""
+
+    bootstrap_servers: str
+    topic: str
+    sample_rate: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.bootstrap_servers or not self.topic:
+            raise ConfigError("model server config: logging needs bootstrap_servers and topic")
+        if not 0 <= self.sample_rate <= 1:
+            raise ConfigError(
+                f"model server config: logging.sample_rate {self.sample_rate} is not within 0..1"
+            )
+
+
+@dataclass(frozen=True)
 class ModelServerConfig(JsonConfig):
     """Everything the model server needs.
 
@@ -100,6 +118,7 @@ class ModelServerConfig(JsonConfig):
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     fallback: FallbackConfig = field(default_factory=FallbackConfig)
     features: FeaturesConfig | None = None
+    logging: LoggingConfig | None = None
     latency_window: int = 2048  # recent requests the /status percentiles cover
     host: str = "0.0.0.0"
     port: int = 8080
@@ -139,6 +158,13 @@ class ModelServerConfig(JsonConfig):
                 "entity_key": self.features.entity_key,
                 "key_prefix": self.features.key_prefix,
             },
+            "logging": None
+            if self.logging is None
+            else {
+                "bootstrap_servers": self.logging.bootstrap_servers,
+                "topic": self.logging.topic,
+                "sample_rate": self.logging.sample_rate,
+            },
             "latency_window": self.latency_window,
             "host": self.host,
             "port": self.port,
@@ -151,7 +177,12 @@ class ModelServerConfig(JsonConfig):
             data,
             "model server config",
             required=("name", "artifact"),
-            convert={"batching": _batching, "fallback": _fallback, "features": _features},
+            convert={
+                "batching": _batching,
+                "fallback": _fallback,
+                "features": _features,
+                "logging": _logging,
+            },
         )
 
     @classmethod
@@ -182,4 +213,14 @@ def _features(value: Any) -> FeaturesConfig | None:
         raise ConfigError("model server config: features must be an object")
     return build_config(
         FeaturesConfig, value, "model server config: features", required=("redis_url", "entity_key")
+    )
+
+
+def _logging(value: Any) -> LoggingConfig | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ConfigError("model server config: logging must be an object")
+    return build_config(
+        LoggingConfig, value, "model server config: logging", required=("bootstrap_servers", "topic")
     )

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from gyre.pipelines.modelserver.config import ModelServerConfig
 from gyre.pipelines.modelserver.features import get_online_features
+from gyre.pipelines.modelserver.predlog import PredictionLog
 from gyre.pipelines.modelserver.resilience import (
     HALF_OPEN,
     OPEN,
@@ -96,6 +97,12 @@ class GyreModel(Model):  # type: ignore[misc]  # kserve ships no type informatio
         self.feature_lookups = 0
         self.imputed: collections.Counter[str] = collections.Counter()
         self.store = Redis.from_url(config.features.redis_url) if config.features else None
+        lg = config.logging
+        self.predlog = (
+            PredictionLog(lg.bootstrap_servers, lg.topic, sample_rate=lg.sample_rate, labels=self._labels)
+            if lg
+            else None
+        )
 
     # -- loading ----------------------------------------------------------------------------------
 
@@ -198,9 +205,52 @@ class GyreModel(Model):  # type: ignore[misc]  # kserve ships no type informatio
                     f"model {self.name}: no answer ({reason}) and no fallback.defaultResponse configured"
                 )
             self._finish(started, fallback=True, outcome="fallback")
+            self._log_predictions(payload, headers, rows, None, started)
             return self._respond(payload, rows, None, reason, response_headers)
         self._finish(started, fallback=False, outcome="predicted")
+        self._log_predictions(payload, headers, rows, preds, started)
         return self._respond(payload, rows, preds, "", response_headers, imputed)
+
+    def _log_predictions(
+        self,
+        payload: dict[str, Any] | InferRequest,
+        headers: Mapping[str, str] | None,
+        rows: list[dict[str, Any]],
+        preds: list[float] | None,
+        started: float,
+    ) -> None:
+        """One record per row to the prediction log (queued, never awaited)."""
+        if self.predlog is None:
+            return
+        request_id = (headers or {}).get("x-request-id") or (
+            payload.id if isinstance(payload, InferRequest) and payload.id else str(uuid.uuid4())
+        )
+        key = self.config.features.entity_key if self.config.features else None
+        latency_ms = round((time.monotonic() - started) * 1000.0, 3)
+        default = dict(self.config.fallback.default_response or {})
+        now = time.time()
+        for i, row in enumerate(rows):
+            entity = row.get(key) if key else None
+            self.predlog.log(
+                {
+                    "request_id": request_id if len(rows) == 1 else f"{request_id}/{i}",
+                    "entity_key": entity,
+                    "model": self.name,
+                    "model_version": self.version,
+                    "variant": self.config.variant,
+                    "inputs": row,
+                    "output": default if preds is None else preds[i],
+                    "latency_ms": latency_ms,
+                    "fallback": preds is None,
+                    "ts": now,
+                },
+                None if entity is None else str(entity),
+            )
+
+    def stop(self) -> None:
+        if self.predlog is not None:
+            self.predlog.close()
+        super().stop()
 
     async def _answer(self, rows: list[dict[str, Any]]) -> tuple[list[float], list[list[str]] | None]:
         """The model's answers, after the online features are merged in (when configured)."""
@@ -390,6 +440,9 @@ class GyreModel(Model):  # type: ignore[misc]  # kserve ships no type informatio
             else None,
             feature_lookups=self.feature_lookups,
             imputed=dict(self.imputed),
+            logged=self.predlog.delivered if self.predlog else 0,
+            log_dropped=self.predlog.dropped if self.predlog else 0,
+            log_failed=self.predlog.failed if self.predlog else 0,
         )
 
 

@@ -241,3 +241,21 @@ def test_online_features_reach_every_model_server_from_the_featurejob() -> None:
     assert conditions(out)["Ready"] == (False, "OnlineStoreUnknown")
     off = {"spec.features.featureJob": featurejob({"enabled": False})}
     assert "writes no online store" in controller.check(META, s, off)[0]
+
+
+def test_predictions_are_logged_to_the_stream_it_names() -> None:
+    s = spec(model={"uri": "file:///m/v1"}, logging={"stream": "feedback", "sampleRate": 0.5})
+    stream = {"bootstrapServers": "127.0.0.1:9092", "topic": {"name": "feedback"}}
+    deps = {
+        "spec.logging.stream": Resolved(Ref("Stream", "feedback", "spec.logging.stream"), {"status": stream})
+    }
+    arts = resolve_artifacts(s, deps)
+    assert arts is not None
+    (server, _router) = bi.build_inferenceservice(s, "churn", arts)
+    cfg = ModelServerConfig.from_json(server.config_files["config.json"])
+    assert cfg.logging is not None
+    assert (cfg.logging.bootstrap_servers, cfg.logging.topic, cfg.logging.sample_rate) == (
+        "127.0.0.1:9092",
+        "feedback",
+        0.5,
+    )

@@ -25,6 +25,7 @@ from gyre.pipelines.modelserver.config import (
     BatchingConfig,
     FallbackConfig,
     FeaturesConfig,
+    LoggingConfig,
     ModelServerConfig,
 )
 
@@ -48,6 +49,7 @@ class Artifacts:
     canary: str | None = None
     shadow: str | None = None
     online_store: str | None = None  # a Redis URL
+    prediction_log: tuple[str, str] | None = None  # spec.logging's Stream: bootstrap servers, topic
 
 
 def feature_key_prefix(feature_job: str) -> str:
@@ -66,9 +68,19 @@ def replicas(spec: InferenceServiceSpec) -> int:
 
 
 def build_server_config(
-    spec: InferenceServiceSpec, name: str, variant: str, uri: str, online_store: str | None = None
+    spec: InferenceServiceSpec,
+    name: str,
+    variant: str,
+    uri: str,
+    online_store: str | None = None,
+    prediction_log: tuple[str, str] | None = None,
 ) -> ModelServerConfig:
     b, f = spec.batching, spec.fallback
+    logging = None
+    if spec.logging is not None and prediction_log is not None:
+        logging = LoggingConfig(
+            bootstrap_servers=prediction_log[0], topic=prediction_log[1], sample_rate=spec.logging.sample_rate
+        )
     features = None
     if spec.features is not None and online_store is not None:
         features = FeaturesConfig(
@@ -90,14 +102,15 @@ def build_server_config(
             default_response=f.default_response,
         ),
         features=features,
+        logging=logging,
         port=HTTP_PORT,
     )
 
 
-def build_model_server(
-    spec: InferenceServiceSpec, name: str, variant: str, uri: str, online_store: str | None = None
-) -> Workload:
-    config = build_server_config(spec, name, variant, uri, online_store)
+def build_model_server(spec: InferenceServiceSpec, name: str, variant: str, artifacts: Artifacts) -> Workload:
+    uri = {"stable": artifacts.stable, "canary": artifacts.canary, "shadow": artifacts.shadow}[variant]
+    assert uri is not None
+    config = build_server_config(spec, name, variant, uri, artifacts.online_store, artifacts.prediction_log)
     r = spec.resources
     return Workload(
         name=WORKLOAD_OF[variant],
@@ -146,10 +159,9 @@ def build_router(spec: InferenceServiceSpec, artifacts: Artifacts) -> Workload:
 
 def build_inferenceservice(spec: InferenceServiceSpec, name: str, artifacts: Artifacts) -> list[Workload]:
     """The model servers and the router, in a fixed order."""
-    store = artifacts.online_store
-    servers = [build_model_server(spec, name, "stable", artifacts.stable, store)]
+    servers = [build_model_server(spec, name, "stable", artifacts)]
     if artifacts.canary:
-        servers.append(build_model_server(spec, name, "canary", artifacts.canary, store))
+        servers.append(build_model_server(spec, name, "canary", artifacts))
     if artifacts.shadow:
-        servers.append(build_model_server(spec, name, "shadow", artifacts.shadow, store))
+        servers.append(build_model_server(spec, name, "shadow", artifacts))
     return [*servers, build_router(spec, artifacts)]

@@ -23,6 +23,7 @@ from gyre.api.inferenceservice import (
     ModelSource,
     VariantStatus,
 )
+from gyre.api.stream import StreamStatus
 from gyre.api.trainingjob import TrainingJobStatus
 from gyre.builders.inferenceservice import (
     ROUTER,
@@ -83,7 +84,18 @@ def resolve_artifacts(spec: InferenceServiceSpec, deps: Mapping[str, Resolved]) 
         canary=uris.get("canary"),
         shadow=uris.get("shadow"),
         online_store=online_store(spec, deps),
+        prediction_log=prediction_log(deps),
     )
+
+
+def prediction_log(deps: Mapping[str, Resolved]) -> tuple[str, str] | None:
+    """spec.logging's Stream as it published itself: its bootstrap servers and topic."""
+    dep = deps.get("spec.logging.stream")
+    if dep is None:
+        return None
+    st = dep.status_as(StreamStatus)
+    topic = st.topic.name if st.topic else None
+    return (st.bootstrap_servers, topic) if st.bootstrap_servers and topic else None
 
 
 def online_store(spec: InferenceServiceSpec, deps: Mapping[str, Resolved]) -> str | None:
