@@ -102,6 +102,21 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class DriftConfig:
+    """Live inputs of the last ``window_s`` seconds against the artifact's training sample,
+    per feature by ``metric`` (psi or ks)."""
+
+    metric: str = "psi"
+    window_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if self.metric not in ("psi", "ks"):
+            raise ConfigError(f"model server config: drift.metric {self.metric!r} is not psi or ks")
+        if not self.window_s > 0:
+            raise ConfigError("model server config: drift.window_s must be > 0")
+
+
+@dataclass(frozen=True)
 class ModelServerConfig(JsonConfig):
     """Everything the model server needs.
 
@@ -119,6 +134,7 @@ class ModelServerConfig(JsonConfig):
     fallback: FallbackConfig = field(default_factory=FallbackConfig)
     features: FeaturesConfig | None = None
     logging: LoggingConfig | None = None
+    drift: DriftConfig | None = None
     latency_window: int = 2048  # recent requests the /status percentiles cover
     host: str = "0.0.0.0"
     port: int = 8080
@@ -165,6 +181,9 @@ class ModelServerConfig(JsonConfig):
                 "topic": self.logging.topic,
                 "sample_rate": self.logging.sample_rate,
             },
+            "drift": None
+            if self.drift is None
+            else {"metric": self.drift.metric, "window_s": self.drift.window_s},
             "latency_window": self.latency_window,
             "host": self.host,
             "port": self.port,
@@ -182,6 +201,7 @@ class ModelServerConfig(JsonConfig):
                 "fallback": _fallback,
                 "features": _features,
                 "logging": _logging,
+                "drift": _drift,
             },
         )
 
@@ -224,3 +244,11 @@ def _logging(value: Any) -> LoggingConfig | None:
     return build_config(
         LoggingConfig, value, "model server config: logging", required=("bootstrap_servers", "topic")
     )
+
+
+def _drift(value: Any) -> DriftConfig | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ConfigError("model server config: drift must be an object")
+    return build_config(DriftConfig, value, "model server config: drift")

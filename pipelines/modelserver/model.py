@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from gyre.pipelines.modelserver.config import ModelServerConfig
+from gyre.pipelines.modelserver.drift import DriftMonitor
 from gyre.pipelines.modelserver.features import get_online_features
 from gyre.pipelines.modelserver.predlog import PredictionLog
 from gyre.pipelines.modelserver.resilience import (
@@ -70,6 +71,11 @@ IMPUTED = Counter(
     "Feature values the online store lacked (missing or expired), imputed by the preprocessing.",
     ["model", "variant", "feature"],
 )
+DRIFT = Gauge(
+    "gyre_model_drift_score",
+    "Drift of the live inputs from the training sample, by feature.",
+    ["model", "variant", "feature"],
+)
 QUEUED = Gauge("gyre_model_queued_rows", "Rows waiting for a forward pass.", ["model", "variant"])
 
 FALLBACK_HEADER = "x-gyre-fallback"
@@ -91,6 +97,7 @@ class GyreModel(Model):  # type: ignore[misc]  # kserve ships no type informatio
         self.artifact: artifact.Model | None = None
         self.breaker = CircuitBreaker(config.fallback.failure_threshold, config.fallback.reset_timeout_s)
         self.batcher: DynamicBatcher | None = None
+        self.drift: DriftMonitor | None = None
         self.counts: collections.Counter[str] = collections.Counter()
         self._recent: collections.deque[tuple[float, bool]] = collections.deque(maxlen=config.latency_window)
         self._labels = (config.name, config.variant)
@@ -112,8 +119,9 @@ class GyreModel(Model):  # type: ignore[misc]  # kserve ships no type informatio
         model = artifact.load(self.config.artifact)
         self.artifact = model
         b = self.config.batching
+        self.drift = self._drift_monitor(model)
         self.batcher = DynamicBatcher(
-            model.predict,
+            self._forward,
             enabled=b.enabled,
             max_batch_size=b.max_batch_size,
             max_latency_ms=b.max_latency_ms,
@@ -131,6 +139,30 @@ class GyreModel(Model):  # type: ignore[misc]  # kserve ships no type informatio
         )
         self.ready = True
         return True
+
+    def _forward(self, rows: list[dict[str, Any]]) -> list[float]:
+        """One forward pass over a batch (in the batcher's thread): preprocess, watch, predict."""
+        assert self.artifact is not None
+        x = self.artifact.transform(rows)
+        if self.drift is not None:
+            self.drift.observe(x)
+        return self.artifact.predict_transformed(x)
+
+    def _drift_monitor(self, model: artifact.Model) -> DriftMonitor | None:
+        cfg = self.config.drift
+        if cfg is None:
+            return None
+        if model.reference is None:
+            log.warning("Model %s: the artifact holds no training sample; drift is not measured", self.name)
+            return None
+        pre = model.preprocessor
+        return DriftMonitor(
+            model.reference,
+            pre.numeric,
+            [(c, len(pre.vocab[c]) + 1) for c in pre.categorical],
+            metric=cfg.metric,
+            window_s=cfg.window_s,
+        )
 
     @property
     def version(self) -> str:
@@ -417,6 +449,9 @@ class GyreModel(Model):  # type: ignore[misc]  # kserve ships no type informatio
         batcher = self.batcher
         answered = self.counts["predicted"] + self.counts["fallback"] + self.counts["error"]
         self._export_breaker()
+        drift = self.drift.scores() if self.drift is not None else None
+        for feature, score in (drift or {}).items():
+            DRIFT.labels(*self._labels, feature).set(score)
         return ModelServerStatus(
             name=self.name,
             variant=self.config.variant,
@@ -443,6 +478,8 @@ class GyreModel(Model):  # type: ignore[misc]  # kserve ships no type informatio
             logged=self.predlog.delivered if self.predlog else 0,
             log_dropped=self.predlog.dropped if self.predlog else 0,
             log_failed=self.predlog.failed if self.predlog else 0,
+            drift=drift,
+            drift_metric=self.config.drift.metric if self.config.drift else None,
         )
 
 

@@ -31,9 +31,9 @@ class ModelServerStatus(StatusDoc):
     latency_p99_ms: float | None = None
     fallback_rate: float | None = None  # fallbacks / requests over the latency window
     feature_lookups: int = 0  # online store round trips
-    imputed: dict[str, int] = {}
+    imputed: dict[str, int] = {}  # feature values the store lacked (imputed), by feature
     logged: int = 0  # prediction records Kafka acknowledged
     log_dropped: int = 0  # prediction records dropped: the producer's queue was full
-    log_failed: int = (
-        0  # prediction records Kafka did not take  # feature values the store lacked (imputed), by feature
-    )
+    log_failed: int = 0  # prediction records Kafka did not take
+    drift: dict[str, float] | None = None  # per feature drift score over the window (None: too few rows)
+    drift_metric: str | None = None

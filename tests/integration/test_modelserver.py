@@ -28,6 +28,7 @@ pytest.importorskip("torch")
 
 from gyre.pipelines.modelserver.config import (
     BatchingConfig,
+    DriftConfig,
     FallbackConfig,
     FeaturesConfig,
     ModelServerConfig,
@@ -374,3 +375,27 @@ def test_a_stopped_store_gives_fallbacks_within_the_deadline_and_the_breaker_rec
 
     eventually(recovered, timeout=20, interval=0.5)
     assert server.status()["breaker"] == "closed"
+
+
+def test_drift_rises_when_one_input_shifts_and_stays_low_when_none_does(
+    trained: Trained, servers: list[ServerProc], tmp_path: Path
+) -> None:
+    watch = DriftConfig(metric="psi", window_s=600)
+    patient = FallbackConfig(deadline_ms=10000)
+    same = start(servers, tmp_path, config(trained, drift=watch, fallback=patient))
+    shifted = start(
+        servers,
+        tmp_path,
+        dataclasses.replace(config(trained, drift=watch, fallback=patient), variant="canary"),
+    )
+    rows = trained.rows
+    moved = [{**r, "x1": r["x1"] + 1.5} for r in rows]
+    for i in range(0, len(rows), 25):
+        assert v1(same, rows[i : i + 25])[0] == 200
+        assert v1(shifted, moved[i : i + 25])[0] == 200
+    calm, drifted = same.status()["drift"], shifted.status()["drift"]
+    assert set(calm) == {"x1", "x2", "color"}, calm
+    assert max(calm.values()) < 0.2, f"validation rows drift from their own training data: {calm}"
+    assert drifted["x1"] > 0.5, drifted
+    assert max(drifted["x2"], drifted["color"]) < 0.2, drifted
+    assert f'gyre_model_drift_score{{feature="x1",model="{NAME}",variant="canary"}}' in shifted.metrics()

@@ -259,3 +259,17 @@ def test_predictions_are_logged_to_the_stream_it_names() -> None:
         "feedback",
         0.5,
     )
+
+
+def test_drift_past_the_threshold_is_a_drifted_condition() -> None:
+    s = spec(model={"uri": "file:///m/v1"}, traffic=CANARY, monitoring={"drift": {"threshold": 0.2}})
+    for drift, want in [
+        ({"x1": 0.61, "x2": 0.01}, ("True", "InputsDrifted", ["x1"])),
+        ({"x1": 0.05, "x2": 0.01}, ("False", "WithinThreshold", [])),
+        (None, ("False", "NotEnoughRequests", None)),
+    ]:
+        out = InferenceServiceController().compute_status(s, status_input(READY, facts({"drift": drift}), s))
+        c = conditions(out)["Drifted"]
+        assert (str(c[0]), c[1], out.status.drifted_features) == want, (drift, c)
+        if drift:
+            assert out.status.drift_score == max(drift.values())

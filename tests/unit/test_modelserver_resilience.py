@@ -142,3 +142,30 @@ def test_config_round_trips() -> None:
         {"name": "m", "artifact": "/m", "fallback": {"default_response": {"p": 0.1}}, "variant": "canary"}
     )
     assert ModelServerConfig.from_json(cfg.to_json()) == cfg
+
+
+def test_drift_scores_a_shifted_column_and_not_a_steady_one() -> None:
+    import numpy as np
+    from gyre.pipelines.modelserver.drift import DriftMonitor
+
+    rng = np.random.default_rng(0)
+    onehot = np.eye(3)[rng.choice(3, size=2000, p=[0.5, 0.3, 0.2])]
+    reference = np.column_stack([rng.normal(size=2000), rng.normal(size=2000), onehot])
+    clock = Clock()
+    for metric in ("psi", "ks"):
+        m = DriftMonitor(
+            reference, ["a", "b"], [("c", 3)], metric=metric, window_s=60, min_rows=100, clock=clock
+        )
+        assert m.scores() is None, "too few rows"
+        live = np.column_stack(
+            [rng.normal(size=500) + 1.0, rng.normal(size=500), np.eye(3)[rng.choice(3, size=500)]]
+        )
+        m.observe(live)
+        scores = m.scores()
+        assert scores is not None
+        high = 0.3 if metric == "psi" else 0.25
+        assert scores["a"] > high, scores
+        assert scores["b"] < 0.1, scores
+        assert scores["c"] > 0.05, scores  # uniform against 50/30/20
+        clock.t += 61
+        assert m.scores() is None, "rows older than the window are forgotten"

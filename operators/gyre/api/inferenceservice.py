@@ -229,6 +229,9 @@ class VariantStatus(ApiModel):
     breaker: Literal["closed", "open", "half_open"] | None = None
     """Its circuit breaker: closed (calling the model), open (answering the fallback) or
     half_open (trying the model again)."""
+    drift: dict[str, float] | None = None
+    """Per feature drift score of its live inputs against the training sample, over
+    monitoring.drift.window (unset: not monitored, or too few requests yet)."""
 
 
 class InferenceServiceStatus(BaseStatus):
@@ -268,7 +271,9 @@ class InferenceServiceStatus(BaseStatus):
     """When the figures were read (RFC 3339); requestsPerSecond is over the time since the
     previous reading."""
     drift_score: float | None = None
-    """The latest drift score of the served inputs."""
+    """The largest per feature drift score of spec.model's live inputs (monitoring.drift)."""
+    drifted_features: list[str] | None = None
+    """Features whose drift score is past monitoring.drift.threshold."""
 
 
 InferenceServiceSpec.STATUS = InferenceServiceStatus

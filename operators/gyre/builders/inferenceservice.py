@@ -23,6 +23,7 @@ from gyre.core.workload import ConfigDirRef, Port, Readiness, Resources, Workloa
 from gyre.pipelines._common.env import CONFIG_ENV, CONFIG_FILE_NAME
 from gyre.pipelines.modelserver.config import (
     BatchingConfig,
+    DriftConfig,
     FallbackConfig,
     FeaturesConfig,
     LoggingConfig,
@@ -76,6 +77,8 @@ def build_server_config(
     prediction_log: tuple[str, str] | None = None,
 ) -> ModelServerConfig:
     b, f = spec.batching, spec.fallback
+    watch = spec.monitoring.drift if spec.monitoring else None
+    drift = DriftConfig(metric=watch.metric, window_s=parse_duration(watch.window)) if watch else None
     logging = None
     if spec.logging is not None and prediction_log is not None:
         logging = LoggingConfig(
@@ -103,6 +106,7 @@ def build_server_config(
         ),
         features=features,
         logging=logging,
+        drift=drift,
         port=HTTP_PORT,
     )
 

@@ -46,6 +46,10 @@ DEGRADED_FALLBACK_RATE = 0.05
 VARIANTS = ("stable", "canary", "shadow")
 MODEL_NOT_PUBLISHED = "ModelNotPublished"
 ONLINE_STORE_UNKNOWN = "OnlineStoreUnknown"
+DRIFTED = "Drifted"
+INPUTS_DRIFTED = "InputsDrifted"
+NO_DRIFT = "WithinThreshold"
+DRIFT_UNKNOWN = "NotEnoughRequests"
 SERVING = "Serving"
 ROLLING_OUT = "RollingOut"
 BREAKER_OPEN = "BreakerOpen"
@@ -239,6 +243,10 @@ class InferenceServiceController(Controller[InferenceServiceSpec]):
         out.ready_replicas = stable.ready_replicas
         out.latency_p50_ms, out.latency_p99_ms = stable.latency_p50_ms, stable.latency_p99_ms
         out.breaker = stable.breaker
+        watch = spec.monitoring.drift if spec.monitoring else None
+        if watch is not None and stable.drift:
+            out.drift_score = max(stable.drift.values())
+            out.drifted_features = sorted(f for f, v in stable.drift.items() if v > watch.threshold)
         answered = [v for v in out.variants if v.name != "shadow"]
         rates = [(v.fallback_rate, v.requests) for v in answered if v.fallback_rate is not None]
         total = sum(n for _, n in rates)
@@ -287,6 +295,7 @@ class InferenceServiceController(Controller[InferenceServiceSpec]):
                 "latency_p99_ms": round(max(p99), 3) if p99 else None,
                 "fallback_rate": round(max(rates), 4) if rates else None,
                 "breaker": worst,
+                "drift": next((d.drift for d in docs if d.drift is not None), None),
             }
         )
 
@@ -350,6 +359,26 @@ class InferenceServiceController(Controller[InferenceServiceSpec]):
                 )
             )
             conds = [c for c in conds if not (c.type == cnd.PROGRESSING and c.reason != MODEL_NOT_PUBLISHED)]
+        watch = spec.monitoring.drift if spec.monitoring else None
+        if watch is not None:
+            if out.drift_score is None:
+                conds.append(cnd.Cond(DRIFTED, False, DRIFT_UNKNOWN, "too few requests in the window yet"))
+            elif out.drifted_features:
+                scores = ", ".join(
+                    f"{f} {dict(out.variants[0].drift or {}).get(f, 0):.3f}" for f in out.drifted_features
+                )
+                conds.append(
+                    cnd.Cond(
+                        DRIFTED,
+                        True,
+                        INPUTS_DRIFTED,
+                        f"{watch.metric} past {watch.threshold} over {watch.window}: {scores}",
+                    )
+                )
+            else:
+                conds.append(
+                    cnd.Cond(DRIFTED, False, NO_DRIFT, f"largest {watch.metric} {out.drift_score:.3f}")
+                )
         phase = "Serving" if stable_ready else "Failed" if failed else "Starting"
         return conds, phase
 
