@@ -103,8 +103,11 @@ def test_canary_and_shadow_split_as_configured(
     def serving() -> dict[str, Any]:
         ready = operator.condition("inferenceservice", NAME, "Ready")
         assert ready["status"] == "True", ready
+        progressing = operator.condition("inferenceservice", NAME, "Progressing")
+        assert progressing["status"] == "False", progressing  # canary and shadow up too
         st = status(operator)
         assert st.get("url"), st
+        assert st.get("shadowModelVersion"), st
         return st
 
     st = eventually(serving, timeout=180, interval=1)

@@ -182,6 +182,7 @@ def test_serving_status_shows_versions_split_and_latency() -> None:
         (READY, {"fallback_rate": 0.2}, True, (False, "WorkloadsReady"), "FallingBack"),
         (READY, {"fallback_rate": 0.01}, True, (False, "WorkloadsReady"), None),
         ({**READY, "predictor": P.FAILED}, {}, False, (True, "RollingOut"), "WorkloadFailed"),
+        (READY, {"ready": False}, False, (False, "WorkloadsReady"), None),
     ],
 )
 def test_conditions(

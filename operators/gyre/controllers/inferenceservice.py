@@ -46,6 +46,7 @@ DEGRADED_FALLBACK_RATE = 0.05
 VARIANTS = ("stable", "canary", "shadow")
 MODEL_NOT_PUBLISHED = "ModelNotPublished"
 ONLINE_STORE_UNKNOWN = "OnlineStoreUnknown"
+NOT_ANSWERING = "ModelNotAnswering"
 DRIFTED = "Drifted"
 INPUTS_DRIFTED = "InputsDrifted"
 NO_DRIFT = "WithinThreshold"
@@ -311,10 +312,13 @@ class InferenceServiceController(Controller[InferenceServiceSpec]):
             n for n in names if (st := observed.get(n)) is not None and st.phase == WorkloadPhase.FAILED
         ]
         starting = [n for n in names if (st := observed.get(n)) is None or st.phase != WorkloadPhase.READY]
-        stable_ready = all(
+        up = all(
             (st := observed.get(n)) is not None and st.phase == WorkloadPhase.READY
             for n in ("predictor", ROUTER)
         )
+        # Ready means answering: a model server's own /status says its model is loaded.
+        answering = any(d.ready for d in facts.servers.get("stable", []))
+        stable_ready = up and answering
         degraded: list[str] = []
         reason = ""
         for v in out.variants:
@@ -338,7 +342,16 @@ class InferenceServiceController(Controller[InferenceServiceSpec]):
             reason = reason or cnd.WORKLOAD_FAILED
         if stable_ready:
             versions = ", ".join(f"{v.name} {v.model_version}" for v in out.variants if v.model_version)
-            conds.append(cnd.Cond(cnd.READY, True, SERVING, f"serving {versions or spec.model} at {out.url}"))
+            conds.append(cnd.Cond(cnd.READY, True, SERVING, f"serving {versions} at {out.url}"))
+        elif up:
+            conds.append(
+                cnd.Cond(
+                    cnd.READY,
+                    False,
+                    NOT_ANSWERING,
+                    "the predictor's replicas are up but none answers /status with its model loaded",
+                )
+            )
         else:
             conds.append(
                 cnd.Cond(cnd.READY, False, cnd.WORKLOADS_STARTING, f"waiting for {', '.join(starting)}")
