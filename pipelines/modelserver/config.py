@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from gyre.pipelines._common.env import ConfigError, JsonConfig, build_config, env_int, load_config_json
 
+T = TypeVar("T")
 VARIANTS = ("stable", "canary", "shadow")
 
 
@@ -197,11 +198,11 @@ class ModelServerConfig(JsonConfig):
             "model server config",
             required=("name", "artifact"),
             convert={
-                "batching": _batching,
-                "fallback": _fallback,
-                "features": _features,
-                "logging": _logging,
-                "drift": _drift,
+                "batching": _nested(BatchingConfig, "batching"),
+                "fallback": _nested(FallbackConfig, "fallback"),
+                "features": _nested(FeaturesConfig, "features", ("redis_url", "entity_key")),
+                "logging": _nested(LoggingConfig, "logging", ("bootstrap_servers", "topic")),
+                "drift": _nested(DriftConfig, "drift"),
             },
         )
 
@@ -214,41 +215,14 @@ class ModelServerConfig(JsonConfig):
         return cls.from_dict(data)
 
 
-def _batching(value: Any) -> BatchingConfig:
-    if not isinstance(value, Mapping):
-        raise ConfigError("model server config: batching must be an object")
-    return build_config(BatchingConfig, value, "model server config: batching")
+def _nested(cls: type[T], field: str, required: tuple[str, ...] = ()) -> Callable[[Any], T | None]:
+    """The converter of a nested object ``field`` (``null``: None)."""
 
+    def convert(value: Any) -> T | None:
+        if value is None:
+            return None
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"model server config: {field} must be an object")
+        return build_config(cls, value, f"model server config: {field}", required=required)
 
-def _fallback(value: Any) -> FallbackConfig:
-    if not isinstance(value, Mapping):
-        raise ConfigError("model server config: fallback must be an object")
-    return build_config(FallbackConfig, value, "model server config: fallback")
-
-
-def _features(value: Any) -> FeaturesConfig | None:
-    if value is None:
-        return None
-    if not isinstance(value, Mapping):
-        raise ConfigError("model server config: features must be an object")
-    return build_config(
-        FeaturesConfig, value, "model server config: features", required=("redis_url", "entity_key")
-    )
-
-
-def _logging(value: Any) -> LoggingConfig | None:
-    if value is None:
-        return None
-    if not isinstance(value, Mapping):
-        raise ConfigError("model server config: logging must be an object")
-    return build_config(
-        LoggingConfig, value, "model server config: logging", required=("bootstrap_servers", "topic")
-    )
-
-
-def _drift(value: Any) -> DriftConfig | None:
-    if value is None:
-        return None
-    if not isinstance(value, Mapping):
-        raise ConfigError("model server config: drift must be an object")
-    return build_config(DriftConfig, value, "model server config: drift")
+    return convert

@@ -208,29 +208,14 @@ class InferenceServiceController(Controller[InferenceServiceSpec]):
         out = InferenceServiceStatus()
         artifacts = resolve_artifacts(spec, inp.deps)
         if spec.features is not None and artifacts is not None and artifacts.online_store is None:
-            message = (
+            return _pending(
+                ONLINE_STORE_UNKNOWN,
                 f"FeatureJob {spec.features.feature_job!r} does not say where its online store is "
-                "(set its spec.online.redisUrl)"
-            )
-            return StatusOutput(
-                status=out,
-                conditions=[
-                    cnd.Cond(cnd.READY, False, ONLINE_STORE_UNKNOWN, message),
-                    cnd.Cond(cnd.PROGRESSING, True, ONLINE_STORE_UNKNOWN, message),
-                ],
-                phase="Pending",
-                requeue_after=POLL_S,
+                "(set its spec.online.redisUrl)",
             )
         if artifacts is None:
-            message = "the TrainingJob of spec.model has published no model yet (status.model)"
-            return StatusOutput(
-                status=out,
-                conditions=[
-                    cnd.Cond(cnd.READY, False, MODEL_NOT_PUBLISHED, message),
-                    cnd.Cond(cnd.PROGRESSING, True, MODEL_NOT_PUBLISHED, message),
-                ],
-                phase="Pending",
-                requeue_after=POLL_S,
+            return _pending(
+                MODEL_NOT_PUBLISHED, "the TrainingJob of spec.model has published no model yet (status.model)"
             )
         out.url = facts.url
         out.traffic = configured_traffic(spec, artifacts)
@@ -394,6 +379,19 @@ class InferenceServiceController(Controller[InferenceServiceSpec]):
                 )
         phase = "Serving" if stable_ready else "Failed" if failed else "Starting"
         return conds, phase
+
+
+def _pending(reason: str, message: str) -> StatusOutput:
+    """Nothing to serve yet: not Ready, Progressing, looked at again soon."""
+    return StatusOutput(
+        status=InferenceServiceStatus(),
+        conditions=[
+            cnd.Cond(cnd.READY, False, reason, message),
+            cnd.Cond(cnd.PROGRESSING, True, reason, message),
+        ],
+        phase="Pending",
+        requeue_after=POLL_S,
+    )
 
 
 def _rate(old: Mapping[str, Any], requests: int) -> float | None:
