@@ -16,6 +16,7 @@ export GYRE_CACHE
 VENV="${VENV:-$GYRE_CACHE/venv/py311-v1}"
 # Written last: `make test` runs this script when it is missing or older than pyproject.toml.
 SETUP_STAMP="$VENV/.gyre-setup-complete"
+KSERVE_PIN="kserve==0.21.0"
 TORCH_CPU_INDEX="${GYRE_TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}"
 PYTHON_WANT="3.11"
 JAVA_MIN=17
@@ -130,7 +131,9 @@ if [[ -f "$deps_stamp" && "$(cat "$deps_stamp")" == "$deps_key" ]]; then
 else
   "$VENV/bin/python" -m pip install -q --upgrade pip
   install_torch
-  "$VENV/bin/python" -m pip install -q -e '.[dev,stream,train,experiment]'
+  "$VENV/bin/python" -m pip install -q -e '.[dev,stream,train,experiment,serve]'
+  # kserve without its declared dependencies: the `serve` extra has what it needs (see there).
+  "$VENV/bin/python" -m pip install -q --no-deps "$KSERVE_PIN"
   printf '%s\n' "$deps_key" >"$deps_stamp"
 fi
 
@@ -170,6 +173,15 @@ if ! command -v prometheus >/dev/null; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends prometheus
   if [[ -d /run/systemd/system ]]; then  # the package enables and starts a system service
     $sudo systemctl disable --now prometheus.service || true
+  fi
+fi
+step "Redis (Debian's package; the model server's online-feature tests start their own)"
+if ! command -v redis-server >/dev/null; then
+  sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  $sudo apt-get update
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends redis-server
+  if [[ -d /run/systemd/system ]]; then  # the package enables and starts a system service
+    $sudo systemctl disable --now redis-server.service || true
   fi
 fi
 touch "$SETUP_STAMP"

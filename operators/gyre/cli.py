@@ -14,7 +14,7 @@ commands:
                       scheduler, kwok nodes) on loopback
   manifests [--check] generate the CRDs from the API models
   demo                set up everything and run the example system on the embedded default
-  bench operator|stream|train|bandit
+  bench operator|stream|train|bandit|serve
                       benchmarks; each prints one JSON object
 """
 
@@ -48,8 +48,8 @@ def _demo(argv: list[str]) -> int:
 
 
 def _bench(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("operator", "stream", "train", "bandit"):
-        print("usage: gyre bench operator|stream|train|bandit [options]", file=sys.stderr)
+    if not argv or argv[0] not in ("operator", "stream", "train", "bandit", "serve"):
+        print("usage: gyre bench operator|stream|train|bandit|serve [options]", file=sys.stderr)
         return 2
     import importlib
 

@@ -8,6 +8,8 @@ Layout of the output directory (a path or ``file://`` URI)::
     preprocessing.json  the fitted `Preprocessor` (feature order, scaling, vocabularies)
     metadata.json       metrics, hyperparameters, features and types, dataset location and
                         version, code version, created time, model version
+    reference.npy       a sample of the training rows as the network sees them (preprocessed):
+                        the training distribution that serving inputs are compared with (drift)
 
 `load` returns a `Model` whose ``predict(rows)`` applies the same preprocessing as training
 did, so serving cannot drift from it. The directory is written next to its final place and
@@ -24,6 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import numpy.typing as npt
 import torch
 from gyre.pipelines.trainer.config import ModelConfig, uri_to_path
@@ -35,6 +38,8 @@ MODEL_FILE = "model.pt"
 MODEL_SPEC_FILE = "model.json"
 PREPROCESSING_FILE = "preprocessing.json"
 METADATA_FILE = "metadata.json"
+REFERENCE_FILE = "reference.npy"
+REFERENCE_ROWS = 2000
 
 
 def save(
@@ -44,7 +49,9 @@ def save(
     input_dim: int,
     preprocessor: Preprocessor,
     metadata: Mapping[str, Any],
+    reference: npt.NDArray[Any] | None = None,
 ) -> Path:
+    """``reference``: preprocessed training rows (at most `REFERENCE_ROWS` are kept)."""
     target = uri_to_path(uri)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -61,6 +68,8 @@ def save(
         _write(tmp / MODEL_SPEC_FILE, spec)
         _write(tmp / PREPROCESSING_FILE, preprocessor.to_dict())
         _write(tmp / METADATA_FILE, dict(metadata))
+        if reference is not None:
+            np.save(tmp / REFERENCE_FILE, np.asarray(reference[:REFERENCE_ROWS], dtype=np.float32))
         if target.exists():
             # swap: move the old artifact aside, then the new one in
             old = target.parent / f".{target.name}.old-{os.getpid()}"
@@ -89,6 +98,7 @@ class Model:
         self.preprocessor = preprocessor
         self.task = task
         self.metadata = metadata
+        self.reference: npt.NDArray[Any] | None = None  # preprocessed training rows, if saved
 
     @property
     def features(self) -> list[dict[str, str]]:
@@ -100,7 +110,10 @@ class Model:
 
     def predict(self, rows: Any) -> list[float]:
         """Rows: a list of dicts, a dict of columns, a pyarrow Table or a pandas DataFrame."""
-        x = self.preprocessor.transform(rows_to_columns(rows))
+        return self.predict_transformed(self.preprocessor.transform(rows_to_columns(rows)))
+
+    def predict_transformed(self, x: npt.NDArray[Any]) -> list[float]:
+        """Predictions for rows already preprocessed (`transform`)."""
         with torch.no_grad():
             out = predict_output(self.task, self.network(torch.from_numpy(x)))
         return [float(v) for v in out.numpy()]
@@ -123,4 +136,7 @@ def load(uri: str) -> Model:
     network = build_model(cfg, int(spec["input_dim"]))
     state = torch.load(root / MODEL_FILE, map_location="cpu", weights_only=True)
     network.load_state_dict(state)
-    return Model(network, pre, cfg.task, metadata)
+    model = Model(network, pre, cfg.task, metadata)
+    if (root / REFERENCE_FILE).exists():
+        model.reference = np.load(root / REFERENCE_FILE)
+    return model

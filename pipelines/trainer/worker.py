@@ -176,6 +176,15 @@ class ShardData:
         self.val_rows = len(self.split.validation_ids)
 
 
+def reference_sample(data: ShardData, seed: int) -> npt.NDArray[Any]:
+    """Up to `artifact.REFERENCE_ROWS` of this rank's training rows, preprocessed, drawn at
+    random over all its shards (shards are contiguous blocks, in time for a time split)."""
+    x = torch.cat(data.x).numpy() if data.x else np.zeros((0, data.preprocessor.input_dim), np.float32)
+    rng = np.random.default_rng(seed)
+    take = rng.choice(len(x), size=min(len(x), artifact.REFERENCE_ROWS), replace=False)
+    return x[np.sort(take)]
+
+
 def auc(scores: npt.NDArray[Any], labels: npt.NDArray[Any]) -> float | None:
     """ROC AUC by the rank-sum formula (ties get average ranks); None for one class only."""
     pos = labels > 0.5
@@ -374,6 +383,7 @@ def train(cfg: TrainerConfig, backend: Backend, publish: Callable[[str], None] |
             data.preprocessor.input_dim,
             data.preprocessor,
             metadata,
+            reference=reference_sample(data, hp.seed),
         )
         log.info("TrainingJob %s wrote model %s to %s", cfg.name, version, cfg.output)
         progress.update(

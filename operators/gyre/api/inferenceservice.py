@@ -206,27 +206,74 @@ class InferenceServiceSpec(Kind):
     monitoring: MonitoringSpec | None = None
 
 
+class VariantStatus(ApiModel):
+    """One model the service serves: stable (spec.model), canary or shadow."""
+
+    name: Literal["stable", "canary", "shadow"]
+    """Which of the service's models this is."""
+    model_version: str | None = None
+    """The version its model server loaded."""
+    ready_replicas: Annotated[int, Field(ge=0)] = 0
+    """Its model server replicas ready to answer."""
+    requests: Annotated[int, Field(ge=0)] = 0
+    """Requests the router sent it (mirrored ones, for the shadow) since the router started."""
+    dropped: Annotated[int, Field(ge=0)] = 0
+    """Shadow only: mirrors the router did not send because too many were in flight (a slow
+    shadow never slows the service down)."""
+    latency_p50_ms: float | None = None
+    """Median prediction latency of its recent requests, in milliseconds."""
+    latency_p99_ms: float | None = None
+    """99th percentile of its recent prediction latency, in milliseconds."""
+    fallback_rate: float | None = None
+    """Share of its recent requests answered by the fallback, between 0 and 1."""
+    breaker: Literal["closed", "open", "half_open"] | None = None
+    """Its circuit breaker: closed (calling the model), open (answering the fallback) or
+    half_open (trying the model again)."""
+    drift: dict[str, float] | None = None
+    """Per feature drift score of its live inputs against the training sample, over
+    monitoring.drift.window (unset: not monitored, or too few requests yet)."""
+
+
 class InferenceServiceStatus(BaseStatus):
     """The service's conditions, address, models and serving figures."""
 
     url: str | None = None
-    """Where clients send prediction requests."""
+    """Where clients send prediction requests (the router; add /v1/models/<name>:predict or
+    /v2/models/<name>/infer)."""
     model_version: str | None = None
     """Version of the model spec.model serves."""
     canary_model_version: str | None = None
     """Version of the canary model, when there is one."""
+    shadow_model_version: str | None = None
+    """Version of the shadow model, when there is one."""
     ready_replicas: Annotated[int, Field(ge=0)] | None = None
-    """Model server replicas ready to answer."""
+    """Model server replicas of spec.model ready to answer."""
     traffic: dict[str, int] = {}
-    """Share of requests per model (default, canary), in percent."""
+    """Configured share of requests per model (stable, canary), in percent."""
+    measured_traffic: dict[str, float] = {}
+    """Measured share of requests per model (stable, canary) since the router started, in
+    percent."""
+    requests: Annotated[int, Field(ge=0)] | None = None
+    """Requests the router answered since it started."""
     requests_per_second: float | None = None
     """Prediction requests per second, recently."""
+    latency_p50_ms: float | None = None
+    """Median prediction latency of spec.model's recent requests, in milliseconds."""
     latency_p99_ms: float | None = None
     """99th percentile of prediction latency, in milliseconds."""
     fallback_rate: float | None = None
     """Share of requests answered by the fallback (deadline or breaker), between 0 and 1."""
+    breaker: Literal["closed", "open", "half_open"] | None = None
+    """spec.model's circuit breaker: closed, open or half_open."""
+    variants: list[VariantStatus] = []
+    """Figures per model: stable, canary, shadow."""
+    sampled_at: str | None = None
+    """When the figures were read (RFC 3339); requestsPerSecond is over the time since the
+    previous reading."""
     drift_score: float | None = None
-    """The latest drift score of the served inputs."""
+    """The largest per feature drift score of spec.model's live inputs (monitoring.drift)."""
+    drifted_features: list[str] | None = None
+    """Features whose drift score is past monitoring.drift.threshold."""
 
 
 InferenceServiceSpec.STATUS = InferenceServiceStatus

@@ -56,10 +56,12 @@ class RouteShadow:
 @dataclass(frozen=True)
 class Route:
     """``name``: the router workload's name, and what sticky keys are hashed with.
-    ``sticky_header``: the request header whose value keeps a client on one backend."""
+    ``sticky_header``: the request header whose value keeps a client on one backend.
+    ``policy``: the allocation policy's name (`gyre.pipelines.router.policy.POLICIES`)."""
 
     name: str
     backends: tuple[RouteBackend, ...]
+    policy: str = "weighted"
     sticky_header: str | None = None
     shadow: RouteShadow | None = None
     replicas: int = 1
@@ -81,6 +83,7 @@ def build_router_config(route: Route) -> RouterConfig:
             Backend(name=b.workload, url=f"http://$({address_env(b.workload)})", weight=b.weight)
             for b in route.backends
         ),
+        policy=route.policy,
         sticky_header=route.sticky_header,
         shadow=None
         if shadow is None

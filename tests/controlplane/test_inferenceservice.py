@@ -1,0 +1,175 @@
+"""InferenceServices through the operator and the local runtime: real model servers and the
+router as processes, a model trained by the real trainer.
+
+A stable model, a canary at 20% and a shadow: 5,000 keyed requests through the service's URL
+split 20% ± 3% to the canary, every key stays on one model, the shadow sees a copy of every
+request and never answers one, and the status shows what the clients measured. Promoting the
+canary to 100% fails no request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from operator_harness import OperatorProcess, fresh_namespace, install_crds
+
+from tests.controlplane.cluster import Cluster
+from tests.support import eventually
+
+pytest.importorskip("kserve")
+pytest.importorskip("horovod.torch", reason="the trainer's launcher needs Horovod (make setup)")
+pytestmark = [pytest.mark.controlplane, pytest.mark.integration, pytest.mark.timeout(600)]
+
+from tests.integration.modelserver_fixtures import Trained, train_tiny_model  # noqa: E402
+
+NAME = "clicks"
+REQUESTS = 5000
+KEYS = 1000
+CONCURRENCY = 32
+CANARY_SHARE, TOLERANCE = 0.20, 0.03
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    return train_tiny_model(tmp_path_factory.mktemp("isvc-model"))
+
+
+def version_copy(src: Path, dst: Path, version: str) -> Path:
+    """The artifact under another model version (what a retrained model would be)."""
+    shutil.copytree(src, dst)
+    meta = json.loads((dst / "metadata.json").read_text())
+    (dst / "metadata.json").write_text(json.dumps({**meta, "model_version": version}))
+    return dst
+
+
+@pytest.fixture
+def operator(cluster: Cluster, tmp_path: Path) -> Iterator[OperatorProcess]:
+    install_crds(cluster)
+    op = OperatorProcess(cluster, fresh_namespace(cluster, "serve"), "local", tmp_path).start()
+    yield op
+    op.stop()
+    print(f"--- operator log ---\n{op.log(200)}")
+    print(cluster.kubectl("get", "ginf", "-n", op.namespace, "-o", "yaml", check=False).stdout)
+    for log in sorted((tmp_path / "local").rglob("*.log")):
+        print(f"--- {log.name} ---\n{log.read_text(errors='replace')[-3000:]}")
+
+
+def manifest(stable: Path, canary: Path, shadow: Path, percent: int) -> str:
+    return f"""
+apiVersion: gyre.dev/v1alpha1
+kind: InferenceService
+metadata: {{name: {NAME}}}
+spec:
+  model: {{uri: "file://{stable}"}}
+  batching: {{maxBatchSize: 16, maxLatencyMs: 2}}
+  fallback: {{deadlineMs: 5000, defaultResponse: {{probability: 0.25}}}}
+  traffic:
+    canary: {{model: {{uri: "file://{canary}"}}, percent: {percent}}}
+    shadow: {{model: {{uri: "file://{shadow}"}}, percent: 100}}
+"""
+
+
+def status(op: OperatorProcess) -> dict[str, Any]:
+    return dict(op.get("inferenceservice", NAME).get("status") or {})
+
+
+async def send_all(url: str, bodies: list[tuple[str, Any]]) -> list[tuple[int, str, dict[str, Any]]]:
+    """(status, X-Gyre-Backend, body) per request, ``CONCURRENCY`` in flight."""
+    sem = asyncio.Semaphore(CONCURRENCY)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def one(key: str, body: Any) -> tuple[int, str, dict[str, Any]]:
+            async with sem, session.post(url, json=body, headers={"X-Gyre-Key": key}) as r:
+                return r.status, r.headers.get("X-Gyre-Backend", ""), await r.json(content_type=None)
+
+        return await asyncio.gather(*(one(k, b) for k, b in bodies))
+
+
+def test_canary_and_shadow_split_as_configured(
+    operator: OperatorProcess, trained: Trained, tmp_path: Path
+) -> None:
+    canary = version_copy(trained.artifact, tmp_path / "v2", "clicks-v2")
+    shadow = version_copy(trained.artifact, tmp_path / "v3", "clicks-v3")
+    operator.apply(manifest(trained.artifact, canary, shadow, 20))
+
+    def serving() -> dict[str, Any]:
+        ready = operator.condition("inferenceservice", NAME, "Ready")
+        assert ready["status"] == "True", ready
+        progressing = operator.condition("inferenceservice", NAME, "Progressing")
+        assert progressing["status"] == "False", progressing  # canary and shadow up too
+        st = status(operator)
+        assert st.get("url"), st
+        assert st.get("shadowModelVersion"), st
+        return st
+
+    st = eventually(serving, timeout=180, interval=1)
+    v1 = trained.metadata["model_version"]
+    assert (st["modelVersion"], st["canaryModelVersion"], st["shadowModelVersion"]) == (
+        v1,
+        "clicks-v2",
+        "clicks-v3",
+    )
+    assert st["traffic"] == {"stable": 80, "canary": 20}
+    assert st["readyReplicas"] == 1
+    url = f"{st['url']}/v1/models/{NAME}:predict"
+
+    bodies = [
+        (f"user-{i % KEYS}", {"instances": [trained.rows[i % len(trained.rows)]]}) for i in range(REQUESTS)
+    ]
+    answers = asyncio.run(send_all(url, bodies))
+    assert all(code == 200 for code, _, _ in answers), [a for a in answers if a[0] != 200][:3]
+    variants = [body["variant"] for _, _, body in answers]
+    assert set(variants) == {"stable", "canary"}, "the shadow never answers"
+    assert all(not body["fallback"] for _, _, body in answers)
+    assert [b for _, b, _ in answers] == [{"stable": "predictor", "canary": "canary"}[v] for v in variants]
+    share = variants.count("canary") / REQUESTS
+    assert abs(share - CANARY_SHARE) <= TOLERANCE, f"canary answered {share:.1%} of {REQUESTS}"
+    by_key: dict[str, set[str]] = collections.defaultdict(set)
+    for (key, _), v in zip(bodies, variants, strict=True):
+        by_key[key].add(v)
+    assert all(len(v) == 1 for v in by_key.values()), "a key moved between models"
+    # the same model answers whichever variant serves it
+    for (_, body), (_, _, answer) in list(zip(bodies, answers, strict=True))[:50]:
+        assert answer["predictions"][0] == pytest.approx(
+            trained.predictions[trained.rows.index(body["instances"][0])], abs=1e-5
+        )
+
+    def measured() -> dict[str, Any]:
+        st = status(operator)
+        assert st.get("requests") == REQUESTS, st.get("requests")
+        shadow_variant = next(v for v in st["variants"] if v["name"] == "shadow")
+        assert shadow_variant["requests"] + shadow_variant["dropped"] == REQUESTS, shadow_variant
+        assert shadow_variant["requests"] > 0, shadow_variant
+        return st
+
+    st = eventually(measured, timeout=30, interval=1)
+    assert st["measuredTraffic"]["canary"] == pytest.approx(100 * share, abs=0.01)
+    assert st["latencyP99Ms"] > 0
+    assert (st["breaker"], st["fallbackRate"]) == ("closed", 0.0)
+    row = operator.cluster.kubectl("get", "ginf", NAME, "-n", operator.namespace).stdout
+    assert all(word in row for word in (st["url"], v1, " 20 ")), row
+
+    # Promotion: the canary takes everything, and no request fails on the way.
+    async def promote() -> list[tuple[int, str, dict[str, Any]]]:
+        load = asyncio.create_task(send_all(url, bodies[:1500]))
+        await asyncio.sleep(0.5)
+        operator.apply(manifest(trained.artifact, canary, shadow, 100))
+        return await load
+
+    during = asyncio.run(promote())
+    assert all(code == 200 for code, _, _ in during), [a for a in during if a[0] != 200][:3]
+    eventually(lambda: status(operator)["traffic"] == {"stable": 0, "canary": 100}, timeout=60)
+
+    def all_canary() -> None:
+        after = asyncio.run(send_all(url, bodies[:200]))
+        assert {body["variant"] for _, _, body in after} == {"canary"}
+
+    eventually(all_canary, timeout=30, interval=1)
