@@ -3,7 +3,8 @@
 # (~/.cache/gyre): a Python virtual environment with pinned dependencies, the control-plane
 # binaries and the real node's kubelet (built from the Go module proxy), the real node's
 # containerd, runc and CNI plugins (Debian's packages) with a locally built pause image, the
-# Kafka jars (Maven Central) and torch + a Horovod wheel. The prerequisites are checked first,
+# Kafka jars (Maven Central), torch + a Horovod wheel, PySpark and Redis (the features extra and
+# Debian's redis-server). The prerequisites are checked first,
 # and all that are missing are named before anything is installed. A run that finds everything
 # cached takes seconds.
 #
@@ -130,7 +131,7 @@ if [[ -f "$deps_stamp" && "$(cat "$deps_stamp")" == "$deps_key" ]]; then
 else
   "$VENV/bin/python" -m pip install -q --upgrade pip
   install_torch
-  "$VENV/bin/python" -m pip install -q -e '.[dev,stream,train]'
+  "$VENV/bin/python" -m pip install -q -e '.[dev,stream,train,features]'
   printf '%s\n' "$deps_key" >"$deps_stamp"
 fi
 
@@ -161,6 +162,18 @@ PYTHONPATH="$PWD/operators" "$VENV/bin/python" -m gyre.pipelines.kafka.fetch >/d
 
 step "Horovod wheel (built once from the PyPI sdist; cached)"
 PYTHON="$VENV/bin/python" bash scripts/build-horovod.sh
+
+step "Redis (Debian's redis-server; the FeatureJob's online store on the local runtime)"
+if ! command -v redis-server >/dev/null; then
+  sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  $sudo apt-get update
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends redis-server
+  if [[ -d /run/systemd/system ]]; then  # the package enables a system service; each FeatureJob runs its own
+    $sudo systemctl disable --now redis-server.service || true
+  fi
+else
+  say "redis-server is installed"
+fi
 
 step "Prometheus (Debian's package; the dashboard queries are checked against it)"
 if ! command -v prometheus >/dev/null; then
