@@ -73,7 +73,11 @@ def snapshot(uri: str, kind: str) -> SourceSnapshot:
         if root.is_dir()
         else [root]
     )
-    parts = sorted({str(p.parent.relative_to(root)) if root.is_dir() else p.name for p in files})
+    # Partitions: the directories holding the files (a lake's days), or the files themselves
+    # where they lie at the top.
+    parts = sorted(
+        {str(p.parent.relative_to(root)) if root.is_dir() and p.parent != root else p.name for p in files}
+    )
     if kind == "lake" and (root / LAKE_COMMITS).is_dir():
         offsets = []
         for pdir in sorted((root / LAKE_COMMITS).iterdir()):
@@ -88,7 +92,7 @@ def snapshot(uri: str, kind: str) -> SourceSnapshot:
             name = f.relative_to(root) if root.is_dir() else f.name
             h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         version = h.hexdigest()[:16]
-    return SourceSnapshot(tuple(p for p in parts if p != "."), version, bool(files))
+    return SourceSnapshot(tuple(parts), version, bool(files))
 
 
 def begin_version(offline_uri: str, version: str) -> Path:

@@ -93,9 +93,10 @@ def oracle(
         row: dict[str, Any] = {}
         for f in features:
             rows = [
-                e for e in mine
+                e
+                for e in mine
                 if e["ts_us"] <= t and (f.window_us is None or e["ts_us"] > t - f.window_us) and f.keep(e)
-            ]  # fmt: skip
+            ]
             row[f.name] = f.compute(rows)
         labeled = True
         for lab in labels:

@@ -140,8 +140,16 @@ def make_events(seed: int) -> list[dict[str, Any]]:
                     "churned": rng.choice([True, False, False, None]),
                 }
             )
-    events.append({"entity": "single", "ts_us": (BASE_S + 7 * H) * US, "device": "ios", "amount": 5.0,
-                   "views": 9, "churned": True})  # fmt: skip
+    events.append(
+        {
+            "entity": "single",
+            "ts_us": (BASE_S + 7 * H) * US,
+            "device": "ios",
+            "amount": 5.0,
+            "views": 9,
+            "churned": True,
+        }
+    )
     return events
 
 
@@ -192,6 +200,8 @@ def spark() -> Iterator[Any]:
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.shuffle.partitions", "2")
         .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
         .getOrCreate()
     )
     yield session
@@ -217,11 +227,14 @@ def compare(got: dict[tuple[str, int], dict[str, Any]], want: dict[tuple[str, in
             # Spark SQL averages a decimal literal as a decimal with scale 5: equal to that scale
             tol = 1e-5 if isinstance(a, Decimal) else 1e-9
             same = (a is None and b is None) or (
-                a is not None and b is not None and (
+                a is not None
+                and b is not None
+                and (
                     math.isclose(float(a), float(b), rel_tol=tol, abs_tol=tol)
-                    if isinstance(b, float) or isinstance(a, float | Decimal) else a == b
+                    if isinstance(b, float) or isinstance(a, float | Decimal)
+                    else a == b
                 )
-            )  # fmt: skip
+            )
             if not same:
                 bad.append(f"{key} {n}: spark {a!r} != oracle {b!r}")
     assert not bad, f"{len(bad)} values differ:\n" + "\n".join(bad[:20])
@@ -276,8 +289,11 @@ def test_file_spine_matches_the_oracle(spark: Any, tmp_path: Path) -> None:
 
 
 def test_an_invalid_expression_is_named_before_any_data_is_read(spark: Any, tmp_path: Path) -> None:
-    fields = (SourceField(name="user_id", type="string"), SourceField(name="ts", type="timestamp"),
-              SourceField(name="views", type="int"))  # fmt: skip
+    fields = (
+        SourceField(name="user_id", type="string"),
+        SourceField(name="ts", type="timestamp"),
+        SourceField(name="views", type="int"),
+    )
     base = config(tmp_path / "none", SpineConfig())
     bad_sql = base.model_copy(
         update={

@@ -134,7 +134,14 @@ def build_job_config(
         keep_versions=spec.offline.keep,
         online=online,
         master=f"local[{local_cores(spec)}]",
-        spark_conf={"spark.sql.shuffle.partitions": str(max(2, local_cores(spec) * 2)), **spec.spark.conf},
+        spark_conf={
+            "spark.sql.shuffle.partitions": str(max(2, local_cores(spec) * 2)),
+            # local mode: the driver listens on loopback only
+            "spark.driver.host": "127.0.0.1",
+            "spark.driver.bindAddress": "127.0.0.1",
+            "spark.sql.session.timeZone": "UTC",
+            **spec.spark.conf,
+        },
         driver_memory=spark_memory(spec.spark.driver.memory),
         status_linger_s=STATUS_LINGER_S,
     )
