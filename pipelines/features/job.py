@@ -18,7 +18,8 @@ import os
 import sys
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from typing import Any
 
 from gyre.pipelines._common.env import ConfigError
@@ -88,11 +89,27 @@ def run(cfg: FeatureJobConfig, state: RunState) -> int:
 
     started = time.monotonic()
     snap = wait_for_data(cfg, state)
+    redis_url = cfg.redis_url()
+    client = online.connect(redis_url) if redis_url else None
+    if client is not None:
+        try:
+            _ping(client)
+        except Exception as e:
+            address = online.redis_address(redis_url or "")
+            state.update(
+                phase="failed",
+                reason=status.REDIS_UNREACHABLE,
+                message=f"the online store at {address} did not answer: {e}",
+            )
+            return 1
     state.update(phase="running", step="starting Spark", reason="", message="")
     spark = SparkSession.builder.appName(f"gyre-features-{cfg.name}").getOrCreate()
     try:
-        source = spark.read.parquet(cfg.source.uri)
-        schema = pit.schema_of(cfg.source.fields) if cfg.source.fields else source.schema
+        # A Stream's schema is known without reading anything; plain Parquet has its own.
+        if cfg.source.fields:
+            schema = pit.schema_of(cfg.source.fields)
+        else:
+            schema = spark.read.parquet(cfg.source.uri).schema
         state.update(step="validating")
         try:
             pit.validate(spark, schema, cfg)
@@ -100,20 +117,8 @@ def run(cfg: FeatureJobConfig, state: RunState) -> int:
             state.update(phase="failed", reason=status.INVALID_EXPRESSION, message=str(e))
             log.error("FeatureJob %s: %s", cfg.name, e)
             return 0
-        redis_url = cfg.redis_url()
-        client = online.connect(redis_url) if redis_url else None
-        if client is not None:
-            try:
-                client.ping()
-            except Exception as e:
-                address = online.redis_address(redis_url or "")
-                state.update(
-                    phase="failed",
-                    reason=status.REDIS_UNREACHABLE,
-                    message=f"the online store at {address} did not answer: {e}",
-                )
-                return 1
         state.update(step="reading", partitions_read=list(snap.partitions), source_version=snap.version)
+        source = spark.read.parquet(cfg.source.uri)
         events = pit.prepare_events(source, cfg).cache()
         as_of_us = pit.as_of(events)
         if as_of_us is None:
@@ -164,6 +169,18 @@ def run(cfg: FeatureJobConfig, state: RunState) -> int:
         spark.stop()
 
 
+def _ping(client: Any, attempts: int = 10) -> None:
+    """The online store answers (a Redis started beside this run may still be starting)."""
+    for i in range(attempts):
+        try:
+            client.ping()
+            return
+        except Exception:
+            if i == attempts - 1:
+                raise
+            time.sleep(1.0)
+
+
 def materialize(cfg: FeatureJobConfig, rows: Any, client: Any, redis_url: str) -> OnlineResult:
     """Each entity's newest row (features only) into Redis."""
     from gyre.pipelines.features import pit
@@ -181,7 +198,7 @@ def materialize(cfg: FeatureJobConfig, rows: Any, client: Any, redis_url: str) -
         for r in latest.toLocalIterator():
             ts_ms = int(r[pit.T_US]) // 1000
             bounds.append(ts_ms)
-            yield online.OnlineRow(str(r[cfg.entity]), ts_ms, {n: r[n] for n in names})
+            yield online.OnlineRow(str(r[cfg.entity]), ts_ms, {n: _plain(r[n]) for n in names})
 
     keys = online.materialize(
         client, cfg.online.key_prefix, rows_iter(), cfg.online.ttl_s, cfg.online.batch_size
@@ -199,6 +216,15 @@ def materialize(cfg: FeatureJobConfig, rows: Any, client: Any, redis_url: str) -
         materialized_at=offline.rfc3339(datetime.now(UTC)),
         ttl_s=cfg.online.ttl_s,
     )
+
+
+def _plain(value: Any) -> Any:
+    """A value as JSON holds it (Spark hands out decimals, dates and timestamps)."""
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    return value
 
 
 def main() -> int:

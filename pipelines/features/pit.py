@@ -219,10 +219,16 @@ def compute(
         labeled = labeled & elapsed
         tag += 1
     names = [f.name for f in cfg.features] + [lab.name for lab in cfg.labels]
+    types = {f.name: f.dataType for f in out.schema.fields}
+    # Decimals (what Spark SQL makes of a literal like 1.0) are written as doubles: a training
+    # set and an online store of plain numbers.
+    values = [
+        F.col(n).cast("double").alias(n) if isinstance(types[n], T.DecimalType) else F.col(n) for n in names
+    ]
     return out.select(
         F.col(ENTITY).alias(cfg.entity),
         F.timestamp_micros(F.col(T_US)).alias(cfg.timestamp_field),
-        *names,
+        *values,
         labeled.alias(LABELED),
         T_US,
     )
