@@ -60,7 +60,7 @@ def test_the_example_becomes_a_redis_and_a_spark_run() -> None:
     assert windows["tickets_30d"] == 30 * 86400
     assert cfg.features[-1].sql is not None
     assert cfg.features[-1].aggregation is None
-    assert [(lab.name, lab.horizon_s) for lab in cfg.labels] == [("churned", 14 * 86400)]
+    assert [(lab.name, lab.horizon_s) for lab in cfg.labels] == [("churned", 2 * 86400)]
     assert cfg.spine.kind == "events"
     assert cfg.online is not None
     assert cfg.online.redis_url is None
