@@ -59,7 +59,8 @@ def test_versions_are_immutable_sorted_and_pruned_to_keep(tmp_path: Path) -> Non
         assert v.uri == f"file://{tmp_path / 'store' / 'versions' / name}"
         assert not tmp.exists()
     manifest = json.loads((tmp_path / "store/versions" / names[0] / offline.MANIFEST).read_text())
-    assert manifest["rows"] == 0 and manifest["schema"] == {"x": "bigint"}
+    assert manifest["rows"] == 0
+    assert manifest["schema"] == {"x": "bigint"}
     # A crashed run's leftovers are never a version and are cleaned.
     offline.begin_version(uri, "20990101T000000Z-crash").mkdir(parents=True)
     kept = offline.prune_versions(uri, keep=2)
