@@ -300,3 +300,21 @@ def test_a_finished_run_is_published_and_a_failed_one_keeps_it() -> None:
     assert conds["Degraded"].status
     assert conds["Degraded"].reason == "InvalidExpression"
     assert conds["Ready"].status, "the previous version is still served"
+
+
+def test_on_kubernetes_the_run_is_a_job_and_redis_a_deployment_of_the_redis_image() -> None:
+    from gyre.core.workload import Owner
+    from gyre.runtimes import k8s_render
+
+    owner = Owner(kind="FeatureJob", namespace="ml", name="churn-features", uid="u-1")
+    manifests = k8s_render.render(owner, bf.build_featurejob(spec(), "ml", "churn-features", 1, LAKE), "ml")
+    kinds = sorted(m["kind"] for m in manifests)
+    assert kinds.count("Job") == 1
+    assert kinds.count("Deployment") == 1
+    job = next(m for m in manifests if m["kind"] == "Job")
+    deployment = next(m for m in manifests if m["kind"] == "Deployment")
+    redis = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert redis["image"] == bf.REDIS_IMAGE
+    env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["GYRE_REDIS_ADDR"] == f"churn-features-redis.ml.svc:{bf.REDIS_PORT}"
+    assert all(m["metadata"]["ownerReferences"][0]["uid"] == "u-1" for m in manifests)
