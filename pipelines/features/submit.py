@@ -56,5 +56,7 @@ def main() -> int:
     argv = spark_submit_argv(cfg, _find_spark_home())
     log.info("Submitting FeatureJob %s: %s", cfg.name, " ".join(argv))
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    if cfg.master.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # a local run stays on loopback
     os.execv(argv[0], argv)
     return None
