@@ -50,6 +50,16 @@ class SpineConfig(_Frozen):
     path: str | None = None
 
 
+class ExpectationConfig(_Frozen):
+    """A rule on an output column's values (`gyre.pipelines.features.checks`)."""
+
+    column: str
+    not_null: bool = False
+    min: float | None = None
+    max: float | None = None
+    allowed_values: tuple[str, ...] | None = None
+
+
 class SourceField(_Frozen):
     name: str
     type: str  # the Stream schema's type: string|int|long|double|boolean|timestamp|...
@@ -80,6 +90,8 @@ class FeatureJobConfig(_Frozen):
     offline_uri: str
     keep_versions: int = 5
     online: OnlineConfig | None = None
+    expectations: tuple[ExpectationConfig, ...] = ()
+    fail_on_violation: bool = True
     master: str = "local[1]"
     spark_conf: Mapping[str, str] = {}
     driver_memory: str = "1g"

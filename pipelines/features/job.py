@@ -83,7 +83,7 @@ def wait_for_data(cfg: FeatureJobConfig, state: RunState) -> offline.SourceSnaps
 
 
 def run(cfg: FeatureJobConfig, state: RunState) -> int:
-    from gyre.pipelines.features import pit  # Spark is imported by the driver only
+    from gyre.pipelines.features import checks, pit  # Spark is imported by the driver only
     from pyspark.sql import SparkSession
     from pyspark.sql import functions as F  # noqa: N812
 
@@ -129,6 +129,19 @@ def run(cfg: FeatureJobConfig, state: RunState) -> int:
         state.update(step="computing")
         spine = pit.build_spine(spark, events, cfg, as_of_us)
         rows = pit.compute(spark, events, spine, cfg, as_of_us).cache()
+        if cfg.expectations:
+            state.update(step="validating rows")
+            violations = checks.count_violations(rows, cfg.expectations)
+            state.update(violations=violations)
+            bad = {c: n for c, n in violations.items() if n}
+            if bad and cfg.fail_on_violation:
+                detail = ", ".join(f"{c}: {n}" for c, n in sorted(bad.items()))
+                state.update(
+                    phase="failed",
+                    reason=status.VALIDATION_FAILED,
+                    message=f"{sum(bad.values())} expectation violations ({detail}); no version written",
+                )
+                return 0
         version = offline.new_version_id()
         tmp = offline.begin_version(cfg.offline_uri, version)
         training = rows.where(F.col(pit.LABELED)).drop(pit.LABELED, pit.T_US)

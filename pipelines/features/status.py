@@ -9,6 +9,7 @@ SOURCE_EMPTY = "SourceEmpty"
 INVALID_EXPRESSION = "InvalidExpression"
 REDIS_UNREACHABLE = "RedisUnreachable"
 RUN_FAILED = "RunFailed"
+VALIDATION_FAILED = "ValidationFailed"
 
 
 class OfflineVersion(StatusDoc):
@@ -46,3 +47,4 @@ class FeatureRunStatus(StatusDoc):
     version: OfflineVersion | None = None  # the version this run wrote
     versions: list[OfflineVersion] = []  # every version kept, newest first
     online: OnlineResult | None = None
+    violations: dict[str, int] = {}  # expectation violations per column (every observation row)

@@ -320,3 +320,28 @@ def test_an_invalid_expression_is_named_before_any_data_is_read(spark: Any, tmp_
     )
     with pytest.raises(pit.InvalidExpression, match="label 'y'"):
         pit.validate(spark, schema, bad_label)
+
+
+def test_expectation_violations_are_counted_per_column(spark: Any) -> None:
+    from gyre.pipelines.features import checks
+    from gyre.pipelines.features.config import ExpectationConfig
+
+    rng = random.Random(7)
+    rows = [
+        (rng.choice([None, 1, 5, 12, -3]), rng.choice([None, "free", "pro", "gold"]), rng.choice([None, 0.5]))
+        for _ in range(300)
+    ]
+    df = spark.createDataFrame(rows, "n int, plan string, share double")
+    rules = (
+        ExpectationConfig(column="n", not_null=True, min=0, max=10),
+        ExpectationConfig(column="plan", allowed_values=("free", "pro")),
+        ExpectationConfig(column="share", min=0, max=1),
+    )
+    want = {
+        "n": sum(1 for n, _, _ in rows if n is None or n < 0 or n > 10),
+        "plan": sum(1 for _, p, _ in rows if p is not None and p not in ("free", "pro")),
+        "share": 0,
+    }
+    assert checks.count_violations(df, rules) == want
+    assert want["n"] > 0
+    assert want["plan"] > 0

@@ -318,3 +318,15 @@ def test_on_kubernetes_the_run_is_a_job_and_redis_a_deployment_of_the_redis_imag
     env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["GYRE_REDIS_ADDR"] == f"churn-features-redis.ml.svc:{bf.REDIS_PORT}"
     assert all(m["metadata"]["ownerReferences"][0]["uid"] == "u-1" for m in manifests)
+
+
+def test_expectations_reach_the_run_and_must_name_an_output_column() -> None:
+    (_, run) = bf.build_featurejob(spec(), "ns", "f", 1, LAKE)
+    (rule,) = config_of(run).expectations
+    assert (rule.column, rule.not_null, rule.min, rule.max) == ("sessions_7d", True, 0, None)
+    assert config_of(run).fail_on_violation
+    meta = ObjectMeta(kind="FeatureJob", namespace="ns", name="f", uid="u", generation=1)
+    bad = spec(validation={"expectations": [{"column": "page_views", "min": 0}]})
+    (problem,) = FeatureJobController().check(meta, bad, {})
+    assert "'page_views'" in problem
+    assert "sessions_7d" in problem

@@ -126,7 +126,7 @@ class Expectation(ApiModel):
     """A rule every row's value of one column must satisfy."""
 
     column: FieldName
-    """The feature or source column the rule checks."""
+    """The column the rule checks: a feature, a label, the entity or the timestampField."""
     not_null: bool = False
     """true: a null value is a violation; default false."""
     min: float | None = None
@@ -343,6 +343,8 @@ class FeatureJobStatus(BaseStatus):
     """Why the last run failed (the previous version stays served)."""
     validation_failures: Annotated[int, Field(ge=0)] | None = None
     """Expectation violations in the last run."""
+    violations: Annotated[dict[str, int], Field(max_length=128)] = {}
+    """Expectation violations of the last run per column."""
     drift_score: float | None = None
     """The largest drift score of any feature against the baseline, in the last run."""
 

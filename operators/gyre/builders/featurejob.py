@@ -29,6 +29,7 @@ from gyre.core.workload import (
 )
 from gyre.pipelines.features.config import (
     REDIS_ENV,
+    ExpectationConfig,
     FeatureConfig,
     FeatureJobConfig,
     LabelConfig,
@@ -133,6 +134,17 @@ def build_job_config(
         offline_uri=spec.offline.uri,
         keep_versions=spec.offline.keep,
         online=online,
+        expectations=tuple(
+            ExpectationConfig(
+                column=e.column,
+                not_null=e.not_null,
+                min=e.min,
+                max=e.max,
+                allowed_values=tuple(e.allowed_values) if e.allowed_values is not None else None,
+            )
+            for e in (spec.validation.expectations if spec.validation else [])
+        ),
+        fail_on_violation=spec.validation.fail_on_violation if spec.validation else True,
         master=f"local[{local_cores(spec)}]",
         spark_conf={
             "spark.sql.shuffle.partitions": str(max(2, local_cores(spec) * 2)),

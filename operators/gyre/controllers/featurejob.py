@@ -83,6 +83,13 @@ class FeatureJobController(Controller[FeatureJobSpec]):
                 )
         if len(set(names)) != len(names):
             problems.append("feature and label names must differ from each other")
+        columns = {*names, spec.entity, spec.timestamp_field}
+        for e in spec.validation.expectations if spec.validation else []:
+            if e.column not in columns:
+                problems.append(
+                    f"validation expectation on {e.column!r}: not a feature, label, entity or timestampField "
+                    f"column (columns: {', '.join(sorted(columns))})"
+                )
         stream = deps.get("spec.source.stream")
         source = stream.spec_as(StreamSpec) if stream is not None else None
         if stream is None or source is None:
@@ -188,6 +195,9 @@ def record_run(
 ) -> None:
     """The figures of a finished run into the status; a failed run keeps the old version."""
     ok = doc.phase == "succeeded"
+    if doc.violations:
+        out.violations = dict(doc.violations)
+        out.validation_failures = sum(doc.violations.values())
     out.last_run = LastRun(
         generation=doc.generation,
         time=doc.finished_at or cnd.now_rfc3339(),
