@@ -3,7 +3,8 @@
 # (~/.cache/gyre): a Python virtual environment with pinned dependencies, the control-plane
 # binaries and the real node's kubelet (built from the Go module proxy), the real node's
 # containerd, runc and CNI plugins (Debian's packages) with a locally built pause image, the
-# Kafka jars (Maven Central) and torch + a Horovod wheel. The prerequisites are checked first,
+# Kafka jars (Maven Central), torch + a Horovod wheel, PySpark and Redis (the features extra and
+# Debian's redis-server). The prerequisites are checked first,
 # and all that are missing are named before anything is installed. A run that finds everything
 # cached takes seconds.
 #
@@ -131,7 +132,7 @@ if [[ -f "$deps_stamp" && "$(cat "$deps_stamp")" == "$deps_key" ]]; then
 else
   "$VENV/bin/python" -m pip install -q --upgrade pip
   install_torch
-  "$VENV/bin/python" -m pip install -q -e '.[dev,stream,train,experiment,serve]'
+  "$VENV/bin/python" -m pip install -q -e '.[dev,stream,train,experiment,serve,features]'
   # kserve without its declared dependencies: the `serve` extra has what it needs (see there).
   "$VENV/bin/python" -m pip install -q --no-deps "$KSERVE_PIN"
   printf '%s\n' "$deps_key" >"$deps_stamp"
@@ -165,6 +166,18 @@ PYTHONPATH="$PWD/operators" "$VENV/bin/python" -m gyre.pipelines.kafka.fetch >/d
 step "Horovod wheel (built once from the PyPI sdist; cached)"
 PYTHON="$VENV/bin/python" bash scripts/build-horovod.sh
 
+step "Redis (Debian's redis-server: the FeatureJob's online store on the local runtime; the model server's tests start their own)"
+if ! command -v redis-server >/dev/null; then
+  sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  $sudo apt-get update
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends redis-server
+  if [[ -d /run/systemd/system ]]; then  # the package enables a system service; each FeatureJob runs its own
+    $sudo systemctl disable --now redis-server.service || true
+  fi
+else
+  say "redis-server is installed"
+fi
+
 step "Prometheus (Debian's package; the dashboard queries are checked against it)"
 if ! command -v prometheus >/dev/null; then
   sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
@@ -175,14 +188,6 @@ if ! command -v prometheus >/dev/null; then
     $sudo systemctl disable --now prometheus.service || true
   fi
 fi
-step "Redis (Debian's package; the model server's online-feature tests start their own)"
-if ! command -v redis-server >/dev/null; then
-  sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
-  $sudo apt-get update
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends redis-server
-  if [[ -d /run/systemd/system ]]; then  # the package enables and starts a system service
-    $sudo systemctl disable --now redis-server.service || true
-  fi
-fi
+
 touch "$SETUP_STAMP"
 step "Setup complete"

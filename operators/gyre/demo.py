@@ -44,7 +44,7 @@ import yaml
 
 from gyre.controlplane.plane import ControlPlane, ControlPlaneError
 from gyre.controlplane.procs import Proc, log_tail, processes
-from gyre.core.conditions import DEPENDENCY_NOT_READY, NOT_SUPPORTED
+from gyre.core.conditions import NOT_SUPPORTED
 from gyre.manifests import repo_root
 
 KINDS = ",".join(
@@ -91,16 +91,18 @@ class Expected:
         return None
 
 
-# FeatureJob and Experiment are accepted and validated, but their workloads are not built yet:
-# Ready stays False with reason NotSupportedYet. The InferenceService serves online features of
-# the FeatureJob, so it waits for it: Ready=False, DependencyNotReady.
+# The FeatureJob runs Spark over the lake and publishes a version and online values: Ready.
+# The Experiment and the InferenceService are accepted and validated, but their workloads are
+# not built yet: Ready stays False with reason NotSupportedYet once their dependencies are Ready.
 EXPECTED: dict[str, Expected] = {
     "Stream": Expected(ready="True"),
     "TrainingJob": Expected(phase="Succeeded", ready="True"),
-    "FeatureJob": Expected(ready="False", reason=NOT_SUPPORTED),
+    "FeatureJob": Expected(phase="Ready", ready="True", reason="FeaturesAvailable"),
     "Experiment": Expected(ready="False", reason=NOT_SUPPORTED),
-    "InferenceService": Expected(ready="False", reason=DEPENDENCY_NOT_READY),
+    "InferenceService": Expected(ready="False", reason=NOT_SUPPORTED),
 }
+# Phases after which a FeatureJob's run is over (the demo waits for one).
+FEATURE_RUN_OVER = ("Ready", "Failed", "Degraded")
 
 
 @dataclass(frozen=True)
@@ -356,6 +358,8 @@ class Demo:
             if st.get("observedGeneration") != obj["metadata"]["generation"]:
                 return False
             if obj["kind"] == "TrainingJob" and st.get("phase") not in ("Succeeded", "Failed"):
+                return False
+            if obj["kind"] == "FeatureJob" and st.get("phase") not in FEATURE_RUN_OVER:
                 return False
         return True
 

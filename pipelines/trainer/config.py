@@ -59,6 +59,8 @@ class DatasetConfig:
     timestamp_column: str | None = None  # needed for a time split; never a feature by default
     exclude: tuple[str, ...] = ()  # columns never used as features (ids, ...)
     max_categories: int = 64  # per categorical feature; rarer values share the unknown bucket
+    version: str | None = None  # a FeatureJob's offline version (lineage); None: a content hash
+    feature_job: str | None = None  # the FeatureJob it came from (lineage)
 
 
 @dataclass(frozen=True)

@@ -361,7 +361,9 @@ def train(cfg: TrainerConfig, backend: Backend, publish: Callable[[str], None] |
             "label": cfg.dataset.label,
             "dataset": {
                 "location": cfg.dataset.path,
-                "version": data.source.version(),
+                "version": cfg.dataset.version or data.source.version(),
+                "content_version": data.source.version(),
+                "feature_job": cfg.dataset.feature_job,
                 "rows": data.source.num_rows,
                 "train_rows": data.train_rows,
                 "validation_rows": data.val_rows,

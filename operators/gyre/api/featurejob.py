@@ -60,7 +60,8 @@ class FeatureSpec(ApiModel):
     field: FieldName | None = None
     """Column aggregated (not needed for count)."""
     window: Duration | None = None
-    """Trailing window; unset means all history up to the row's timestamp."""
+    """Trailing window: at observation time t, the events with t - window < timestamp <= t;
+    unset means all history up to t."""
     filter: Annotated[str, Field(max_length=1024)] | None = None
     """A Spark SQL boolean expression rows must satisfy, e.g. "event = 'purchase'"."""
     sql: Annotated[str, Field(max_length=8192)] | None = None
@@ -75,16 +76,39 @@ class LabelSpec(ApiModel):
     expression: Annotated[str, Field(min_length=1, max_length=4096)]
     """Spark SQL over the entity's events after the cutoff, e.g. "count(*) = 0"."""
     horizon: Duration
-    """How far after the feature timestamp the label looks."""
+    """How far after the feature timestamp the label looks: the events with
+    t < timestamp <= t + horizon; a row whose horizon has not elapsed (t + horizon after the
+    newest event) gets no label and is no training row."""
+
+
+class SpineSpec(ApiModel):
+    """The observation points of the training set, one row per (entity, time): every
+    event's timestamp (the default), a fixed grid (every), or the rows of a Parquet file of
+    (entity, timestamp) (path); set at most one."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel("!(has(self.every) && has(self.path))", "set at most one of every and path")
+        )
+    )
+
+    every: Duration | None = None
+    """A grid: for each entity, every multiple of this duration (since the Unix epoch) from its
+    first event to the newest event in the source."""
+    path: Uri | None = None
+    """Parquet files whose rows (the entity and timestampField columns) are the points."""
 
 
 class OfflineStore(ApiModel):
     """Point-in-time correct feature rows for training (a TrainingJob's dataset.featureJob reads it)."""
 
     uri: Uri
-    """Where the Parquet feature rows are written."""
+    """Where the Parquet feature rows are written: each run adds an immutable version under
+    versions/<version>/, partitioned by observation_date."""
     format: Literal["parquet"] = "parquet"
     """File format: parquet, the only one."""
+    keep: Annotated[int, Field(ge=1, le=100)] = 5
+    """How many versions are kept (the newest); default 5."""
 
 
 class OnlineStore(ApiModel):
@@ -102,7 +126,7 @@ class Expectation(ApiModel):
     """A rule every row's value of one column must satisfy."""
 
     column: FieldName
-    """The feature or source column the rule checks."""
+    """The column the rule checks: a feature, a label, the entity or the timestampField."""
     not_null: bool = False
     """true: a null value is a violation; default false."""
     min: float | None = None
@@ -177,8 +201,11 @@ class FeatureJobSpec(Kind):
         printer_columns=[
             *ready_column(),
             {"name": "Mode", "type": "string", "jsonPath": ".spec.mode"},
-            {"name": "Rows", "type": "integer", "jsonPath": ".status.rowsWritten"},
-            {"name": "Last Run", "type": "date", "jsonPath": ".status.lastRunTime"},
+            {"name": "Rows", "type": "integer", "jsonPath": ".status.offline.rows"},
+            {"name": "Version", "type": "string", "jsonPath": ".status.offline.latestVersion", "priority": 1},
+            {"name": "Keys", "type": "integer", "jsonPath": ".status.online.keys"},
+            {"name": "Freshness", "type": "date", "jsonPath": ".status.online.newestFeatureTime"},
+            {"name": "Last Run", "type": "date", "jsonPath": ".status.lastRun.time"},
             age_column(),
         ],
     )
@@ -188,6 +215,8 @@ class FeatureJobSpec(Kind):
     """Column that identifies the entity features describe (e.g. user_id)."""
     timestamp_field: FieldName
     """Event-time column: windows end at each row's timestamp, so no feature sees the future."""
+    spine: SpineSpec = SpineSpec()
+    """The observation points; default every event's timestamp."""
     features: Annotated[list[FeatureSpec], Field(min_length=1, max_length=256)]
     """The features computed per entity and timestamp (names unique)."""
     labels: Annotated[list[LabelSpec], Field(max_length=16)] = []
@@ -205,21 +234,117 @@ class FeatureJobSpec(Kind):
     spark: SparkSpec = SparkSpec()
 
 
-class FeatureJobStatus(BaseStatus):
-    """The job's conditions and what its last run produced."""
+class LastRun(ApiModel):
+    """What the last run did (successful or not)."""
 
-    rows_written: Annotated[int, Field(ge=0)] | None = None
-    """Feature rows the last run wrote to the offline store."""
+    model_config = ConfigDict(frozen=False)
+
+    generation: int | None = None
+    """The FeatureJob generation it computed."""
+    time: Annotated[str, Field(json_schema_extra={"format": "date-time"})] | None = None
+    """When it finished."""
+    duration_seconds: float | None = None
+    """How long it took, from start to the online store written."""
+    rows: Annotated[int, Field(ge=0)] | None = None
+    """Training rows written (their label horizon has elapsed)."""
+    unlabeled_rows: Annotated[int, Field(ge=0)] | None = None
+    """Observation rows left out of the training set: their label horizon has not elapsed."""
     entities: Annotated[int, Field(ge=0)] | None = None
-    """Distinct entities in the last run's output."""
-    last_run_time: Annotated[str, Field(json_schema_extra={"format": "date-time"})] | None = None
-    """When the last successful run finished."""
-    offline_uri: str | None = None
-    """Where the offline store's rows are (what dependents read)."""
-    online_keys: Annotated[int, Field(ge=0)] | None = None
-    """Entities held in the online store."""
+    """Distinct entities in its rows."""
+    version: str | None = None
+    """The offline version it wrote."""
+    partitions_read: Annotated[list[str], Field(max_length=4096)] = []
+    """The source partitions (lake days) it read."""
+    source_version: str | None = None
+    """What the source held when it was read (a Stream's lake: each Kafka partition's next offset)."""
+    succeeded: bool | None = None
+    """Whether it wrote a new version."""
+    reason: str | None = None
+    """Why it did not succeed (InvalidExpression, RedisUnreachable, RunFailed)."""
+    message: str | None = None
+    """What it reported at its end."""
+
+
+class OfflineVersionStatus(ApiModel):
+    """One immutable version of the offline store."""
+
+    model_config = ConfigDict(frozen=False)
+
+    version: str
+    """Its name (a UTC timestamp first, so names sort by age)."""
+    uri: str
+    """Its Parquet directory, partitioned by observation_date."""
+    rows: Annotated[int, Field(ge=0)]
+    """Training rows in it."""
+    source_version: str | None = None
+    """The source version it was computed from."""
+    created: str | None = None
+    """When it was written (RFC 3339)."""
+
+
+class OfflineStatus(ApiModel):
+    """The offline store: what a TrainingJob with dataset.featureJob reads."""
+
+    model_config = ConfigDict(frozen=False)
+
+    uri: str
+    """The store's root (offline.uri)."""
+    latest_version: str | None = None
+    """The newest version's name."""
+    latest_uri: str | None = None
+    """The newest version's Parquet directory: what dependents read by default."""
+    rows: Annotated[int, Field(ge=0)] | None = None
+    """Rows of the newest version."""
+    source_version: str | None = None
+    """The source version the newest version was computed from."""
+    versions: Annotated[list[OfflineVersionStatus], Field(max_length=100)] = []
+    """Every version kept, newest first."""
+
+
+class OnlineStatus(ApiModel):
+    """The online store: where the newest values are, how many and how fresh."""
+
+    model_config = ConfigDict(frozen=False)
+
+    address: str | None = None
+    """host:port of the Redis holding the values."""
+    key_prefix: str | None = None
+    """The keys are this prefix and the entity (gyre.pipelines.features.online reads them)."""
+    keys: Annotated[int, Field(ge=0)] | None = None
+    """Entities the last run materialized."""
+    newest_feature_time: Annotated[str, Field(json_schema_extra={"format": "date-time"})] | None = None
+    """The feature timestamp of the newest materialized row."""
+    oldest_feature_time: Annotated[str, Field(json_schema_extra={"format": "date-time"})] | None = None
+    """The feature timestamp of the oldest materialized row."""
+    materialized_at: Annotated[str, Field(json_schema_extra={"format": "date-time"})] | None = None
+    """When the values were written; they read as expired ttl after it."""
+    ttl_seconds: float | None = None
+    """online.ttl in seconds."""
+
+
+class FeatureJobStatus(BaseStatus):
+    """The job's conditions and what its runs produced."""
+
+    last_run: LastRun | None = None
+    """The last run that finished."""
+    offline: OfflineStatus | None = None
+    """The published offline version (kept when a later run fails)."""
+    online: OnlineStatus | None = None
+    """The online store's address, keys and freshness."""
+    features: Annotated[list[str], Field(max_length=256)] = []
+    """The feature columns, in spec order (what a TrainingJob trains on by default)."""
+    labels: Annotated[list[str], Field(max_length=16)] = []
+    """The label columns."""
+    entity: str | None = None
+    """The entity column of the rows."""
+    timestamp_field: str | None = None
+    """The observation-time column of the rows."""
+    failure_message: str | None = None
+    """Why the last run failed (the previous version stays served)."""
     validation_failures: Annotated[int, Field(ge=0)] | None = None
     """Expectation violations in the last run."""
+    violations: Annotated[dict[str, int], Field(max_length=128)] = {}
+    """Expectation violations of the last run per column."""
     drift_score: float | None = None
     """The largest drift score of any feature against the baseline, in the last run."""
 

@@ -57,7 +57,13 @@ class DatasetSpec(ApiModel):
     model_config = ConfigDict(json_schema_extra=validations(exactly_one("featureJob", "stream", "path")))
 
     feature_job: DnsName | None = None
-    """A FeatureJob in this namespace; its offline store is read."""
+    """A FeatureJob in this namespace; its offline store is read (its newest version, or
+    featureVersion)."""
+    feature_version: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=128)] | None = (
+        None
+    )
+    """With featureJob: a version of its offline store to train on (one of its
+    status.offline.versions); unset: the newest when the run starts."""
     stream: DnsName | None = None
     """A Stream in this namespace; its lake is read."""
     path: Uri | None = None
@@ -231,6 +237,19 @@ class ModelRef(ApiModel):
     serving it must carry (or its feature lookup must supply)."""
 
 
+class DatasetRef(ApiModel):
+    """Where a run's training data is, and which version of it."""
+
+    model_config = ConfigDict(frozen=False)
+
+    uri: str
+    """The Parquet files read."""
+    version: str | None = None
+    """A FeatureJob's offline version (absent for a lake or a path)."""
+    feature_job: str | None = None
+    """The FeatureJob it comes from."""
+
+
 class TrainingJobStatus(BaseStatus):
     """The job's phase and conditions, its workers, progress, metrics and model."""
 
@@ -247,6 +266,8 @@ class TrainingJobStatus(BaseStatus):
     samples_per_second: float | None = None
     """Training throughput over all workers, in rows per second."""
     model: ModelRef | None = None
+    dataset: DatasetRef | None = None
+    """The data this generation's run trains on (fixed when the run starts)."""
     start_time: Annotated[str, Field(json_schema_extra={"format": "date-time"})] | None = None
     """When the workers were first started for this generation."""
     completion_time: Annotated[str, Field(json_schema_extra={"format": "date-time"})] | None = None

@@ -7,6 +7,8 @@ within `runPolicy.backoffLimit`; a restarted gang resumes from the newest checkp
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from gyre.api.trainingjob import TrainingJobSpec
 from gyre.core.workload import (
     ConfigDirRef,
@@ -52,19 +54,32 @@ def artifact_uri(spec: TrainingJobSpec, name: str, generation: int) -> str:
     return f"{spec.output.uri.rstrip('/')}/{model_version(name, generation)}"
 
 
+@dataclass(frozen=True)
+class DatasetSource:
+    """The training data as resolved from the spec and its dependencies."""
+
+    uri: str
+    version: str | None = None  # a FeatureJob's offline version
+    feature_job: str | None = None
+    features: tuple[str, ...] = ()  # the FeatureJob's feature columns (default features)
+
+
 def build_trainer_config(
-    spec: TrainingJobSpec, name: str, generation: int, dataset_uri: str
+    spec: TrainingJobSpec, name: str, generation: int, dataset: str | DatasetSource
 ) -> TrainerConfig:
+    source = dataset if isinstance(dataset, DatasetSource) else DatasetSource(dataset)
     ds = spec.dataset
     hp = spec.hyperparameters
     return TrainerConfig(
         name=name,
         dataset=DatasetConfig(
-            path=dataset_uri,
+            path=source.uri,
             label=ds.label,
-            features=tuple(ds.features) or None,
+            features=tuple(ds.features) or source.features or None,
             timestamp_column=ds.split.time_field,
             exclude=tuple(ds.ignore),
+            version=source.version,
+            feature_job=source.feature_job,
         ),
         split=SplitConfig(
             kind=ds.split.method, validation_fraction=ds.split.validation_fraction, seed=ds.split.seed
@@ -136,6 +151,8 @@ def build_workers(spec: TrainingJobSpec, config: TrainerConfig) -> Workload:
     )
 
 
-def build_trainingjob(spec: TrainingJobSpec, name: str, generation: int, dataset_uri: str) -> list[Workload]:
-    config = build_trainer_config(spec, name, generation, dataset_uri)
+def build_trainingjob(
+    spec: TrainingJobSpec, name: str, generation: int, dataset: str | DatasetSource
+) -> list[Workload]:
+    config = build_trainer_config(spec, name, generation, dataset)
     return [build_launcher(spec, config), build_workers(spec, config)]

@@ -1,20 +1,72 @@
-"""FeatureJob reconcile: resolves its source Stream and checks windows against its retention."""
+"""FeatureJob reconcile: a Spark run per spec change, its offline versions and online store.
+
+The run (`gyre.pipelines.features`) serves its progress and result on ``/status``
+(`FeatureRunStatus`); once it has been read, the result is kept in the FeatureJob's status
+(`lastRun`, `offline`, `online`), which is what dependents read: a TrainingJob with
+``dataset.featureJob`` trains on ``status.offline.latestUri``, an InferenceService reads
+``status.online``. A failed run keeps the previous version published. The phase and
+conditions are decided by a small pure function (`decide`) of what the run reported.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
-from gyre.api.featurejob import FeatureJobSpec
-from gyre.api.stream import StreamSpec
-from gyre.controllers.base import ObjectMeta, Ref, Resolved
-from gyre.controllers.pending import PendingDataPlane
+from gyre.api.featurejob import (
+    FeatureJobSpec,
+    FeatureJobStatus,
+    LastRun,
+    OfflineStatus,
+    OfflineVersionStatus,
+    OnlineStatus,
+)
+from gyre.api.stream import StreamSpec, StreamStatus
+from gyre.builders.featurejob import REDIS, RUN, ResolvedSource, build_featurejob, wants_redis
+from gyre.controllers.base import Controller, ObjectMeta, Ref, Resolved, StatusInput, StatusOutput
+from gyre.core import conditions as cnd
+from gyre.core.children import ChildKind
 from gyre.core.durations import parse_duration
+from gyre.core.workload import Workload, WorkloadPhase
+from gyre.pipelines.features import status as run_status
+from gyre.pipelines.features.status import FeatureRunStatus
+from gyre.runtimes.base import Runtime
+
+POLL_S = 2.0
+FRESHNESS_RECHECK_S = 60.0
+# Condition reasons of a FeatureJob.
+FEATURES_AVAILABLE = "FeaturesAvailable"
+RUNNING = "Running"
+WAITING_FOR_DATA = "WaitingForData"
+WAITING_FOR_LAKE = "WaitingForLake"
+ONLINE_STALE = "OnlineStale"
+ONLINE_STORE_DOWN = "OnlineStoreDown"
+NO_VERSION = "NoVersionYet"
 
 
-class FeatureJobController(PendingDataPlane):
+def _source(spec: FeatureJobSpec, deps: Mapping[str, Resolved]) -> ResolvedSource | None:
+    if spec.source.path:
+        return ResolvedSource("parquet", spec.source.path)
+    dep = deps.get("spec.source.stream")
+    if dep is None:
+        return None
+    st = dep.status_as(StreamStatus)
+    if not st.lake_uri:
+        return None
+    return ResolvedSource("lake", st.lake_uri, [(f.name, f.type) for f in st.schema_fields])
+
+
+@dataclass(frozen=True)
+class FeatureFacts:
+    run: FeatureRunStatus | None = None  # the run's /status (None: not answering)
+    source: ResolvedSource | None = None
+
+
+class FeatureJobController(Controller[FeatureJobSpec]):
     kind = "FeatureJob"
     spec_model = FeatureJobSpec
-    data_plane = "Spark"
 
     def references(self, spec: FeatureJobSpec) -> list[Ref]:
         if spec.source.stream:
@@ -22,11 +74,28 @@ class FeatureJobController(PendingDataPlane):
         return []
 
     def check(self, meta: ObjectMeta, spec: FeatureJobSpec, deps: Mapping[str, Resolved]) -> list[str]:
+        problems: list[str] = []
+        names = [f.name for f in spec.features] + [lab.name for lab in spec.labels]
+        for col in (spec.entity, spec.timestamp_field):
+            if col in names:
+                problems.append(
+                    f"feature or label {col!r} has the name of the entity or timestampField column"
+                )
+        if len(set(names)) != len(names):
+            problems.append("feature and label names must differ from each other")
+        columns = {*names, spec.entity, spec.timestamp_field}
+        for e in spec.validation.expectations if spec.validation else []:
+            if e.column not in columns:
+                problems.append(
+                    f"validation expectation on {e.column!r}: not a feature, label, entity or timestampField "
+                    f"column (columns: {', '.join(sorted(columns))})"
+                )
         stream = deps.get("spec.source.stream")
         source = stream.spec_as(StreamSpec) if stream is not None else None
         if stream is None or source is None:
-            return []
-        problems: list[str] = []
+            return problems
+        if not any(s.lake for s in source.sinks):
+            problems.append(f"Stream {stream.ref.name!r} has no lake sink to read: add one to its spec.sinks")
         retention_text = source.topic.retention
         retention = parse_duration(retention_text)
         for f in spec.features:
@@ -44,3 +113,270 @@ class FeatureJobController(PendingDataPlane):
                     f"(fields: {', '.join(sorted(str(x) for x in fields))})"
                 )
         return problems
+
+    def build(
+        self,
+        meta: ObjectMeta,
+        spec: FeatureJobSpec,
+        deps: Mapping[str, Resolved],
+        status: Mapping[str, Any],
+        prepared: Any,
+        *,
+        served: frozenset[ChildKind] = frozenset(),
+    ) -> list[Workload]:
+        source = _source(spec, deps)
+        if source is None:
+            return []
+        return build_featurejob(spec, meta.namespace, meta.name, meta.generation, source)
+
+    async def converge(
+        self,
+        meta: ObjectMeta,
+        spec: FeatureJobSpec,
+        deps: Mapping[str, Resolved],
+        runtime: Runtime,
+        prepared: Any,
+        workloads: Sequence[Workload],
+    ) -> FeatureFacts:
+        run = next((w for w in workloads if w.name == RUN), None)
+        if run is None:
+            return FeatureFacts(source=_source(spec, deps))
+        docs = await runtime.read_status(meta.owner, run)
+        doc = FeatureRunStatus.parse(next(iter(docs), None))
+        if doc is not None and doc.generation != meta.generation:
+            doc = None  # the previous generation's run, still exiting
+        return FeatureFacts(run=doc, source=_source(spec, deps))
+
+    def compute_status(self, spec: FeatureJobSpec, inp: StatusInput) -> StatusOutput:
+        facts: FeatureFacts = inp.facts or FeatureFacts()
+        old = FeatureJobStatus.model_validate(
+            {k: v for k, v in inp.old_status.items() if k not in ("conditions",)}
+        )
+        out = FeatureJobStatus(
+            features=[f.name for f in spec.features],
+            labels=[lab.name for lab in spec.labels],
+            entity=spec.entity,
+            timestamp_field=spec.timestamp_field,
+        )
+        gen = inp.meta.generation
+        doc = facts.run
+        if doc is not None and doc.phase in ("succeeded", "failed"):
+            record_run(out, old, spec, doc)
+        last = out.last_run or old.last_run
+        offline = out.offline or old.offline
+        online = out.online or old.online
+        run = inp.observed.get(RUN)
+        redis = inp.observed.get(REDIS)
+        decision = decide(
+            DecisionInput(
+                source_known=facts.source is not None,
+                run_phase=run.phase if run else None,
+                run_message=(run.message if run else "") or "",
+                doc=doc,
+                last=last if last is not None and last.generation == gen else None,
+                has_version=bool(offline and offline.latest_version),
+                online_wanted=spec.online is not None and spec.online.enabled,
+                online_expires_in_s=_expires_in(online),
+                redis_down=wants_redis(spec) and (redis is None or redis.phase != WorkloadPhase.READY),
+            )
+        )
+        if decision.failure is not None:
+            out.failure_message = decision.failure
+        return StatusOutput(
+            status=out,
+            conditions=decision.conditions,
+            phase=decision.phase,
+            requeue_after=decision.requeue_after,
+        )
+
+
+def record_run(
+    out: FeatureJobStatus, old: FeatureJobStatus, spec: FeatureJobSpec, doc: FeatureRunStatus
+) -> None:
+    """The figures of a finished run into the status; a failed run keeps the old version."""
+    ok = doc.phase == "succeeded"
+    if doc.violations:
+        out.violations = dict(doc.violations)
+        out.validation_failures = sum(doc.violations.values())
+    out.last_run = LastRun(
+        generation=doc.generation,
+        time=doc.finished_at or cnd.now_rfc3339(),
+        duration_seconds=doc.duration_s,
+        rows=doc.rows,
+        unlabeled_rows=doc.unlabeled_rows,
+        entities=doc.entities,
+        version=doc.version.version if doc.version else None,
+        partitions_read=list(doc.partitions_read),
+        source_version=doc.source_version or None,
+        succeeded=ok,
+        reason=None if ok else (doc.reason or run_status.RUN_FAILED),
+        message=doc.message,
+    )
+    if ok and doc.version is not None:
+        out.offline = OfflineStatus(
+            uri=spec.offline.uri,
+            latest_version=doc.version.version,
+            latest_uri=doc.version.uri,
+            rows=doc.version.rows,
+            source_version=doc.version.source_version or None,
+            versions=[
+                OfflineVersionStatus(
+                    version=v.version,
+                    uri=v.uri,
+                    rows=v.rows,
+                    source_version=v.source_version or None,
+                    created=v.created or None,
+                )
+                for v in doc.versions
+            ],
+        )
+        if doc.online is not None:
+            o = doc.online
+            out.online = OnlineStatus(
+                address=o.address,
+                key_prefix=o.key_prefix,
+                keys=o.keys,
+                newest_feature_time=o.newest_feature_time,
+                oldest_feature_time=o.oldest_feature_time,
+                materialized_at=o.materialized_at,
+                ttl_seconds=o.ttl_s,
+            )
+        out.failure_message = None
+    elif not ok:
+        out.failure_message = f"{doc.reason or run_status.RUN_FAILED}: {doc.message}"
+
+
+def _expires_in(online: OnlineStatus | None) -> float | None:
+    if online is None or not online.materialized_at or online.ttl_seconds is None:
+        return None
+    at = dt.datetime.strptime(online.materialized_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    return online.ttl_seconds - (dt.datetime.now(dt.UTC) - at).total_seconds()
+
+
+@dataclass(frozen=True)
+class DecisionInput:
+    """What the FeatureJob's phase and conditions depend on (`decide`)."""
+
+    source_known: bool  # the source's location is known (a Stream published its lake)
+    run_phase: WorkloadPhase | None  # the run workload (None: not applied)
+    run_message: str  # the runtime's words about it (exit status, last log lines)
+    doc: FeatureRunStatus | None  # what the run serves now (None: not answering)
+    last: LastRun | None  # the recorded result of this generation's run
+    has_version: bool  # a good offline version is published (from any run)
+    online_wanted: bool
+    online_expires_in_s: float | None  # until the materialized values expire (None: none)
+    redis_down: bool  # the Redis this FeatureJob runs is not ready
+
+
+@dataclass(frozen=True)
+class Decision:
+    phase: str
+    conditions: list[cnd.Cond]
+    requeue_after: float | None = None
+    failure: str | None = None
+
+
+def decide(i: DecisionInput) -> Decision:
+    """Pure: first match wins."""
+    ready = _ready(i)
+    if not i.source_known:
+        msg = "waiting for the Stream to publish its lake (status.lakeUri)"
+        return Decision(
+            "Waiting",
+            [
+                cnd.Cond(cnd.READY, False, WAITING_FOR_LAKE, msg),
+                cnd.Cond(cnd.PROGRESSING, True, WAITING_FOR_LAKE, msg),
+            ],
+            POLL_S,
+        )
+    doc = i.doc
+    if doc is not None and doc.phase == "waiting":
+        return Decision(
+            "Waiting",
+            [
+                ready
+                or cnd.Cond(cnd.READY, False, run_status.SOURCE_EMPTY, f"waiting for data: {doc.message}"),
+                cnd.Cond(cnd.PROGRESSING, True, WAITING_FOR_DATA, doc.message),
+            ],
+            POLL_S,
+        )
+    if doc is not None and doc.phase in ("starting", "running"):
+        msg = f"run of generation {doc.generation}: {doc.step or doc.phase}"
+        return Decision(
+            "Running",
+            [
+                ready or cnd.Cond(cnd.READY, False, NO_VERSION, "the first run is in progress"),
+                cnd.Cond(cnd.PROGRESSING, True, RUNNING, msg),
+            ],
+            POLL_S,
+        )
+    last = i.last
+    if last is not None and not last.succeeded:
+        reason = last.reason or run_status.RUN_FAILED
+        message = last.message or "the run failed"
+        retrying = i.run_phase not in (WorkloadPhase.SUCCEEDED, WorkloadPhase.FAILED)
+        kept = " (the previous version stays published)" if i.has_version else ""
+        return Decision(
+            "Failed" if not retrying else "Retrying",
+            [
+                ready or cnd.Cond(cnd.READY, False, reason, message),
+                cnd.Cond(
+                    cnd.PROGRESSING, retrying, "Retrying" if retrying else reason, message if retrying else ""
+                ),
+                cnd.Cond(cnd.DEGRADED, True, reason, message + kept),
+            ],
+            POLL_S if retrying else None,
+            failure=f"{reason}: {message}",
+        )
+    if i.run_phase == WorkloadPhase.FAILED and (last is None or not last.succeeded):
+        message = i.run_message.strip().splitlines()[-1] if i.run_message.strip() else "the Spark run failed"
+        return Decision(
+            "Failed",
+            [
+                ready or cnd.Cond(cnd.READY, False, run_status.RUN_FAILED, message),
+                cnd.Cond(cnd.PROGRESSING, False, run_status.RUN_FAILED),
+                cnd.Cond(cnd.DEGRADED, True, run_status.RUN_FAILED, message),
+            ],
+            failure=f"{run_status.RUN_FAILED}: {message}",
+        )
+    if last is not None and last.succeeded:
+        if ready is not None and ready.status:
+            requeue = FRESHNESS_RECHECK_S
+            if i.online_expires_in_s is not None:
+                requeue = max(1.0, min(requeue, i.online_expires_in_s))
+            return Decision("Ready", [ready, cnd.Cond(cnd.PROGRESSING, False, FEATURES_AVAILABLE)], requeue)
+        assert ready is not None
+        return Decision(
+            "Degraded",
+            [
+                ready,
+                cnd.Cond(cnd.PROGRESSING, False, ready.reason),
+                cnd.Cond(cnd.DEGRADED, True, ready.reason, ready.message),
+            ],
+            FRESHNESS_RECHECK_S,
+        )
+    return Decision(
+        "Running",
+        [
+            ready or cnd.Cond(cnd.READY, False, NO_VERSION, "the run is starting"),
+            cnd.Cond(cnd.PROGRESSING, True, cnd.WORKLOADS_STARTING, "the Spark run is starting"),
+        ],
+        POLL_S,
+    )
+
+
+def _ready(i: DecisionInput) -> cnd.Cond | None:
+    """Ready from what is published: a good version, and fresh online values (None: no version)."""
+    if not i.has_version:
+        return None
+    if i.online_wanted:
+        if i.redis_down:
+            return cnd.Cond(cnd.READY, False, ONLINE_STORE_DOWN, "the online store's Redis is not ready")
+        if i.online_expires_in_s is not None and i.online_expires_in_s <= 0:
+            return cnd.Cond(cnd.READY, False, ONLINE_STALE, "the online values are older than online.ttl")
+    return cnd.Cond(
+        cnd.READY,
+        True,
+        FEATURES_AVAILABLE,
+        "an offline version is published" + (" and the online values are fresh" if i.online_wanted else ""),
+    )

@@ -17,12 +17,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gyre.api.featurejob import FeatureJobSpec
+from gyre.api.featurejob import FeatureJobStatus
 from gyre.api.stream import StreamSpec, StreamStatus
-from gyre.api.trainingjob import ModelRef, Progress, ReplicaStatus, TrainingJobSpec, TrainingJobStatus
+from gyre.api.trainingjob import (
+    DatasetRef,
+    ModelRef,
+    Progress,
+    ReplicaStatus,
+    TrainingJobSpec,
+    TrainingJobStatus,
+)
 from gyre.builders.trainingjob import (
     LAUNCHER,
     WORKER,
+    DatasetSource,
     artifact_uri,
     build_trainingjob,
     model_version,
@@ -50,7 +58,7 @@ WORKER_EXIT_GRACE_S = 30.0
 # A new generation is a new run: these figures of the old run are removed.
 FIGURES_OF_A_RUN = (
     "progress", "metrics", "model", "start_time", "completion_time", "restarts", "resumed_from_step",
-    "samples_per_second", "ended_workloads",
+    "samples_per_second", "ended_workloads", "dataset",
 )  # fmt: skip
 
 
@@ -63,17 +71,40 @@ def dataset_refs(spec: TrainingJobSpec, path: str = "spec") -> list[Ref]:
     return []
 
 
-def dataset_uri(spec: TrainingJobSpec, deps: Mapping[str, Resolved]) -> str | None:
-    """Where the training data is: a path, a Stream's lake, or a FeatureJob's offline store."""
+def dataset_source(
+    spec: TrainingJobSpec, deps: Mapping[str, Resolved], status: Mapping[str, Any], generation: int
+) -> DatasetSource | None:
+    """Where the training data is: a path, a Stream's lake, or a FeatureJob's offline version
+    (the one this generation's run started with, else the pinned or newest one)."""
     if spec.dataset.path:
-        return spec.dataset.path
+        return DatasetSource(spec.dataset.path)
     for dep in deps.values():
         if dep.ref.kind == "Stream":
-            return dep.status_as(StreamStatus).lake_uri  # what the Stream published
+            uri = dep.status_as(StreamStatus).lake_uri  # what the Stream published
+            return DatasetSource(uri) if uri else None
         if dep.ref.kind == "FeatureJob":
-            features = dep.spec_as(FeatureJobSpec)
-            return features.offline.uri if features else None
+            published = dep.status_as(FeatureJobStatus)
+            features = tuple(published.features)
+            recorded = status.get("dataset") if status.get("observedGeneration") == generation else None
+            if recorded and recorded.get("uri"):
+                return DatasetSource(recorded["uri"], recorded.get("version"), dep.ref.name, features)
+            offline = published.offline
+            if offline is None or not offline.latest_uri:
+                return None
+            if spec.dataset.feature_version:
+                pinned = next(
+                    (v for v in offline.versions if v.version == spec.dataset.feature_version), None
+                )
+                if pinned is None:
+                    return None
+                return DatasetSource(pinned.uri, pinned.version, dep.ref.name, features)
+            return DatasetSource(offline.latest_uri, offline.latest_version, dep.ref.name, features)
     return None
+
+
+def dataset_uri(spec: TrainingJobSpec, deps: Mapping[str, Resolved]) -> str | None:
+    source = dataset_source(spec, deps, {}, 0)
+    return source.uri if source else None
 
 
 def _parse_time(text: str | None) -> dt.datetime | None:
@@ -144,10 +175,10 @@ class TrainingJobController(Controller[TrainingJobSpec]):
         phase = status.get("phase") if same_run else None
         if spec.run_policy.suspend:
             return []
-        uri = dataset_uri(spec, deps)
-        if uri is None:
+        source = dataset_source(spec, deps, status, meta.generation)
+        if source is None:
             return []
-        workloads = build_trainingjob(spec, meta.name, meta.generation, uri)
+        workloads = build_trainingjob(spec, meta.name, meta.generation, source)
         if phase in TERMINAL:
             policy = spec.run_policy.clean_pod_policy
             if policy == "All":
@@ -186,6 +217,9 @@ class TrainingJobController(Controller[TrainingJobSpec]):
         done_at = old.get("completionTime") if same_run else None
         restarts = max(launcher.restarts if launcher else 0, workers.restarts if workers else 0)
         out.replica_statuses = {LAUNCHER: _replicas(launcher), WORKER: _replicas(workers)}
+        source = dataset_source(spec, inp.deps, old, meta.generation)
+        if source is not None and inp.workloads:
+            out.dataset = DatasetRef(uri=source.uri, version=source.version, feature_job=source.feature_job)
         out.restarts = restarts
         out.ended_workloads = sorted(
             name

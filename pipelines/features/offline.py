@@ -1,0 +1,162 @@
+"""The offline store: immutable, versioned training sets, and what a run read from its source.
+
+Layout under the FeatureJob's ``offline.uri``::
+
+    versions/<version>/observation_date=<day>/part-*.parquet
+    versions/<version>/_gyre_version.json     rows, source version, schema, created
+
+A version is written under a hidden temporary name and renamed into place with its manifest
+already inside, so a reader (a TrainingJob) sees a whole version or none. Versions sort by
+name (a UTC timestamp first); the newest `keep` are kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from gyre.pipelines.features.status import OfflineVersion
+
+VERSIONS_DIR = "versions"
+MANIFEST = "_gyre_version.json"
+PARTITION_COLUMN = "observation_date"
+LAKE_COMMITS = "_gyre/commits"
+
+
+def local_path(uri: str) -> Path:
+    """The local path of a ``file://`` URI or plain path (other schemes: ValueError)."""
+    parts = urlsplit(uri)
+    if parts.scheme in ("", "file"):
+        return Path(parts.path if parts.scheme else uri)
+    raise ValueError(f"{uri}: only file:// URIs are supported by the local feature store")
+
+
+def new_version_id(now: datetime | None = None) -> str:
+    now = now or datetime.now(UTC)
+    return f"{now:%Y%m%dT%H%M%S}Z-{uuid.uuid4().hex[:6]}"
+
+
+def rfc3339(ts: datetime) -> str:
+    return ts.astimezone(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class SourceSnapshot:
+    """What a run reads: the source's partitions and a version naming its content."""
+
+    partitions: tuple[str, ...]  # relative directories (lake days) or files
+    version: str
+    has_data: bool
+
+
+def snapshot(uri: str, kind: str) -> SourceSnapshot:
+    """The source as it is now. A Stream's lake is versioned by its commit log (the next
+    offset of every Kafka partition); plain Parquet by its files' names, sizes and times."""
+    root = local_path(uri)
+    if not root.exists():
+        return SourceSnapshot((), "", False)
+    files = (
+        sorted(
+            p
+            for p in (root.rglob("*.parquet") if root.is_dir() else [root])
+            if not any(part.startswith((".", "_")) for part in p.relative_to(root).parts)
+        )
+        if root.is_dir()
+        else [root]
+    )
+    # Partitions: the directories holding the files (a lake's days), or the files themselves
+    # where they lie at the top.
+    parts = sorted(
+        {str(p.parent.relative_to(root)) if root.is_dir() and p.parent != root else p.name for p in files}
+    )
+    if kind == "lake" and (root / LAKE_COMMITS).is_dir():
+        offsets = []
+        for pdir in sorted((root / LAKE_COMMITS).iterdir()):
+            records = sorted(r.name for r in pdir.glob("*.json"))
+            if records:
+                offsets.append(f"{pdir.name}:{int(records[-1].split('.')[0])}")
+        version = ",".join(offsets)
+    else:
+        h = hashlib.sha256()
+        for f in files:
+            st = f.stat()
+            name = f.relative_to(root) if root.is_dir() else f.name
+            h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        version = h.hexdigest()[:16]
+    return SourceSnapshot(tuple(parts), version, bool(files))
+
+
+def begin_version(offline_uri: str, version: str) -> Path:
+    """The temporary directory a new version is written to."""
+    root = local_path(offline_uri) / VERSIONS_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".tmp-{version}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    return tmp
+
+
+def commit_version(
+    offline_uri: str, version: str, tmp: Path, rows: int, source_version: str, schema: Mapping[str, Any]
+) -> OfflineVersion:
+    """Write the manifest into ``tmp`` and rename it into place."""
+    created = rfc3339(datetime.now(UTC))
+    final = local_path(offline_uri) / VERSIONS_DIR / version
+    tmp.mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "version": version,
+        "rows": rows,
+        "source_version": source_version,
+        "created": created,
+        "schema": dict(schema),
+        "partitioning": [PARTITION_COLUMN],
+    }
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, final)
+    return OfflineVersion(
+        version=version, uri=f"file://{final}", rows=rows, source_version=source_version, created=created
+    )
+
+
+def list_versions(offline_uri: str) -> list[OfflineVersion]:
+    """Every committed version, newest first."""
+    root = local_path(offline_uri) / VERSIONS_DIR
+    if not root.is_dir():
+        return []
+    out = []
+    for d in sorted(root.iterdir(), reverse=True):
+        m = d / MANIFEST
+        if d.name.startswith(".") or not m.is_file():
+            continue
+        data = json.loads(m.read_text(encoding="utf-8"))
+        out.append(
+            OfflineVersion(
+                version=d.name,
+                uri=f"file://{d}",
+                rows=int(data.get("rows", 0)),
+                source_version=str(data.get("source_version", "")),
+                created=str(data.get("created", "")),
+            )
+        )
+    return out
+
+
+def prune_versions(offline_uri: str, keep: int) -> list[OfflineVersion]:
+    """Delete all but the newest ``keep`` versions (and leftover temporaries); the kept ones."""
+    root = local_path(offline_uri) / VERSIONS_DIR
+    if root.is_dir():
+        for d in root.iterdir():
+            if d.name.startswith(".tmp-"):
+                shutil.rmtree(d, ignore_errors=True)
+    versions = list_versions(offline_uri)
+    for v in versions[keep:]:
+        shutil.rmtree(local_path(v.uri), ignore_errors=True)
+    return versions[:keep]
