@@ -92,14 +92,16 @@ class Expected:
 
 
 # The FeatureJob runs Spark over the lake and publishes a version and online values: Ready.
-# The Experiment and the InferenceService are accepted and validated, but their workloads are
-# not built yet: Ready stays False with reason NotSupportedYet once their dependencies are Ready.
+# The Experiment is accepted and validated, but its workload is not built yet: Ready stays
+# False with reason NotSupportedYet once its dependencies are Ready. The InferenceService
+# serves only from an online store whose address the FeatureJob's spec names (online.redisUrl);
+# the example's FeatureJob runs a Redis of its own, so it waits with OnlineStoreUnknown.
 EXPECTED: dict[str, Expected] = {
     "Stream": Expected(ready="True"),
     "TrainingJob": Expected(phase="Succeeded", ready="True"),
     "FeatureJob": Expected(phase="Ready", ready="True", reason="FeaturesAvailable"),
     "Experiment": Expected(ready="False", reason=NOT_SUPPORTED),
-    "InferenceService": Expected(ready="False", reason=NOT_SUPPORTED),
+    "InferenceService": Expected(ready="False", reason="OnlineStoreUnknown"),
 }
 # Phases after which a FeatureJob's run is over (the demo waits for one).
 FEATURE_RUN_OVER = ("Ready", "Failed", "Degraded")
