@@ -130,7 +130,7 @@ if [[ -f "$deps_stamp" && "$(cat "$deps_stamp")" == "$deps_key" ]]; then
 else
   "$VENV/bin/python" -m pip install -q --upgrade pip
   install_torch
-  "$VENV/bin/python" -m pip install -q -e '.[dev,stream,train]'
+  "$VENV/bin/python" -m pip install -q -e '.[dev,stream,train,search,plot]'
   printf '%s\n' "$deps_key" >"$deps_stamp"
 fi
 
