@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -273,3 +274,31 @@ def test_objective_and_a_target() -> None:
     assert decide_search(s.search, t, 0).reason == "TargetReached"  # type: ignore[arg-type]
     t = [Trial(0, (), COMPLETED, values=(0.85,))]
     assert decide_search(s.search, t, 0).reason == "Searching"  # type: ignore[arg-type]
+
+
+def test_plot_draws_the_rebuilt_study_into_pngs(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="the plot extra (make setup installs it)")
+    from gyre.controllers.search import Search
+    from gyre.operator.plot import plot
+
+    s = spec()
+    store = run_to_end(s)
+    search = Search("ns/tune", s.search, trials_from_children(store, s.search))  # type: ignore[arg-type]
+    written, skipped = plot(search, tmp_path / "plots")
+    names = sorted(p.name for p in written)
+    assert names == ["history.png", "importances.png", "intermediate-values.png", "parallel-coordinates.png"]
+    assert skipped == []
+    for p in written:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_hpo_prints_one_json_object(capsys: pytest.CaptureFixture[str]) -> None:
+    from gyre.bench import hpo
+
+    assert hpo.main(["--seeds", "2", "--max-trials", "20"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["trials_to_1pct"]["tpe"]["per_seed"]) == 2
+    assert all(1 <= n <= 20 for n in out["trials_to_1pct"]["random"]["per_seed"])
+    assert out["tpe_over_random"] == pytest.approx(
+        out["trials_to_1pct"]["tpe"]["median"] / out["trials_to_1pct"]["random"]["median"], abs=1e-3
+    )
