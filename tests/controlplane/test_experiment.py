@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,12 @@ spec:{spec}
         assert len(t["status"]["history"]) == 3, "per-epoch metrics in the trial's status"
     ready = operator.condition("experiment", "tune", "Ready")
     assert (ready["status"], ready["reason"]) == ("True", "MaxTrialsReached"), ready
+    text = (
+        urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5).read().decode()
+    )
+    labels = f'experiment="tune",namespace="{operator.namespace}"'
+    assert f'gyre_experiment_trials{{{labels},state="completed"}} 4.0' in text
+    assert f"gyre_experiment_best_value{{{labels}}} {best['value']}" in text
     columns = operator.cluster.kubectl("get", "gexp", "tune", "-n", operator.namespace).stdout
     header, row = (line.split() for line in columns.splitlines()[:2])
     shown = dict(zip(header, row, strict=False))

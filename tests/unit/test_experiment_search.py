@@ -230,11 +230,11 @@ def test_grid_runs_every_point_once() -> None:
     assert points == {(o, b) for o in ("adam", "sgd") for b in (16, 32, 48)}
 
 
-@pytest.mark.parametrize("algorithm", ["random", "tpe", "cmaes", "gp"])
-def test_every_single_objective_sampler_runs(algorithm: str) -> None:
-    s = spec(algorithm={"name": algorithm, "startupTrials": 2}, maxTrials=5)
+@pytest.mark.parametrize(("algorithm", "trials"), [("random", 5), ("tpe", 5), ("cmaes", 5), ("gp", 3)])
+def test_every_single_objective_sampler_runs(algorithm: str, trials: int) -> None:
+    s = spec(algorithm={"name": algorithm, "startupTrials": 2}, maxTrials=trials)
     store = run_to_end(s)
-    assert len(store) == 5
+    assert len(store) == trials
 
 
 def test_several_objectives_give_a_pareto_front() -> None:
