@@ -151,6 +151,20 @@ spec:{spec}
     assert float(shown["BEST"]) == pytest.approx(best["value"], abs=1e-3), columns
 
 
+def experiment_samples(op: OperatorProcess, name: str) -> dict[tuple[str, str], float]:
+    """The operator's Experiment series for ``name``, by (metric, state)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{op.metrics_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return {
+        (s.name, s.labels.get("state", "")): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name.startswith("gyre_experiment_") and s.labels.get("experiment") == name
+    }
+
+
 def _succeeded(op: OperatorProcess, name: str) -> dict[str, Any]:
     st = status(op, "trainingjob", name)
     assert st.get("phase") == "Succeeded", st.get("phase")
