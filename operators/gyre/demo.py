@@ -91,14 +91,15 @@ class Expected:
         return None
 
 
-# FeatureJob and Experiment are accepted and validated, but their workloads are not built yet:
-# Ready stays False with reason NotSupportedYet. The InferenceService serves online features of
-# the FeatureJob, so it waits for it: Ready=False, DependencyNotReady.
+# The FeatureJob is accepted and validated, but its workloads are not built yet: Ready stays
+# False with reason NotSupportedYet. The Experiment's search runs its trials (TrainingJobs) to
+# maxTrials. The InferenceService serves online features of the FeatureJob, so it waits for
+# it: Ready=False, DependencyNotReady.
 EXPECTED: dict[str, Expected] = {
     "Stream": Expected(ready="True"),
     "TrainingJob": Expected(phase="Succeeded", ready="True"),
     "FeatureJob": Expected(ready="False", reason=NOT_SUPPORTED),
-    "Experiment": Expected(ready="False", reason=NOT_SUPPORTED),
+    "Experiment": Expected(phase="Succeeded", ready="True", reason="MaxTrialsReached"),
     "InferenceService": Expected(ready="False", reason=DEPENDENCY_NOT_READY),
 }
 
@@ -355,8 +356,11 @@ class Demo:
             st = obj.get("status") or {}
             if st.get("observedGeneration") != obj["metadata"]["generation"]:
                 return False
-            if obj["kind"] == "TrainingJob" and st.get("phase") not in ("Succeeded", "Failed"):
+            trial = any(r.get("kind") == "Experiment" for r in obj["metadata"].get("ownerReferences") or [])
+            if obj["kind"] == "TrainingJob" and not trial and st.get("phase") not in ("Succeeded", "Failed"):
                 return False
+            if obj["kind"] == "Experiment" and st.get("phase") not in ("Succeeded", "Failed"):
+                return False  # its trials are done when it is
         return True
 
     def follow(self) -> None:
@@ -413,6 +417,13 @@ class Demo:
             "the model beats always predicting the majority class",
             acc is not None and base is not None and acc > base,
             f"validation accuracy {acc} vs {base}",
+        )
+        search = found.get(("Experiment", self.manifest("Experiment").name)) or {}
+        best = ((search.get("status") or {}).get("best") or {}).get("value")
+        self.claim(
+            "the search's best trial beats always predicting the majority class",
+            best is not None and base is not None and best > base,
+            f"best trial's validation accuracy {best} vs {base}",
         )
         print("\nChecks:")
         for c in self.checks:
