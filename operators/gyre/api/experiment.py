@@ -76,7 +76,7 @@ class EarlyStopping(ApiModel):
     min_trials: Annotated[int, Field(ge=0, le=1000)] = 3
     """median: trials that must have finished before any is stopped early; default 3."""
     start_step: Annotated[int, Field(ge=0)] = 1
-    """median: epochs a trial runs before it may be stopped; default 1."""
+    """median: the first epoch (counted from 1) at which a trial may be stopped; default 1."""
     min_resource: Annotated[int, Field(ge=1, le=100000)] = 1
     """successiveHalving and hyperband: epochs of the first rung; default 1."""
     max_resource: Annotated[int, Field(ge=2, le=100000)] | None = None
