@@ -1,5 +1,5 @@
-"""Experiments through the operator and the local runtime: trials are TrainingJobs with real
-Horovod ranks as processes.
+"""Experiments through the operator and the local runtime: trials are TrainingJobs whose two
+ranks (Horovod, or torch DDP where that is all a test needs) are real processes.
 
 A search finds a better validation metric than its template's defaults; a trial the pruner
 stops ends its workers; an operator SIGKILLed again and again during a search neither loses,
@@ -8,6 +8,7 @@ repeats nor double-counts a trial (the search lives in the API server, not in th
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
 import time
@@ -18,29 +19,33 @@ from typing import Any
 
 import pytest
 from gyre.controlplane.procs import Proc, processes
-from operator_harness import OperatorProcess, fresh_namespace, install_crds
-from test_trainingjob import make_data
+from operator_harness import OperatorProcess, fresh_namespace, install_crds, make_data
 
 from tests.controlplane.cluster import Cluster
 from tests.support import eventually
 
-hvd = pytest.importorskip("horovod.torch", reason="Horovod is built by scripts/build-horovod.sh (make setup)")
+pytest.importorskip("torch", reason="the train extra (make setup installs it)")
 pytest.importorskip("optuna", reason="the search extra (make setup installs it)")
+needs_horovod = pytest.mark.skipif(
+    importlib.util.find_spec("horovod") is None,
+    reason="Horovod is built by scripts/build-horovod.sh (make setup)",
+)
 pytestmark = [pytest.mark.controlplane, pytest.mark.integration]
 
 TRIAL = "gyre.dev/trial"
 
 
-def template(data: Path, out: Path, *, epochs: int, hp: str = "") -> str:
-    """A small TrainingJob spec (2 Horovod ranks): sgd at a tiny learning rate unless ``hp``."""
+def template(data: Path, out: Path, *, epochs: int, backend: str = "horovod") -> str:
+    """A small TrainingJob spec on 2 ranks: sgd at a tiny learning rate."""
     return f"""
       dataset:
         path: file://{data}
         label: churned
         features: [plan, page_views, session_seconds]
       model: {{architecture: mlp, task: binary, params: {{hidden: [8]}}}}
-      hyperparameters: {{epochs: {epochs}, batchSize: 64, learningRate: 0.0002, optimizer: sgd, seed: 1{hp}}}
+      hyperparameters: {{epochs: {epochs}, batchSize: 64, learningRate: 0.0002, optimizer: sgd, seed: 1}}
       workers: 2
+      backend: {backend}
       runPolicy: {{gangTimeoutSeconds: 60}}
       output: {{uri: "file://{out}"}}"""
 
@@ -94,6 +99,7 @@ def owner_pids(owner: str) -> list[int]:
     return processes(mine)
 
 
+@needs_horovod
 def test_search_finds_a_better_model_than_the_template(operator: OperatorProcess, tmp_path: Path) -> None:
     data = make_data(tmp_path / "data", rows=1500)
     spec = template(data, tmp_path / "models", epochs=3)
@@ -184,7 +190,7 @@ def test_a_pruned_trial_stops_its_workers(operator: OperatorProcess, tmp_path: P
       - {name: hyperparameters.learningRate, type: categorical, values: ["0.05", "0.00001"]}
     parallelTrials: 1
     maxTrials: 5"""
-    operator.apply(experiment("prune", search, template(data, tmp_path / "models", epochs=10)))
+    operator.apply(experiment("prune", search, template(data, tmp_path / "models", epochs=10, backend="ddp")))
 
     def a_pruned_trial() -> dict[str, Any]:
         for t in trials(operator, "prune"):
@@ -223,7 +229,7 @@ def test_sigkill_the_operator_again_and_again_during_a_search(
       - {name: model.params.dropout, type: double, min: 0.0, max: 0.3}
     parallelTrials: 2
     maxTrials: 6"""
-    operator.apply(experiment("crash", search, template(data, tmp_path / "models", epochs=2)))
+    operator.apply(experiment("crash", search, template(data, tmp_path / "models", epochs=2, backend="ddp")))
     first_seen: dict[str, tuple[str, str]] = {}  # name → (uid, trial annotation)
 
     def observe() -> None:
