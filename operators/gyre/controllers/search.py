@@ -92,10 +92,6 @@ class Trial:
         model = self.latest.status.get("model")
         return ModelRef.model_validate(model) if isinstance(model, Mapping) and model.get("uri") else None
 
-    @property
-    def failed_attempts(self) -> int:
-        return sum(1 for a in self.attempts if a.phase == "Failed" and a.outcome is None)
-
 
 def _json(text: str | None) -> Mapping[str, Any] | None:
     if not text:
