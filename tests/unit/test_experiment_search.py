@@ -116,6 +116,7 @@ def test_trials_are_numbered_once_applied_with_their_parameters_and_never_change
             assert lr == n["params"]["hyperparameters.learningRate"]
             assert c.spec["model"]["params"]["dropout"] == n["params"]["model.params.dropout"]
             assert "ttlSecondsAfterFinished" not in c.spec["runPolicy"]
+            assert ": null" not in json.dumps(c.spec), "the API server rejects null for an unset field"
         running = [c for c in store.values() if not c.status]
         assert len(running) <= 2, "parallelTrials exceeded"
         if running:

@@ -49,7 +49,9 @@ def parameter_value(param: Parameter, raw: Any) -> Any:
 def apply_parameters(spec: SearchSpec, params: Mapping[str, Any]) -> dict[str, Any]:
     """The trial's TrainingJob spec: the template as written, each parameter set at its path;
     a trial is never deleted by a TTL (the search's record of it would go)."""
-    body: dict[str, Any] = copy.deepcopy(spec.trial_template.model_dump(mode="json", by_alias=True))
+    body: dict[str, Any] = copy.deepcopy(
+        spec.trial_template.model_dump(mode="json", by_alias=True, exclude_none=True)
+    )
     by_name = {p.name: p for p in spec.parameters}
     for name, raw in params.items():
         param = by_name.get(name)
