@@ -279,20 +279,13 @@ class ExperimentController(Controller[ExperimentSpec]):
 
 
 def count_trials(trials: Sequence[Trial], ended: bool) -> TrialCounts:
-    counts = TrialCounts()
+    """Every count set, zeros included: status is written as a merge patch, so a count left
+    out would keep its old value."""
+    counts = dict.fromkeys((RUNNING, COMPLETED, PRUNED, STOPPED, FAILED), 0)
     for t in trials:
         state = FAILED if (t.state == RETRYING and ended) else t.state
-        if state in (RUNNING, RETRYING):
-            counts.running += 1
-        elif state == COMPLETED:
-            counts.completed += 1
-        elif state == PRUNED:
-            counts.pruned += 1
-        elif state == STOPPED:
-            counts.stopped += 1
-        else:
-            counts.failed += 1
-    return counts
+        counts[RUNNING if state == RETRYING else state] += 1
+    return TrialCounts(**counts)
 
 
 def result(experiment: str, t: Trial) -> BestTrial:
