@@ -7,8 +7,8 @@ engine that answers), kind, skaffold, kubectl and helm are all available.
 The session creates a kind cluster of its own, runs ``skaffold run -p kind,full-runtime``
 (images built locally and loaded into the kind node, the chart installed with them), applies every manifest
 in ``manifests/examples/`` and waits until each resource reaches the state ``gyre demo`` expects
-of its kind today (`gyre.demo.EXPECTED`: Ready for Streams, Succeeded for TrainingJobs,
-``NotSupportedYet`` for the kinds whose workloads are not part of this release). On failure it
+of its kind today (`gyre.demo.EXPECTED`: Ready for Streams and FeatureJobs, Succeeded for
+TrainingJobs and Experiments, the InferenceService waiting for an online store address). On failure it
 prints the resources' status and the operator's log. The cluster is deleted afterwards unless
 ``GYRE_E2E_KEEP=1``.
 """

@@ -132,7 +132,7 @@ if [[ -f "$deps_stamp" && "$(cat "$deps_stamp")" == "$deps_key" ]]; then
 else
   "$VENV/bin/python" -m pip install -q --upgrade pip
   install_torch
-  "$VENV/bin/python" -m pip install -q -e '.[dev,stream,train,experiment,serve,features]'
+  "$VENV/bin/python" -m pip install -q -e '.[dev,stream,train,experiment,serve,features,search,plot]'
   # kserve without its declared dependencies: the `serve` extra has what it needs (see there).
   "$VENV/bin/python" -m pip install -q --no-deps "$KSERVE_PIN"
   printf '%s\n' "$deps_key" >"$deps_stamp"

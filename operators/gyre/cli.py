@@ -14,7 +14,9 @@ commands:
                       scheduler, kwok nodes) on loopback
   manifests [--check] generate the CRDs from the API models
   demo                set up everything and run the example system on the embedded default
-  bench operator|stream|train|bandit|serve
+  experiment plot NAME [-n NAMESPACE] [-o DIR]
+                      PNGs of an Experiment's search (Optuna's plots)
+  bench operator|stream|train|bandit|serve|hpo
                       benchmarks; each prints one JSON object
 """
 
@@ -47,9 +49,18 @@ def _demo(argv: list[str]) -> int:
     return main(argv)
 
 
+def _experiment(argv: list[str]) -> int:
+    if not argv or argv[0] != "plot":
+        print("usage: gyre experiment plot NAME [-n NAMESPACE] [-o DIR]", file=sys.stderr)
+        return 2
+    from gyre.operator.plot import main
+
+    return main(argv[1:])
+
+
 def _bench(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("operator", "stream", "train", "bandit", "serve"):
-        print("usage: gyre bench operator|stream|train|bandit|serve [options]", file=sys.stderr)
+    if not argv or argv[0] not in ("operator", "stream", "train", "bandit", "serve", "hpo"):
+        print("usage: gyre bench operator|stream|train|bandit|serve|hpo [options]", file=sys.stderr)
         return 2
     import importlib
 
@@ -63,6 +74,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "cluster": _cluster,
     "manifests": _manifests,
     "demo": _demo,
+    "experiment": _experiment,
     "bench": _bench,
 }
 

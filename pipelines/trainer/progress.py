@@ -134,6 +134,7 @@ class Progress:
             "allreduce_time_s": None,
             "train_loss": None,
             "metrics": {},
+            "history": [],
             "resumed_from_step": None,
             "workers": workers,
             "backend": backend,

@@ -26,6 +26,8 @@ class TrainerProgress(StatusDoc):
     train_loss: float | None = None  # mean training loss over the last interval
     # latest validation metrics (val_loss, val_accuracy, ...), the epoch and train_loss
     metrics: dict[str, float | None] = {}
+    # the metrics after each epoch so far, oldest first (as metrics, with the epoch from 0)
+    history: list[dict[str, float | None]] = []
     resumed_from_step: int | None = None  # the checkpoint step this run resumed from
     workers: int = 0
     backend: str = ""

@@ -255,17 +255,21 @@ def train(cfg: TrainerConfig, backend: Backend, publish: Callable[[str], None] |
     optimizer = build_optimizer(hp.optimizer, model.parameters(), hp.lr, hp.weight_decay)
     model, optimizer = backend.wrap(model, optimizer)
     loss_fn = build_loss(cfg.model)
+    # the model's size, a metric like the others (an objective a search may minimise)
+    size = {"model_parameters": float(sum(p.numel() for p in backend.unwrap(model).parameters()))}
 
     ckpt_dir = uri_to_path(cfg.checkpoint.dir) if cfg.checkpoint.dir else None
     resume = load_latest(ckpt_dir) if (rank0 and ckpt_dir) else None
     resume = backend.broadcast_object(resume)
     start_step = 0
     metrics_hist: dict[str, Any] = {}
+    history: list[dict[str, Any]] = []
     if resume is not None:
         backend.unwrap(model).load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         start_step = int(resume["step"])
         metrics_hist = dict(resume.get("metrics", {}))
+        history = list(resume.get("history", []))
     backend.broadcast_state(model, optimizer)
 
     port = os.environ.get(METRICS_PORT_ENV)
@@ -286,6 +290,7 @@ def train(cfg: TrainerConfig, backend: Backend, publish: Callable[[str], None] |
         step=start_step,
         resumed_from_step=start_step if resume is not None else None,
         metrics=metrics_hist,
+        history=history,
         message=f"resumed from step {start_step}" if resume is not None else "started",
     )
     if resume is not None and rank0:
@@ -319,6 +324,7 @@ def train(cfg: TrainerConfig, backend: Backend, publish: Callable[[str], None] |
                         "model": backend.unwrap(model).state_dict(),
                         "optimizer": optimizer.state_dict(),
                         "metrics": metrics_hist,
+                        "history": history,
                         "dataset_version": data.source.version(),
                     },
                     keep=cfg.checkpoint.keep,
@@ -327,7 +333,8 @@ def train(cfg: TrainerConfig, backend: Backend, publish: Callable[[str], None] |
                 break
         if step >= total_steps or step % epoch_steps == 0:
             val = evaluate(cfg, backend, model, data, loss_fn)
-            metrics_hist = {**val, "train_loss": progress.state["train_loss"], "epoch": epoch}
+            metrics_hist = {**val, "train_loss": progress.state["train_loss"], "epoch": epoch, **size}
+            history = [*[h for h in history if h.get("epoch") != epoch], metrics_hist]
             if rank0:
                 log.info(
                     "TrainingJob %s: epoch %d validation %s",
@@ -335,12 +342,12 @@ def train(cfg: TrainerConfig, backend: Backend, publish: Callable[[str], None] |
                     epoch + 1,
                     {k: (round(v, 5) if isinstance(v, float) else v) for k, v in val.items()},
                 )
-            progress.update(metrics=metrics_hist)
+            progress.update(metrics=metrics_hist, history=history)
         epoch += 1
 
     if not metrics_hist or "val_loss" not in metrics_hist:
         val = evaluate(cfg, backend, model, data, loss_fn)
-        metrics_hist = {**val, "train_loss": progress.state["train_loss"]}
+        metrics_hist = {**val, "train_loss": progress.state["train_loss"], **size}
     if rank0:
         created = now_rfc3339()
         version = cfg.model_version or time.strftime("v%Y%m%d%H%M%S", time.gmtime())

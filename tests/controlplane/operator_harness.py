@@ -154,3 +154,25 @@ spec:
       - {{name: plan, type: string, enum: [free, pro]}}
       - {{name: views, type: int}}{collector_spec}{sink}
 """
+
+
+def make_data(root: Path, rows: int = 3000, seed: int = 0) -> Path:
+    """Sessions with a churn label that depends on activity and plan (~35% positive), as
+    Parquet for TrainingJobs to train on."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    views = rng.poisson(6, rows)
+    seconds = rng.gamma(2.0, 120.0, rows)
+    plan = rng.choice(["free", "pro", "team"], rows, p=[0.6, 0.3, 0.1])
+    logit = -0.35 * views + 0.004 * (300 - seconds) + np.where(plan == "free", 1.2, -0.8) + 1.0
+    churned = (logit + rng.normal(0, 0.4, rows)) > 0.6
+    ts = (np.arange(rows) * 60_000 + 1_700_000_000_000).astype("datetime64[ms]")
+    root.mkdir(parents=True)
+    table = pa.table(
+        {"ts": ts, "plan": plan, "page_views": views, "session_seconds": seconds, "churned": churned}
+    )
+    pq.write_table(table, root / "part-0.parquet", row_group_size=500)
+    return root

@@ -25,7 +25,7 @@ from gyre.controllers.base import (
     reconcile,
 )
 from gyre.core import conditions as cnd
-from gyre.core.children import ChildKind, ChildObject
+from gyre.core.children import ChildKind, ChildObject, ChildState
 from gyre.core.workload import Owner
 from gyre.manifests import repo_root
 from gyre.operator.children import KubeChildren
@@ -173,6 +173,7 @@ class WidgetOrConfig(Controller[ExperimentSpec]):
         prepared: Mapping[str, Any],
         *,
         served: frozenset[ChildKind] = frozenset(),
+        children: Mapping[tuple[str, str], ChildState] | None = None,
     ) -> list[ChildObject]:
         if WIDGET in served:
             return [ChildObject(WIDGET, meta.name, {"spec": {"size": 3}})]

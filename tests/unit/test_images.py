@@ -73,9 +73,14 @@ def targets(args: list[str]) -> list[str]:
     return out
 
 
-def base_requirements() -> set[str]:
+# The extras the operator image installs beside the base: the Experiment search engine.
+OPERATOR_EXTRAS = ("search",)
+
+
+def base_requirements(extras: tuple[str, ...] = ()) -> set[str]:
     with (ROOT / "pyproject.toml").open("rb") as f:
-        deps = tomllib.load(f)["project"]["dependencies"]
+        project = tomllib.load(f)["project"]
+    deps = [*project["dependencies"], *(d for e in extras for d in project["optional-dependencies"][e])]
     return {_normalise(re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0]) for d in deps}
 
 
@@ -141,10 +146,11 @@ def test_horovod_stage_sets_the_variables_the_build_script_reads() -> None:
 
 
 def test_the_operator_image_installs_what_the_operator_imports() -> None:
-    """Every library the operator's modules import is a base dependency, and the operator
-    image installs the package with its base dependencies (tests/controlplane/
-    test_base_install.py proves those suffice to run it)."""
-    base = base_requirements()
+    """Every library the operator's modules import is a base dependency or one of the search
+    extra (Optuna, imported only when an Experiment searches), and the operator image installs
+    the package with those (tests/controlplane/test_base_install.py proves the base alone
+    suffices to run it)."""
+    base = base_requirements(OPERATOR_EXTRAS)
     distributions = importlib.metadata.packages_distributions()
     imported = third_party_imports("gyre.operator.main")
     assert {"kopf", "kubernetes", "confluent_kafka", "pydantic"} <= imported  # the walk found them
@@ -154,8 +160,9 @@ def test_the_operator_image_installs_what_the_operator_imports() -> None:
 
     dockerfile = ROOT / "images" / "operator" / "Dockerfile"
     (wheel,) = pip_commands(dockerfile, "wheel")
-    assert targets(wheel) == ["."], wheel  # the project, dependencies resolved from pyproject
+    extras = ",".join(OPERATOR_EXTRAS)
+    assert targets(wheel) == [f".[{extras}]"], wheel  # the project, dependencies from pyproject
     installs = pip_commands(dockerfile, "install")
-    assert [targets(i) for i in installs] == [["gyre"]], installs  # no extras needed, none added
+    assert [targets(i) for i in installs] == [[f"gyre[{extras}]"]], installs  # no other extra
     for args in (wheel, *installs):
         assert "--no-deps" not in args, args

@@ -168,6 +168,25 @@ def test_progress_comes_from_the_launchers_status_document() -> None:
     assert (running.status, running.message) == (True, "step 50")
 
 
+def test_per_epoch_metrics_become_the_status_history() -> None:
+    """What early stopping compares: each epoch's metrics, typed, epochs counted from 1."""
+    history = [
+        {"epoch": 0, "val_accuracy": 0.7, "val_loss": 0.6, "model_parameters": 33.0},
+        {"epoch": 1, "val_accuracy": 0.8, "val_loss": 0.5, "model_parameters": 33.0},
+    ]
+    out = status_of({LAUNCHER: P.RUNNING, WORKER: P.RUNNING}, running_trainer(history=history))
+    assert wire(out)["history"] == [
+        {
+            "epoch": 1,
+            "metrics": {"valAccuracy": 0.7, "valLoss": 0.6, "modelParameters": 33.0, "validation": 0.7},
+        },
+        {
+            "epoch": 2,
+            "metrics": {"valAccuracy": 0.8, "valLoss": 0.5, "modelParameters": 33.0, "validation": 0.8},
+        },
+    ]
+
+
 def test_no_status_document_keeps_the_stored_figures() -> None:
     """A launcher not answering (restarting) must not blank the figures already shown."""
     out = status_of(

@@ -21,40 +21,69 @@ from gyre.api._base import (
     ready_column,
     validations,
 )
-from gyre.api.trainingjob import TrainingJobSpec
+from gyre.api.trainingjob import ModelRef, TrainingJobSpec
 
 
 class Objective(ApiModel):
-    """What the search optimises."""
+    """What the search optimises: a metric of the trials' TrainingJob status."""
 
-    metric: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$", max_length=128)] = "validation"
-    """A metric the trials report, e.g. validation (the task's main validation metric) or validationLoss."""
+    metric: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=128)] = "validation"
+    """A key of the trial TrainingJob's status.metrics: validation (the task's main validation
+    metric, the default), valAuc, valLoss, valRmse, modelParameters (the model's size)..."""
     goal: Literal["minimize", "maximize"] = "maximize"
     """Whether higher (maximize, the default) or lower (minimize) values of the metric win."""
     target: float | None = None
-    """Stop once a trial reaches this value."""
+    """One objective only: no new trial starts once a trial reached this value (at least it
+    when maximizing, at most it when minimizing)."""
 
 
 class Algorithm(ApiModel):
     """How the next trial's parameters are chosen (Optuna's samplers)."""
 
-    name: Literal["random", "grid", "tpe", "cmaes"] = "tpe"
-    """random, grid (every combination, needs step or values), tpe (Tree-structured Parzen
-    Estimator, the default) or cmaes (CMA evolution strategy, numeric parameters)."""
-    seed: Annotated[int, Field(ge=0)] = 0
-    """Seed of the sampler: the same seed proposes the same parameters. Default 0."""
+    name: Literal["random", "grid", "tpe", "cmaes", "gp", "nsga2"] = "tpe"
+    """random; grid (every combination, in random order: double parameters need a step);
+    tpe (Tree-structured Parzen Estimator, the default); cmaes (CMA evolution strategy, one
+    objective); gp (Gaussian-process Bayesian optimisation); nsga2 (genetic, for several
+    objectives)."""
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
+    """Seed of the sampler: the same seed and results propose the same parameters. Default 0."""
+    startup_trials: Annotated[int, Field(ge=0, le=1000)] | None = None
+    """tpe, gp and cmaes: random trials before the model of the results is used; unset:
+    Optuna's default (10 for tpe and gp, 1 for cmaes)."""
+    population_size: Annotated[int, Field(ge=2, le=1000)] | None = None
+    """nsga2: individuals per generation; unset: Optuna's default (50)."""
 
 
 class EarlyStopping(ApiModel):
-    """Stops trials that are doing worse than others before they finish."""
+    """Stops (prunes) trials that do worse than others at the same epoch, while they run."""
 
-    algorithm: Literal["none", "median", "hyperband"] = "median"
-    """median (the default): stop a trial whose intermediate metric is worse than the median of
-    earlier trials at the same step; hyperband: successive halving; none: never stop early."""
-    min_trials: Annotated[int, Field(ge=1, le=1000)] = 3
-    """Trials that must finish before any is stopped early."""
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "self.algorithm != 'hyperband' || !has(self.maxResource)"
+                " || self.maxResource > self.minResource",
+                "hyperband needs maxResource > minResource",
+                ".maxResource",
+            ),
+        )
+    )
+
+    algorithm: Literal["none", "median", "successiveHalving", "hyperband"] = "median"
+    """median (the default): stop a trial whose metric at an epoch is worse than the median of
+    earlier trials at that epoch; successiveHalving: asynchronous successive halving (ASHA),
+    only the best 1/reductionFactor of trials go on at each rung; hyperband: several
+    successive-halving brackets; none: never stop early."""
+    min_trials: Annotated[int, Field(ge=0, le=1000)] = 3
+    """median: trials that must have finished before any is stopped early; default 3."""
     start_step: Annotated[int, Field(ge=0)] = 1
-    """Reported step (epoch) before which no trial is stopped; default 1."""
+    """median: the first epoch (counted from 1) at which a trial may be stopped; default 1."""
+    min_resource: Annotated[int, Field(ge=1, le=100000)] = 1
+    """successiveHalving and hyperband: epochs of the first rung; default 1."""
+    max_resource: Annotated[int, Field(ge=2, le=100000)] | None = None
+    """hyperband: the most epochs a trial runs; unset: the template's hyperparameters.epochs."""
+    reduction_factor: Annotated[int, Field(ge=2, le=100)] = 3
+    """successiveHalving and hyperband: 1 in reductionFactor trials goes on at each rung;
+    default 3."""
 
 
 class Parameter(ApiModel):
@@ -71,6 +100,17 @@ class Parameter(ApiModel):
                 "!has(self.log) || !self.log || (has(self.min) && self.min > 0.0)",
                 "a log-scaled parameter needs min > 0",
                 ".log",
+            ),
+            cel(
+                "!has(self.log) || !self.log || !has(self.step)",
+                "a parameter is either log-scaled or stepped, not both",
+                ".step",
+            ),
+            cel(
+                "self.type != 'int' || ((!has(self.min) || self.min == double(int(self.min)))"
+                " && (!has(self.max) || self.max == double(int(self.max))))",
+                "an int parameter needs whole-number min and max",
+                ".min",
             ),
         )
     )
@@ -94,7 +134,8 @@ class Parameter(ApiModel):
     values: (
         Annotated[list[Annotated[str, Field(max_length=256)]], Field(min_length=1, max_length=256)] | None
     ) = None
-    """The choices of a categorical parameter."""
+    """The choices of a categorical parameter. A choice that reads as JSON (a number, a list
+    such as [64, 32]) is set as that value, any other as text."""
 
 
 class SearchSpec(ApiModel):
@@ -107,22 +148,62 @@ class SearchSpec(ApiModel):
                 "parallelTrials cannot exceed maxTrials",
                 ".parallelTrials",
             ),
+            cel(
+                "!(has(self.objective) && has(self.objectives))",
+                "set objective (one) or objectives (several), not both",
+                ".objectives",
+            ),
+            cel(
+                "!has(self.objectives) || self.algorithm.name != 'cmaes'",
+                "algorithm cmaes optimises one objective: use nsga2, tpe, gp or random for objectives",
+                ".algorithm.name",
+            ),
+            cel(
+                "!has(self.objectives) || !has(self.earlyStopping) || self.earlyStopping.algorithm == 'none'",
+                "earlyStopping needs one objective (set earlyStopping.algorithm none for objectives)",
+                ".earlyStopping",
+            ),
+            cel(
+                "self.algorithm.name != 'grid' || self.parameters.all(p, p.type != 'double' || has(p.step))",
+                "algorithm grid needs a step on every double parameter",
+                ".parameters",
+            ),
+            cel(
+                "self.parameters.all(p, self.parameters.exists_one(q, q.name == p.name))",
+                "parameter names must be unique",
+                ".parameters",
+            ),
         )
     )
 
-    objective: Objective = Objective()
+    objective: Objective | None = None
+    """The one metric optimised; default: maximize validation."""
+    objectives: Annotated[list[Objective], Field(min_length=2, max_length=8)] | None = None
+    """Several metrics optimised at once (e.g. maximize validation, minimize modelParameters):
+    status then holds the Pareto front."""
     algorithm: Algorithm = Algorithm()
     early_stopping: EarlyStopping | None = None
     parameters: Annotated[list[Parameter], Field(min_length=1, max_length=64)]
     """The parameters searched, each a field of the trial's TrainingJob spec."""
     parallel_trials: Annotated[int, Field(ge=1, le=64)] = 2
-    """Trials running at once (at most maxTrials); default 2."""
+    """Trials running at once (at most maxTrials); default 2. May be changed while it runs."""
     max_trials: Annotated[int, Field(ge=1, le=10000)] = 12
-    """Trials in all, after which the search ends; default 12."""
+    """Trials in all, after which the search ends; default 12. May be changed while it runs."""
     max_failed_trials: Annotated[int, Field(ge=0, le=10000)] = 3
     """Failed trials tolerated; one more fails the Experiment. Default 3."""
+    trial_retries: Annotated[int, Field(ge=0, le=10)] = 1
+    """Times a failed trial runs again with the same parameters before it counts as failed;
+    default 1."""
+    budget_seconds: Annotated[int, Field(ge=1)] | None = None
+    """Seconds the search may run, from its start: past it no trial starts and running ones
+    are stopped. Unset: no limit. May be changed while it runs."""
     trial_template: TrainingJobSpec
     """The TrainingJob each trial runs, with the parameters applied."""
+
+    @property
+    def goals(self) -> list[Objective]:
+        """The objectives, in order (one when `objective` or nothing is set)."""
+        return list(self.objectives or [self.objective or Objective()])
 
 
 class Variant(ApiModel):
@@ -206,7 +287,8 @@ class ExperimentSpec(Kind):
         short_names=["gexp"],
         printer_columns=[
             *ready_column(),
-            {"name": "Trials", "type": "integer", "jsonPath": ".status.trials.completed"},
+            {"name": "Trials", "type": "integer", "jsonPath": ".status.trialsTotal"},
+            {"name": "Done", "type": "integer", "jsonPath": ".status.trials.completed"},
             {"name": "Best", "type": "number", "jsonPath": ".status.best.value"},
             {"name": "Winner", "type": "string", "jsonPath": ".status.winner"},
             age_column(),
@@ -223,33 +305,53 @@ class TrialCounts(ApiModel):
     model_config = ConfigDict(frozen=False)
 
     running: int = 0
-    """Trials whose TrainingJob is running."""
+    """Trials whose TrainingJob is running (a retry included)."""
     completed: int = 0
     """Trials that finished and reported the objective."""
     failed: int = 0
-    """Trials whose TrainingJob failed."""
+    """Trials whose TrainingJob failed, retries spent."""
     pruned: int = 0
     """Trials stopped early by earlyStopping."""
+    stopped: int = 0
+    """Trials stopped when the search ended (time budget)."""
 
 
 class BestTrial(ApiModel):
-    """The best trial so far."""
+    """A trial's result: the best one, or one of the Pareto front."""
 
     model_config = ConfigDict(frozen=False)
 
     trial: str | None = None
     """Name of the trial's TrainingJob."""
+    number: int | None = None
+    """The trial's number in the search, from 0."""
     value: float | None = None
-    """Its objective metric."""
+    """Its objective metric (the first objective's, when there are several)."""
+    values: list[float] | None = None
+    """Several objectives: its value of each, in spec order."""
     parameters: dict[str, str] = {}
     """The parameter values it ran with, by parameter name."""
+    model_uri: str | None = None
+    """Where its model artifact is."""
 
 
 class ExperimentStatus(BaseStatus):
     """The experiment's conditions, trials or traffic allocation, and the result."""
 
     trials: TrialCounts | None = None
+    trials_total: int | None = None
+    """Trials started so far (their retries not counted again)."""
     best: BestTrial | None = None
+    """One objective: the best completed trial so far."""
+    pareto_front: Annotated[list[BestTrial], Field(max_length=1000)] | None = None
+    """Several objectives: the completed trials no other trial beats on every objective."""
+    model: ModelRef | None = None
+    """The best trial's model (one objective): what an InferenceService serving this
+    Experiment's result serves."""
+    start_time: Annotated[str, Field(json_schema_extra={"format": "date-time"})] | None = None
+    """When the search started."""
+    completion_time: Annotated[str, Field(json_schema_extra={"format": "date-time"})] | None = None
+    """When the search ended."""
     allocation: dict[str, float] = {}
     """Online: the current traffic share per variant, between 0 and 1."""
     winner: str | None = None

@@ -250,6 +250,17 @@ class DatasetRef(ApiModel):
     """The FeatureJob it comes from."""
 
 
+class EpochMetrics(ApiModel):
+    """The validation metrics after one epoch."""
+
+    model_config = ConfigDict(frozen=False)
+
+    epoch: int
+    """The epoch, counted from 1."""
+    metrics: dict[str, float] = {}
+    """As status.metrics, after this epoch (validation, valLoss, trainLoss...)."""
+
+
 class TrainingJobStatus(BaseStatus):
     """The job's phase and conditions, its workers, progress, metrics and model."""
 
@@ -263,6 +274,8 @@ class TrainingJobStatus(BaseStatus):
     metrics: dict[str, float] = {}
     """Latest training and validation metrics (train_loss, val_loss, val_accuracy, val_rmse...),
     and validation: the task's main validation metric."""
+    history: Annotated[list[EpochMetrics], Field(max_length=10000)] | None = None
+    """The metrics after each epoch so far, oldest first (what early stopping compares)."""
     samples_per_second: float | None = None
     """Training throughput over all workers, in rows per second."""
     model: ModelRef | None = None

@@ -112,6 +112,10 @@ class Children(Protocol):
         """Converge the owner's children of ``kinds`` to exactly ``wanted``; their states."""
         ...
 
+    async def list(self, owner: Owner, kinds: Sequence[ChildKind]) -> dict[tuple[str, str], ChildState]:
+        """The owner's children of ``kinds`` as the API server stores them now."""
+        ...
+
     def subscribe(self, listener: OwnerListener) -> None:
         """Call ``listener`` whenever a served child's status changes or a child is deleted
         (Gyre kinds excepted: the operator watches those itself)."""
@@ -129,6 +133,9 @@ class NoChildren:
     ) -> dict[tuple[str, str], ChildState]:
         if wanted:
             raise RuntimeError(f"{owner.key} declares child objects, but no API server is connected")
+        return {}
+
+    async def list(self, owner: Owner, kinds: Sequence[ChildKind]) -> dict[tuple[str, str], ChildState]:
         return {}
 
     def subscribe(self, listener: OwnerListener) -> None:
@@ -233,6 +240,9 @@ class Controller(abc.ABC, Generic[S]):
     spec_model: ClassVar[type[Kind]]
     child_kinds: ClassVar[tuple[ChildKind, ...]] = ()
     """Every type of child object this kind may declare: what pruning looks at."""
+    reads_children: ClassVar[bool] = False
+    """True: `build_children` decides from the children that exist, read from the API server
+    at the start of each pass (the API server, not the operator's memory, is what they are)."""
 
     def references(self, spec: S) -> list[Ref]:
         return []
@@ -278,8 +288,10 @@ class Controller(abc.ABC, Generic[S]):
         prepared: Any,
         *,
         served: frozenset[ChildKind] = frozenset(),
+        children: Mapping[tuple[str, str], ChildState] | None = None,
     ) -> list[ChildObject]:
-        """The child objects wanted now, of `child_kinds` (only served ones may be used)."""
+        """The child objects wanted now, of `child_kinds` (only served ones may be used);
+        ``children``: those that exist, by (kind, name), for a controller that `reads_children`."""
         return []
 
     async def converge(
@@ -410,7 +422,12 @@ async def reconcile(
         served = await children.served(controller.child_kinds) if controller.child_kinds else frozenset()
         prepared = await controller.prepare(meta, spec, old_status, runtime, listing)
         workloads = controller.build(meta, spec, resolved, old_status, prepared, served=served)
-        wanted = controller.build_children(meta, spec, resolved, old_status, prepared, served=served)
+        existing = (
+            await children.list(meta.owner, controller.child_kinds) if controller.reads_children else None
+        )
+        wanted = controller.build_children(
+            meta, spec, resolved, old_status, prepared, served=served, children=existing
+        )
         unserved = sorted({c.type.kind for c in wanted if c.type not in served})
         if unserved:
             raise RuntimeError(f"the cluster does not serve {', '.join(unserved)}")

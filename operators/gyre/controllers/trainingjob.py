@@ -12,7 +12,6 @@ function (`decide_phase`) of the workloads' states and the run's clock.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +20,7 @@ from gyre.api.featurejob import FeatureJobStatus
 from gyre.api.stream import StreamSpec, StreamStatus
 from gyre.api.trainingjob import (
     DatasetRef,
+    EpochMetrics,
     ModelRef,
     Progress,
     ReplicaStatus,
@@ -38,6 +38,7 @@ from gyre.builders.trainingjob import (
 from gyre.controllers.base import Controller, ObjectMeta, Ref, Resolved, StatusInput, StatusOutput
 from gyre.core import conditions as cnd
 from gyre.core.children import ChildKind
+from gyre.core.durations import seconds_since
 from gyre.core.workload import Workload, WorkloadPhase, WorkloadStatus
 from gyre.pipelines.trainer.status import TrainerProgress, TrainerStatus
 from gyre.runtimes.base import Runtime
@@ -57,8 +58,8 @@ POLL_S = 2.0
 WORKER_EXIT_GRACE_S = 30.0
 # A new generation is a new run: these figures of the old run are removed.
 FIGURES_OF_A_RUN = (
-    "progress", "metrics", "model", "start_time", "completion_time", "restarts", "resumed_from_step",
-    "samples_per_second", "ended_workloads", "dataset",
+    "progress", "metrics", "history", "model", "start_time", "completion_time", "restarts",
+    "resumed_from_step", "samples_per_second", "ended_workloads", "dataset",
 )  # fmt: skip
 
 
@@ -105,17 +106,6 @@ def dataset_source(
 def dataset_uri(spec: TrainingJobSpec, deps: Mapping[str, Resolved]) -> str | None:
     source = dataset_source(spec, deps, {}, 0)
     return source.uri if source else None
-
-
-def _parse_time(text: str | None) -> dt.datetime | None:
-    if not text:
-        return None
-    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
-
-
-def _seconds_since(text: str | None) -> float | None:
-    t = _parse_time(text)
-    return None if t is None else (dt.datetime.now(dt.UTC) - t).total_seconds()
 
 
 def _replicas(st: WorkloadStatus | None) -> ReplicaStatus:
@@ -244,14 +234,14 @@ class TrainingJobController(Controller[TrainingJobSpec]):
                 launcher=launcher.phase if launcher else None,
                 workers=workers.phase if workers else None,
                 failure=_failure(launcher, workers, trainer),
-                running_s=_seconds_since(start),
+                running_s=seconds_since(start),
                 active_deadline_s=spec.run_policy.active_deadline_seconds,
-                pending_s=_seconds_since(pending_since) if workers_pending else None,
+                pending_s=seconds_since(pending_since) if workers_pending else None,
                 gang_timeout_s=spec.run_policy.gang_timeout_seconds,
                 pending_workers=(workers.replicas - workers.ready_replicas) if workers else 0,
                 worker_count=workers.replicas if workers else 0,
                 pending_detail=(workers.message if workers else "") or "pending",
-                finishing_s=_seconds_since(done_at) if launcher_done else None,
+                finishing_s=seconds_since(done_at) if launcher_done else None,
             )
         )
         if decision.phase == "Failed" and not decision.message:  # failed in an earlier pass
@@ -286,14 +276,14 @@ class TrainingJobController(Controller[TrainingJobSpec]):
         if phase == "Failed":
             out.failure_message = decision.message
         ttl = spec.run_policy.ttl_seconds_after_finished
-        delete = bool(phase in TERMINAL and ttl is not None and (_seconds_since(done_at) or 0) >= ttl)
+        delete = bool(phase in TERMINAL and ttl is not None and (seconds_since(done_at) or 0) >= ttl)
         still_running = any(
             st.phase not in (WorkloadPhase.SUCCEEDED, WorkloadPhase.FAILED, WorkloadPhase.MISSING)
             for st in inp.observed.values()
         )
         requeue = None if phase in TERMINAL and ttl is None and not still_running else POLL_S
         if phase in TERMINAL and ttl is not None and not still_running:
-            requeue = max(1.0, ttl - (_seconds_since(done_at) or 0))
+            requeue = max(1.0, ttl - (seconds_since(done_at) or 0))
         if phase == "Suspended":
             requeue = None
         return StatusOutput(
@@ -458,16 +448,30 @@ def set_progress(out: TrainingJobStatus, spec: TrainingJobSpec, p: TrainerProgre
         percent=f"{p.percent:.0f}%",
         eta_seconds=p.eta_s,
     )
-    metrics = {_camel(k): float(v) for k, v in p.metrics.items() if v is not None}
     main = "val_rmse" if spec.model.task == "regression" else "val_accuracy"
-    if p.metrics.get(main) is not None:
-        metrics["validation"] = float(p.metrics[main])  # type: ignore[arg-type]
+    metrics = status_metrics(p.metrics, main)
     if metrics:
         out.metrics = metrics
+    if p.history:
+        out.history = [
+            EpochMetrics(
+                epoch=int(h.get("epoch") or 0) + 1,
+                metrics={k: v for k, v in status_metrics(h, main).items() if k != "epoch"},
+            )
+            for h in p.history
+        ]
     if p.samples_per_s is not None:
         out.samples_per_second = round(p.samples_per_s, 1)
     if p.resumed_from_step is not None:
         out.resumed_from_step = p.resumed_from_step
+
+
+def status_metrics(reported: Mapping[str, float | None], main: str) -> dict[str, float]:
+    """The trainer's metrics as status shows them: camelCase, and validation (the ``main`` one)."""
+    metrics = {_camel(k): float(v) for k, v in reported.items() if v is not None}
+    if reported.get(main) is not None:
+        metrics["validation"] = float(reported[main])  # type: ignore[arg-type]
+    return metrics
 
 
 def _failure(

@@ -5,7 +5,9 @@ KServe `InferenceService`, an `autoscaling/v2` HPA, a Gyre `TrainingJob` that is
 an Experiment. It declares them as `ChildObject`s (pure data); the operator applies them
 server-side under the one field manager with an owner reference to the parent and the owner
 labels, prunes by label the ones of the controller's `child_kinds` it no longer wants, and
-hands their stored status back to the parent's `compute_status` as `ChildState`. A parent is
+hands their stored status back to the parent's `compute_status` as `ChildState`. A controller
+that decides its children from the ones that exist (`Controller.reads_children`: an
+Experiment's next trial) gets them read from the API server before it builds. A parent is
 reconciled again when one of its children's status changes.
 
 Kinds outside Gyre's API group are used only when the cluster serves them (discovery): a
@@ -58,6 +60,8 @@ class ChildState:
     uid: str
     generation: int
     status: Mapping[str, Any]
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    spec: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def key(self) -> tuple[str, str]:

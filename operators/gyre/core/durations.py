@@ -1,7 +1,9 @@
-"""Durations as the API writes them ("500ms", "30s", "15m", "24h", "7d", "2w")."""
+"""Durations as the API writes them ("500ms", "30s", "15m", "24h", "7d", "2w"), and the
+seconds since a time the API wrote (RFC 3339, as conditions and timestamps are)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -14,3 +16,15 @@ def parse_duration(text: str) -> float:
     if not m:
         raise ValueError(f"invalid duration {text!r}: use a number and one of ms, s, m, h, d, w")
     return int(m.group(1)) * _UNITS[m.group(2)]
+
+
+def parse_time(text: str | None) -> dt.datetime | None:
+    """An RFC 3339 UTC time as the API server writes it ("2026-01-02T03:04:05Z")."""
+    if not text:
+        return None
+    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+
+
+def seconds_since(text: str | None) -> float | None:
+    t = parse_time(text)
+    return None if t is None else (dt.datetime.now(dt.UTC) - t).total_seconds()

@@ -61,6 +61,8 @@ def child_state(kind: ChildKind, stored: Mapping[str, Any]) -> ChildState:
         uid=str(md.get("uid", "")),
         generation=int(md.get("generation") or 0),
         status=dict(stored.get("status") or {}),
+        annotations=dict(md.get("annotations") or {}),
+        spec=dict(stored.get("spec") or {}),
     )
 
 
@@ -122,6 +124,18 @@ class KubeChildren:
         self, owner: Owner, kinds: Sequence[ChildKind], wanted: Sequence[ChildObject]
     ) -> dict[tuple[str, str], ChildState]:
         return await asyncio.to_thread(self.apply_sync, owner, kinds, wanted)
+
+    async def list(self, owner: Owner, kinds: Sequence[ChildKind]) -> dict[tuple[str, str], ChildState]:
+        return await asyncio.to_thread(self.list_sync, owner, kinds)
+
+    def list_sync(self, owner: Owner, kinds: Sequence[ChildKind]) -> dict[tuple[str, str], ChildState]:
+        """The owner's children of the served ``kinds``, as the API server stores them now."""
+        out: dict[tuple[str, str], ChildState] = {}
+        for kind in self.served_sync(kinds):
+            for obj in self.kube.list(_resource(kind), owner.namespace, r.owner_selector(owner)):
+                state = child_state(kind, obj)
+                out[state.key] = state
+        return out
 
     def served_sync(self, kinds: Sequence[ChildKind]) -> frozenset[ChildKind]:
         served = frozenset(k for k in kinds if k.kind in self._kinds_of(k.api_version))

@@ -218,6 +218,7 @@ class Handlers:
             finally:
                 metrics.DURATION.labels(kind).observe(time.perf_counter() - started)
         self.last_reconciled[(kind, meta.namespace, meta.name)] = time.monotonic()
+        metrics.observe_status(kind, meta.namespace, meta.name, outcome.status)
         changes = status_patch(old_status, outcome.status)
         if changes:
             metrics.STATUS_WRITES.labels(kind).inc()
@@ -336,6 +337,7 @@ def _register_kind(registry: kopf.OperatorRegistry, handlers: Handlers, kind: st
         handlers.events.forget(meta.uid)
         handlers.applied.pop((kind, meta.namespace, meta.name), None)
         handlers._forget((kind, meta.namespace, meta.name))
+        metrics.forget(kind, meta.namespace, meta.name)
         if handlers.workloads.pop((kind, meta.namespace, meta.name), None) is not None:
             handlers._publish_workloads(kind)
         log.info("Released the workloads of %s %s/%s", kind, meta.namespace, meta.name)
