@@ -45,7 +45,7 @@ BASE_SUITE = "bookworm"
 BASE_MIRROR = "http://deb.debian.org/debian"
 BASE_PACKAGES = ("python3", "python3-pip", "ca-certificates")
 BASE_IMAGE = "gyre.local/python3-base"
-HOST_CACHE_DIR = Path("/var/lib/containers")
+HOST_DIRS = (Path("/var/lib/containers"), Path("/run/runc"))
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 # Where a build step finds the prebuilt wheels (images/runtime/Dockerfile reads it).
 PREBUILT_MOUNT = "/prebuilt"
@@ -170,16 +170,22 @@ class Podman:
 
     @contextlib.contextmanager
     def _host_cache(self) -> Iterator[None]:
-        """podman keeps a blob cache in /var/lib/containers whatever its storage settings say:
-        removed again when this call created it."""
+        """What podman and runc make outside the configured directories whatever the settings
+        say (a blob cache in /var/lib/containers, runc's state in /run/runc) is removed again
+        when this call created it, and so are the empty ``libpod_parent`` cgroups."""
         if shutil.which("podman") is None:
             raise ImageBuildError("podman is not installed (Debian: apt-get install podman)")
-        created = not HOST_CACHE_DIR.exists()
+        created = [d for d in HOST_DIRS if not d.exists()]
         try:
             yield
         finally:
-            if created:
-                shutil.rmtree(HOST_CACHE_DIR, ignore_errors=True)
+            for d in created:
+                shutil.rmtree(d, ignore_errors=True)
+            for parent in Path("/sys/fs/cgroup").glob("*/libpod_parent"):
+                # Deepest first; rmdir fails, as it should, for a cgroup a process is still in.
+                for d in sorted((Path(p) for p, _, _ in os.walk(parent)), key=lambda p: -len(p.parts)):
+                    with contextlib.suppress(OSError):
+                        d.rmdir()
 
 
 def ensure_base(podman: Podman) -> str:
@@ -273,6 +279,7 @@ def ensure_built(image: DockerfileImage, root: Path, podman: Podman | None = Non
         "build",
         "--network=host",
         "--layers",
+        "--force-rm",
         "-f",
         str(root / image.dockerfile),
         "-t",
