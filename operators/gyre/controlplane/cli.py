@@ -102,7 +102,12 @@ def cli_images(argv: Sequence[str] | None = None) -> int:
     from gyre.manifests import repo_root
 
     p = _parser("gyre images", "Build the operator and runtime images with podman (cached by their inputs).")
-    p.add_argument("names", nargs="*", metavar="operator|runtime", help="which images (default: both)")
+    p.add_argument(
+        "names",
+        nargs="*",
+        metavar="operator|runtime|runtime-stream",
+        help="which images (default: operator and runtime; runtime-stream has no torch or Horovod)",
+    )
     p.add_argument("--load", action="store_true", help="import them into the plane's real node")
     args = p.parse_args(argv)
     _setup_logging()

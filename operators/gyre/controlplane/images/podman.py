@@ -45,7 +45,10 @@ BASE_SUITE = "bookworm"
 BASE_MIRROR = "http://deb.debian.org/debian"
 BASE_PACKAGES = ("python3", "python3-pip", "ca-certificates")
 BASE_IMAGE = "gyre.local/python3-base"
-HOST_DIRS = (Path("/var/lib/containers"), Path("/run/runc"))
+# podman's default storage, where it keeps a blob cache whatever its configured storage is.
+HOST_STORAGE = Path("/var/lib/containers")
+BLOB_CACHE = Path("cache/blob-info-cache-v1.boltdb")
+RUNC_STATE = Path("/run/runc")
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 # Where a build step finds the prebuilt wheels (images/runtime/Dockerfile reads it).
 PREBUILT_MOUNT = "/prebuilt"
@@ -171,21 +174,40 @@ class Podman:
     @contextlib.contextmanager
     def _host_cache(self) -> Iterator[None]:
         """What podman and runc make outside the configured directories whatever the settings
-        say (a blob cache in /var/lib/containers, runc's state in /run/runc) is removed again
-        when this call created it, and so are the empty ``libpod_parent`` cgroups."""
+        say is removed again once no podman call runs any more: runc's state directory when
+        empty, /var/lib/containers when it holds nothing but podman's blob cache, and the empty
+        ``libpod_parent`` cgroups."""
         if shutil.which("podman") is None:
             raise ImageBuildError("podman is not installed (Debian: apt-get install podman)")
-        created = [d for d in HOST_DIRS if not d.exists()]
         try:
             yield
         finally:
-            for d in created:
-                shutil.rmtree(d, ignore_errors=True)
-            for parent in Path("/sys/fs/cgroup").glob("*/libpod_parent"):
-                # Deepest first; rmdir fails, as it should, for a cgroup a process is still in.
-                for d in sorted((Path(p) for p, _, _ in os.walk(parent)), key=lambda p: -len(p.parts)):
-                    with contextlib.suppress(OSError):
-                        d.rmdir()
+            # Another call may still use them (a build's containers keep their state in
+            # /run/runc): the last one to finish removes them.
+            if not _podman_running():
+                _remove_host_state()
+
+
+def _remove_host_state() -> None:
+    with contextlib.suppress(OSError):
+        RUNC_STATE.rmdir()
+    found = {p.relative_to(HOST_STORAGE) for p in HOST_STORAGE.rglob("*")} if HOST_STORAGE.is_dir() else None
+    if found is not None and found <= {Path("cache"), BLOB_CACHE}:
+        shutil.rmtree(HOST_STORAGE, ignore_errors=True)
+    for parent in Path("/sys/fs/cgroup").glob("*/libpod_parent"):
+        # Deepest first; rmdir fails, as it should, for a cgroup a process is still in.
+        for d in sorted((Path(p) for p, _, _ in os.walk(parent)), key=lambda p: -len(p.parts)):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+
+
+def _podman_running() -> bool:
+    """Whether a podman, buildah or conmon process runs on this host (by process name)."""
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        with contextlib.suppress(OSError):
+            if comm.read_text().strip() in ("podman", "conmon", "buildah", "storage-untar"):
+                return True
+    return False
 
 
 def ensure_base(podman: Podman) -> str:
@@ -297,9 +319,11 @@ def ensure_built(image: DockerfileImage, root: Path, podman: Podman | None = Non
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_suffix(".partial")
     partial.unlink(missing_ok=True)
+    # Uncompressed: gzip of a multi-GB layer takes minutes here, and the node would unpack it.
     podman(
-        "save", "--format", "oci-archive", "-o", str(partial), image.name, what=f"podman save {image.name}"
-    )
+        "save", "--format", "oci-archive", "--uncompressed", "-o", str(partial), image.name,
+        what=f"podman save {image.name}",
+    )  # fmt: skip
     partial.rename(out)
     # Older archives of the same image are of no further use.
     for old in images_cache().glob(f"{image.slug}-*.oci.tar"):
@@ -366,10 +390,24 @@ def runtime_image(root: Path) -> DockerfileImage:
     )
 
 
+def stream_runtime_image(root: Path) -> DockerfileImage:
+    """The runtime image without torch and Horovod (tag ``<version>-stream``): what a Stream's
+    workloads run, a few hundred MB instead of several GB (PyPI's torch brings the CUDA
+    libraries)."""
+    return DockerfileImage(
+        f"{_chart_image(root, 'runtime')}-stream",
+        "images/runtime/Dockerfile",
+        build_args={"INSTALL_TORCH": "false", "INSTALL_HOROVOD": "false"},
+    )
+
+
+IMAGES = {"operator": operator_image, "runtime": runtime_image, "runtime-stream": stream_runtime_image}
+DEFAULT_IMAGES = ("operator", "runtime")
+
+
 def project_images(root: Path, only: Sequence[str] = ()) -> list[DockerfileImage]:
-    """The operator and runtime images (``only``: those of these short names)."""
-    makers = {"operator": operator_image, "runtime": runtime_image}
-    unknown = set(only) - set(makers)
+    """The images of these short names (`IMAGES`; default: the operator and the runtime)."""
+    unknown = set(only) - set(IMAGES)
     if unknown:
-        raise ImageBuildError(f"unknown images {sorted(unknown)}: choose from {sorted(makers)}")
-    return [make(root) for name, make in makers.items() if not only or name in only]
+        raise ImageBuildError(f"unknown images {sorted(unknown)}: choose from {sorted(IMAGES)}")
+    return [IMAGES[name](root) for name in (only or DEFAULT_IMAGES)]
