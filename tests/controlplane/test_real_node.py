@@ -270,12 +270,11 @@ def test_helm_installed_operator_runs_on_the_real_node_and_reconciles(real: Real
         assert "# TYPE gyre_reconciles_total counter" in _get(f"http://127.0.0.1:{metrics}/metrics")
 
         real.cluster.kubectl("create", "namespace", namespace)
-        managed = stream_manifest("managed", managed="replicas: 1", topic="partitions: 1")
+        topic = "partitions: 1, replicationFactor: 1"
+        managed = stream_manifest("managed", managed="replicas: 1, storage: 1Gi", topic=topic)
+        # Nothing listens on loopback's port 9: the topic cannot be made, the collector is.
         external = stream_manifest(
-            "external",
-            external="bootstrapServers: ['127.0.0.1:9']",
-            topic="partitions: 1",
-            collector="replicas: 1",
+            "external", external="bootstrapServers: ['127.0.0.1:9']", topic=topic, collector="replicas: 1"
         )
         for manifest in (managed, external):
             real.cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest)

@@ -49,6 +49,7 @@ BASE_IMAGE = "gyre.local/python3-base"
 HOST_STORAGE = Path("/var/lib/containers")
 BLOB_CACHE = Path("cache/blob-info-cache-v1.boltdb")
 RUNC_STATE = Path("/run/runc")
+KEY_LENGTH = 16  # hex digits of an image's key
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 # Where a build step finds the prebuilt wheels (images/runtime/Dockerfile reads it).
 PREBUILT_MOUNT = "/prebuilt"
@@ -279,7 +280,7 @@ class DockerfileImage:
         if self.prebuilt is not None:
             for w in sorted(self.prebuilt.glob("*.whl")):
                 h.update(f"\0wheel {w.name} {w.stat().st_size}".encode())
-        return h.hexdigest()[:16]
+        return h.hexdigest()[:KEY_LENGTH]
 
 
 @dataclass(frozen=True)
@@ -326,7 +327,8 @@ def ensure_built(image: DockerfileImage, root: Path, podman: Podman | None = Non
     )  # fmt: skip
     partial.rename(out)
     # Older archives of the same image are of no further use.
-    for old in images_cache().glob(f"{image.slug}-*.oci.tar"):
+    # Exactly <slug>-<key>: another image's slug may start with this one's.
+    for old in images_cache().glob(f"{image.slug}-{'?' * KEY_LENGTH}.oci.tar"):
         if old != out:
             old.unlink()
     seconds = time.monotonic() - t0
