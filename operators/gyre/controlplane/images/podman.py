@@ -399,7 +399,8 @@ def stream_runtime_image(root: Path) -> DockerfileImage:
     return DockerfileImage(
         f"{_chart_image(root, 'runtime')}-stream",
         "images/runtime/Dockerfile",
-        build_args={"INSTALL_TORCH": "false", "INSTALL_HOROVOD": "false"},
+        # Nor the serving, online-store and tuning clients (EXTRA_PACKAGES): no Stream uses them.
+        build_args={"INSTALL_TORCH": "false", "INSTALL_HOROVOD": "false", "EXTRA_PACKAGES": ""},
     )
 
 
