@@ -55,8 +55,18 @@ ENTRYPOINTS = sorted(
 )
 
 
+def _podman_host_state() -> set[str]:
+    """What podman and runc leave outside their configured directories, when they do."""
+    found = {str(p) for p in Path("/sys/fs/cgroup").glob("*/libpod_parent")}
+    return found | {str(d) for d in (Path("/run/runc"), Path("/var/lib/containers")) if d.exists()}
+
+
+BEFORE: set[str] = set()
+
+
 @pytest.fixture(scope="module")
 def podman() -> Podman:
+    BEFORE.update(_podman_host_state())
     return Podman()
 
 
@@ -156,3 +166,9 @@ def test_operator_image_serves_health_and_metrics(operator_container: tuple[int,
 def test_unchanged_image_is_not_rebuilt(operator_built: Built, podman: Podman) -> None:
     again = ensure_built(operator_built.image, ROOT, podman)
     assert (again.archive, again.seconds) == (operator_built.archive, 0.0)
+
+
+def test_podman_leaves_no_state_on_the_host(podman: Podman, operator_built: Built) -> None:
+    """Last in the module: runc's state, podman's blob cache and libpod cgroups are gone."""
+    podman("run", "--rm", "--network=none", operator_built.image.name, "--help")
+    assert _podman_host_state() - BEFORE == set()

@@ -184,7 +184,11 @@ class Podman:
             yield
         finally:
             # Another call may still use them (a build's containers keep their state in
-            # /run/runc): the last one to finish removes them.
+            # /run/runc): the last one to finish removes them. A container's conmon outlives
+            # `podman run --rm` by a moment.
+            deadline = time.monotonic() + 3.0
+            while _podman_running() and time.monotonic() < deadline:
+                time.sleep(0.1)
             if not _podman_running():
                 _remove_host_state()
 
