@@ -11,6 +11,7 @@ setup built) takes about 15 minutes more cold, so its test runs when ``GYRE_TEST
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pkgutil
@@ -161,6 +162,20 @@ def test_operator_image_serves_health_and_metrics(operator_container: tuple[int,
     eventually(lambda: _get(f"http://127.0.0.1:{health}/healthz"), timeout=60, what="/healthz answers 200")
     text = eventually(lambda: _get(f"http://127.0.0.1:{metrics}/metrics"), timeout=30)
     assert "# TYPE gyre_reconciles_total counter" in text, text[:2000]
+
+
+def test_operator_image_holds_the_current_sources(podman: Podman, operator_built: Built) -> None:
+    """A rebuild installs the package from this checkout, not from a cached layer."""
+    import gyre.operator.main as module
+
+    probe = (
+        "import hashlib, gyre.operator.main as m; "
+        "print(hashlib.sha256(open(m.__file__, 'rb').read()).hexdigest())"
+    )
+    out = podman(
+        "run", "--rm", "--network=none", "--entrypoint", "python", operator_built.image.name, "-c", probe
+    )
+    assert out.strip() == hashlib.sha256(Path(module.__file__).read_bytes()).hexdigest()
 
 
 def test_unchanged_image_is_not_rebuilt(operator_built: Built, podman: Podman) -> None:

@@ -299,6 +299,9 @@ def test_helm_installed_operator_runs_on_the_real_node_and_reconciles(real: Real
         assert container["imagePullPolicy"] == "Never"
         logs = real.cluster.kubectl("logs", "-n", release.namespace, pod["metadata"]["name"]).stdout
         assert "Forbidden" not in logs, logs[-4000:]
+    except AssertionError as e:
+        logs = real.cluster.kubectl("logs", "-n", release.namespace, "-l", selector, "--tail=60", check=False)
+        raise AssertionError(f"{e}\n--- operator log\n{logs.stdout}{logs.stderr}") from e
     finally:
         real.cluster.kubectl("delete", "namespace", namespace, "--timeout=90s", check=False, timeout=120)
         uninstall(release)

@@ -260,6 +260,14 @@ def context_files(root: Path) -> Iterator[Path]:
     yield from sorted(found)
 
 
+def context_digest(root: Path) -> str:
+    """A hash of the build context's files, names and contents."""
+    h = hashlib.sha256()
+    for p in context_files(root):
+        h.update(f"\0file {p.relative_to(root)}\0".encode() + p.read_bytes())
+    return h.hexdigest()
+
+
 @dataclass(frozen=True)
 class DockerfileImage:
     """One of the project's images: its name and how ``podman build`` makes it."""
@@ -279,8 +287,7 @@ class DockerfileImage:
         for k, v in sorted(self.build_args.items()):
             h.update(f"\0arg {k}={v}".encode())
         h.update(f"\0base {base_key()}".encode())
-        for p in context_files(root):
-            h.update(f"\0file {p.relative_to(root)}\0".encode() + p.read_bytes())
+        h.update(f"\0context {context_digest(root)}".encode())
         if self.prebuilt is not None:
             for w in sorted(self.prebuilt.glob("*.whl")):
                 h.update(f"\0wheel {w.name} {w.stat().st_size}".encode())
@@ -313,6 +320,9 @@ def ensure_built(image: DockerfileImage, root: Path, podman: Podman | None = Non
         image.name,
         "--build-arg",
         f"PYTHON_IMAGE={base}",
+        # The Dockerfiles' package install runs again when the sources changed (see there).
+        "--build-arg",
+        f"SOURCE_DIGEST={context_digest(root)}",
         "-v",
         f"{HOST_CA_BUNDLE}:{HOST_CA_BUNDLE}:ro",
     ]
