@@ -31,6 +31,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -320,9 +321,9 @@ def ensure_built(image: DockerfileImage, root: Path, podman: Podman | None = Non
         image.name,
         "--build-arg",
         f"PYTHON_IMAGE={base}",
-        # The Dockerfiles' package install runs again when the sources changed (see there).
+        # The stages a RUN mounts, and that RUN, run again (see the Dockerfiles' BUILD_ID).
         "--build-arg",
-        f"SOURCE_DIGEST={context_digest(root)}",
+        f"BUILD_ID={uuid.uuid4().hex}",
         "-v",
         f"{HOST_CA_BUNDLE}:{HOST_CA_BUNDLE}:ro",
     ]
