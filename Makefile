@@ -78,9 +78,13 @@ bench: ## Benchmarks (JSON on stdout): operator, stream, train, bandit, serve
 	$(PY) -m gyre.cli bench bandit
 	$(PY) -m gyre.cli bench serve
 
-##@ Images (needs Docker)
+##@ Images
 
 .PHONY: images
-images: ## Build the operator and runtime images
+images: ## Build the operator and runtime images with podman (no Docker, no registry; cached by their inputs); LOAD=1 imports them into the real node of `make cluster KUBELET=1`
+	$(PY) -m gyre.cli images $(if $(LOAD),--load)
+
+.PHONY: docker-images
+docker-images: ## Build the operator and runtime images with Docker
 	docker build -f images/operator/Dockerfile -t ghcr.io/gyre-ml/gyre-operator:0.1.0 .
 	docker build -f images/runtime/Dockerfile -t ghcr.io/gyre-ml/gyre-runtime:0.1.0 .

@@ -2,11 +2,11 @@
 # Installs everything Gyre needs on a fresh machine, reusing caches under $GYRE_CACHE
 # (~/.cache/gyre): a Python virtual environment with pinned dependencies, the control-plane
 # binaries and the real node's kubelet (built from the Go module proxy), the real node's
-# containerd, runc and CNI plugins (Debian's packages) with a locally built pause image, the
-# Kafka jars (Maven Central), torch + a Horovod wheel, PySpark and Redis (the features extra and
-# Debian's redis-server). The prerequisites are checked first,
-# and all that are missing are named before anything is installed. A run that finds everything
-# cached takes seconds.
+# containerd, runc and CNI plugins and the image builder's podman and debootstrap (Debian's
+# packages) with a locally built pause image, the Kafka jars (Maven Central), torch + a Horovod
+# wheel, PySpark and Redis (the features extra and Debian's redis-server). The prerequisites
+# are checked first, and all that are missing are named before anything is installed. A run
+# that finds everything cached takes seconds.
 #
 # Usage: scripts/setup.sh           check the prerequisites, then install what is not cached
 #        scripts/setup.sh --check   only check the prerequisites (exit status 1 if one is missing)
@@ -141,12 +141,15 @@ fi
 step "Control-plane binaries and the kubelet (first build takes a while; cached afterwards)"
 bash operators/gyre/controlplane/build-binaries.sh >/dev/null
 
-step "Real node: containerd, runc, CNI plugins, iptables (Debian's packages), the pause image"
+step "Real node: containerd, runc, CNI plugins, iptables, podman, debootstrap (Debian's packages), the pause image"
 node_missing=()
 command -v containerd >/dev/null || node_missing+=(containerd)
 command -v runc >/dev/null || node_missing+=(runc)
 [[ -x /usr/lib/cni/bridge ]] || node_missing+=(containernetworking-plugins)
 command -v iptables >/dev/null || node_missing+=(iptables)
+# The images are built with podman on a debootstrapped base (gyre images; no Docker).
+command -v podman >/dev/null || node_missing+=(podman)
+command -v debootstrap >/dev/null || node_missing+=(debootstrap)
 if ((${#node_missing[@]})); then
   sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
   $sudo apt-get update
@@ -155,7 +158,7 @@ if ((${#node_missing[@]})); then
     $sudo systemctl disable --now containerd.service || true
   fi
 else
-  say "containerd, runc, CNI plugins and iptables are installed"
+  say "containerd, runc, CNI plugins, iptables, podman and debootstrap are installed"
 fi
 # A static C program packed as an OCI archive; each real node imports it at start.
 PYTHONPATH="$PWD/operators" "$VENV/bin/python" -m gyre.controlplane.images >/dev/null

@@ -12,6 +12,9 @@ commands:
   cluster up|down|status
                       a real local control plane (etcd, kube-apiserver, controller-manager,
                       scheduler, kwok nodes) on loopback
+  images [operator|runtime] [--load]
+                      build the images with podman from a local base (no registry, no
+                      Docker) and load them into the local plane's real node
   manifests [--check] generate the CRDs from the API models
   demo                set up everything and run the example system on the embedded default
   experiment plot NAME [-n NAMESPACE] [-o DIR]
@@ -35,6 +38,12 @@ def _cluster(argv: list[str]) -> int:
         print("usage: gyre cluster up|down|status [options]", file=sys.stderr)
         return 2
     return verbs[argv[0]](argv[1:])
+
+
+def _images(argv: list[str]) -> int:
+    from gyre.controlplane import cli
+
+    return cli.cli_images(argv)
 
 
 def _manifests(argv: list[str]) -> int:
@@ -72,6 +81,7 @@ def _bench(argv: list[str]) -> int:
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "operator": _operator,
     "cluster": _cluster,
+    "images": _images,
     "manifests": _manifests,
     "demo": _demo,
     "experiment": _experiment,

@@ -8,9 +8,11 @@ variables and override the file.
 
 from __future__ import annotations
 
+import argparse
+import inspect
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Self, TypeVar
 
 T = TypeVar("T")
@@ -37,6 +39,22 @@ def config_path(env: Mapping[str, str] | None = None) -> str | None:
     if not path:
         return None
     return os.path.join(path, CONFIG_FILE_NAME) if os.path.isdir(path) else path
+
+
+def parse_command_line(prog: str, config: type, argv: Sequence[str] | None = None) -> None:
+    """The command line of a workload configured by ``$GYRE_CONFIG`` alone: ``--help`` prints
+    what its configuration holds (``config``'s documentation) and exits; any argument is an
+    error (exit status 2)."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {prog}",
+        description=(
+            f"Configured by the JSON object in ${CONFIG_ENV} (a file, or a directory holding "
+            f"{CONFIG_FILE_NAME}); environment variables the runtime sets override some fields."
+        ),
+        epilog=inspect.cleandoc(config.__doc__ or ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.parse_args(argv)
 
 
 def load_config_json(env: Mapping[str, str] | None = None) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from gyre.pipelines.trainer import config as config_module
 from gyre.pipelines.trainer.config import ConfigError, load_config
 from gyre.pipelines.trainer.topology import GangError, identity_from_env
 
@@ -23,6 +24,10 @@ def main(argv: Sequence[str]) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if list(argv) in (["--help"], ["-h"]):
+        print(f"{USAGE}\n\nlauncher: serves the rendezvous and the run's /status; worker: one rank.\n")
+        print(config_module.__doc__)
+        return 0
     if len(argv) != 1 or argv[0] not in ("launcher", "worker"):
         print(USAGE, file=sys.stderr)
         return 2

@@ -10,14 +10,11 @@ then removes everything but the CRDs (Helm never deletes `crds/`).
 from __future__ import annotations
 
 import http.client
-import json
-import shutil
 import signal
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,99 +22,13 @@ import pytest
 import yaml
 
 from tests.controlplane.cluster import Cluster
+from tests.controlplane.helm import CHART, Release, install, uninstall
 from tests.support import eventually, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "charts" / "gyre"
 CRD_NAMES = sorted(yaml.safe_load(p.read_text())["metadata"]["name"] for p in (CHART / "crds").glob("*.yaml"))
 
 pytestmark = [pytest.mark.integration, pytest.mark.controlplane]
-
-
-@dataclass(frozen=True)
-class Release:
-    name: str
-    namespace: str
-    cluster: Cluster
-
-    @property
-    def operator(self) -> str:
-        return f"{self.name}-gyre-operator"
-
-    @property
-    def service_account(self) -> str:
-        return f"system:serviceaccount:{self.namespace}:{self.operator}"
-
-    def can(self, verb: str, resource: str, namespace: str = "", subresource: str = "") -> bool:
-        """Whether the API server's authorizer lets the operator's ServiceAccount do this.
-
-        ``resource`` is ``plural.group`` (``plural`` for the core group); an empty namespace
-        means every namespace (or a cluster-scoped resource). A SubjectAccessReview rather than
-        `kubectl auth can-i`, which cannot ask about APIs the cluster does not serve (KServe).
-        """
-        plural, _, group = resource.partition(".")
-        review = {
-            "apiVersion": "authorization.k8s.io/v1",
-            "kind": "SubjectAccessReview",
-            "spec": {
-                "user": self.service_account,
-                "groups": [
-                    "system:serviceaccounts",
-                    f"system:serviceaccounts:{self.namespace}",
-                    "system:authenticated",
-                ],
-                "resourceAttributes": {
-                    "verb": verb,
-                    "group": group,
-                    "resource": plural,
-                    "subresource": subresource,
-                    "namespace": namespace,
-                },
-            },
-        }
-        out = self.cluster.kubectl("create", "-f", "-", "-o", "json", input=json.dumps(review))
-        return bool(json.loads(out.stdout)["status"].get("allowed"))
-
-
-def helm(cluster: Cluster, *args: str, timeout: float = 300) -> str:
-    binary = shutil.which("helm", path=cluster.env.get("PATH"))
-    if binary is None:
-        pytest.skip("helm not found: run operators/gyre/controlplane/build-binaries.sh")
-    proc = subprocess.run(
-        [binary, *args],
-        env=cluster.env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    assert proc.returncode == 0, f"helm {' '.join(args)} exited {proc.returncode}: {proc.stderr}"
-    return proc.stdout
-
-
-def install(cluster: Cluster, *values: str) -> Release:
-    suffix = uuid.uuid4().hex[:6]
-    release = Release(f"g{suffix}", f"gyre-helm-{suffix}", cluster)
-    sets = [arg for value in values for arg in ("--set", value)]
-    helm(
-        cluster,
-        "install",
-        release.name,
-        str(CHART),
-        "--namespace",
-        release.namespace,
-        "--create-namespace",
-        "--wait",
-        "--timeout",
-        "240s",
-        *sets,
-    )
-    return release
-
-
-def uninstall(release: Release) -> None:
-    helm(release.cluster, "uninstall", release.name, "--namespace", release.namespace, "--wait")
-    release.cluster.kubectl("delete", "namespace", release.namespace, "--wait=false", check=False)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,11 +23,17 @@ from typing import Any
 import pytest
 from gyre.controlplane import K8S_VERSION, ControlPlane, ControlPlaneError, FakeNode
 from gyre.controlplane.images import HELLO, HELLO_IMAGE, ensure_image
+from gyre.controlplane.images.podman import ensure_built, operator_image
 from gyre.controlplane.node import HOST_DIRS
 from gyre.controlplane.plane import KWOK_NODE_ANNOTATION
+from gyre.manifests import repo_root
+from operator_harness import owner_selector, stream_manifest
 
 from tests.controlplane.cluster import Cluster
+from tests.controlplane.helm import install, uninstall
 from tests.support import eventually, free_port
+
+ROOT = repo_root()
 
 pytestmark = [
     pytest.mark.integration,
@@ -212,6 +219,92 @@ def test_memory_limit_kills_an_allocating_container(real: RealNode) -> None:
     state = eventually(terminated, timeout=60)
     assert (state["reason"], state["exitCode"]) == ("OOMKilled", 137)
     real.cluster.kubectl("delete", "pod", name, "--wait=true", timeout=60)
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return str(r.read().decode())
+
+
+def test_helm_installed_operator_runs_on_the_real_node_and_reconciles(real: RealNode) -> None:
+    """The chart's operator Deployment on the real node, from the image `gyre images` built:
+    Ready through its /healthz probe, as its least-privilege ServiceAccount and uid 65532,
+    reaching the API server (host network: this plane has no kube-proxy) and reconciling;
+    the chart's runtime image, pull policy and Kafka values reach what it renders."""
+    real.plane.load_image(ensure_built(operator_image(ROOT), ROOT).archive)
+    metrics, health = free_port(), free_port()
+    release = install(
+        real.cluster,
+        "operator.image.pullPolicy=Never",
+        f"operator.nodeSelector.kubernetes\\.io/hostname={real.name}",
+        "operator.hostNetwork=true",
+        f"operator.metrics.port={metrics}",
+        f"operator.health.port={health}",
+        "runtime.image.repository=gyre.local/runtime-probe",
+        "runtime.image.tag=probe",
+        "runtime.image.pullPolicy=Never",
+        "integrations.kafka.enabled=false",
+        strings=(
+            "operator.extraEnv[0].name=KUBERNETES_SERVICE_HOST",
+            "operator.extraEnv[0].value=127.0.0.1",
+            "operator.extraEnv[1].name=KUBERNETES_SERVICE_PORT",
+            f"operator.extraEnv[1].value={real.plane.port}",
+        ),
+    )
+    namespace = f"real-helm-{uuid.uuid4().hex[:6]}"
+    try:
+        selector = f"app.kubernetes.io/instance={release.name},app.kubernetes.io/component=operator"
+        (pod,) = real.cluster.get_json("pods", "-n", release.namespace, "-l", selector)["items"]
+        # helm --wait returned: the kubelet's readiness probe got 200 from /healthz.
+        assert pod["spec"]["nodeName"] == real.name
+        assert pod["spec"]["serviceAccountName"] == release.operator
+        (status,) = pod["status"]["containerStatuses"]
+        assert status["ready"], status
+        assert "running" in status["state"], status
+        assert status["restartCount"] == 0, status
+        uid = real.cluster.kubectl(
+            "exec", "-n", release.namespace, pod["metadata"]["name"], "--",
+            "python", "-c", "import os; print(os.getuid())",
+        ).stdout  # fmt: skip
+        assert uid == "65532\n"
+        assert "# TYPE gyre_reconciles_total counter" in _get(f"http://127.0.0.1:{metrics}/metrics")
+
+        real.cluster.kubectl("create", "namespace", namespace)
+        topic = "partitions: 1, replicationFactor: 1"
+        managed = stream_manifest("managed", managed="replicas: 1, storage: 1Gi", topic=topic)
+        # Nothing listens on loopback's port 9: the topic cannot be made, the collector is.
+        external = stream_manifest(
+            "external", external="bootstrapServers: ['127.0.0.1:9']", topic=topic, collector="replicas: 1"
+        )
+        for manifest in (managed, external):
+            real.cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest)
+
+        def refused() -> str:
+            stream = real.cluster.get_json("stream.gyre.dev", "managed", "-n", namespace)
+            messages = " ".join(c.get("message", "") for c in stream.get("status", {}).get("conditions", []))
+            assert "integrations.kafka.enabled is false" in messages, stream.get("status")
+            return messages
+
+        eventually(refused, timeout=60)
+
+        def collector() -> dict[str, Any]:
+            (deployment,) = real.cluster.get_json(
+                "deployments", "-n", namespace, "-l", owner_selector("Stream", "external")
+            )["items"]
+            container: dict[str, Any] = deployment["spec"]["template"]["spec"]["containers"][0]
+            return container
+
+        container = eventually(collector, timeout=60)
+        assert container["image"] == "gyre.local/runtime-probe:probe"
+        assert container["imagePullPolicy"] == "Never"
+        logs = real.cluster.kubectl("logs", "-n", release.namespace, pod["metadata"]["name"]).stdout
+        assert "Forbidden" not in logs, logs[-4000:]
+    except AssertionError as e:
+        logs = real.cluster.kubectl("logs", "-n", release.namespace, "-l", selector, "--tail=60", check=False)
+        raise AssertionError(f"{e}\n--- operator log\n{logs.stdout}{logs.stderr}") from e
+    finally:
+        real.cluster.kubectl("delete", "namespace", namespace, "--timeout=90s", check=False, timeout=120)
+        uninstall(release)
 
 
 def test_down_leaves_nothing_of_the_node_on_the_host(real: RealNode) -> None:

@@ -1,4 +1,5 @@
-"""``gyre cluster up|down|status``: the local control plane from the command line.
+"""``gyre cluster up|down|status`` and ``gyre images``: the local control plane from the
+command line.
 
 Each function takes the arguments after the subcommand and returns the exit status.
 """
@@ -11,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from gyre.controlplane.images.podman import ImageBuildError, ensure_built, project_images
 from gyre.controlplane.plane import (
     K8S_VERSION,
     ControlPlane,
@@ -92,3 +94,39 @@ def cli_status(argv: Sequence[str] | None = None) -> int:
         state = f"running (pid {c.pid})" if c.running else "stopped"
         print(f"  {c.name:<24} {state:<22} {c.log}")
     return 0 if st.running and st.ready else 1
+
+
+def cli_images(argv: Sequence[str] | None = None) -> int:
+    """Build (or reuse) the project's images; with ``--load``, import them into the running
+    plane's real node."""
+    from gyre.manifests import repo_root
+
+    p = _parser("gyre images", "Build the operator and runtime images with podman (cached by their inputs).")
+    p.add_argument(
+        "names",
+        nargs="*",
+        metavar="operator|runtime|runtime-stream",
+        help="which images (default: operator and runtime; runtime-stream has no torch or Horovod)",
+    )
+    p.add_argument("--load", action="store_true", help="import them into the plane's real node")
+    args = p.parse_args(argv)
+    _setup_logging()
+    plane = ControlPlane(args.state_dir)
+    if args.load and not plane.node_running():
+        print(
+            f"gyre images: no real node runs in {plane.state_dir} (gyre cluster up --kubelet)",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        for image in project_images(repo_root(), args.names):
+            built = ensure_built(image, repo_root())
+            how = f"built in {built.seconds:.0f} s" if built.seconds else "unchanged"
+            print(f"{image.name}: {built.archive} ({how})")
+            if args.load:
+                plane.load_image(built.archive)
+                print(f"{image.name}: loaded into the real node")
+    except (ImageBuildError, ControlPlaneError) as e:
+        print(f"gyre images: {e}", file=sys.stderr)
+        return 1
+    return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -107,6 +108,17 @@ class KubeWriter:
 KUBE_CONNECTIONS = 32
 
 
+def in_cluster_server(env: Mapping[str, str]) -> str | None:
+    """The API server a pod reaches, from the ``KUBERNETES_SERVICE_HOST``/``PORT`` the kubelet
+    (or the pod's own env) sets, as the Kubernetes client library reads it; kopf's
+    service-account login would otherwise name ``kubernetes.default.svc``, which needs cluster
+    DNS (a host-network pod without it, e.g. on a cluster without kube-proxy, cannot resolve it)."""
+    host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT")
+    if not host or not port:
+        return None
+    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+
+
 def kube_api_client() -> Any:
     from kubernetes import client, config
 
@@ -180,7 +192,11 @@ async def run_operator(args: argparse.Namespace, stop: asyncio.Event | None = No
 
     @kopf.on.login(registry=registry)
     def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+        info = kopf.login_with_service_account(**kwargs)
+        if info is None:
+            return kopf.login_with_kubeconfig(**kwargs)
+        server = in_cluster_server(os.environ)
+        return dataclasses.replace(info, server=server) if server else info
 
     @kopf.on.startup(registry=registry)
     def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
