@@ -54,7 +54,7 @@ test-unit: $(SETUP_STAMP) ## Unit tests: no services
 .PHONY: test
 test: $(SETUP_STAMP) ## Everything CI runs (sets up first on a fresh machine): lint, unit, control-plane, runtime and integration tests
 	@$(MAKE) --no-print-directory lint
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(PY) -m pytest tests --durations=25 $(PYTEST_ARGS)
 
 ##@ Running
 

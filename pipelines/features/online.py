@@ -32,6 +32,7 @@ __all__ = [
     "get_online_features",
     "key_prefix",
     "materialize",
+    "read_online_features",
 ]
 
 TS_FIELD = "_ts"
@@ -131,31 +132,51 @@ class OnlineTable:
         self, entities: Sequence[str], features: Sequence[str], now_ms: int | None = None
     ) -> list[EntityFeatures]:
         """The ``features`` of each of ``entities`` (in order), in one round trip."""
-        fields = [*features, *_OWN]
         pipe = self.client.pipeline(transaction=False)
         for entity in entities:
-            pipe.hmget(self.prefix + str(entity), fields)
-        replies: list[list[bytes | None]] = pipe.execute()
-        now = int(time.time() * 1000) if now_ms is None else now_ms
-        n = len(features)
-        out: list[EntityFeatures] = []
-        for entity, reply in zip(entities, replies, strict=True):
-            ts, at, ttl = (int(x) if x is not None else None for x in reply[n:])
-            if at is None:
-                missing = OnlineValue(None, "missing")
-                out.append(EntityFeatures(str(entity), dict.fromkeys(features, missing)))
-                continue
-            expired = ttl is not None and now - at > ttl
-            values: dict[str, OnlineValue] = {}
-            for name, raw in zip(features, reply[:n], strict=True):
-                if raw is None:
-                    values[name] = OnlineValue(None, "missing")
-                elif expired:
-                    values[name] = OnlineValue(None, "expired")
-                else:
-                    values[name] = OnlineValue(json.loads(raw), "present")
-            out.append(EntityFeatures(str(entity), values, ts, (now - at) / 1000.0))
-        return out
+            pipe.hmget(self.prefix + str(entity), [*features, *_OWN])
+        return decode_rows(entities, features, pipe.execute(), now_ms)
+
+
+async def read_online_features(
+    client: Any, prefix: str, entities: Sequence[str], features: Sequence[str], now_ms: int | None = None
+) -> list[EntityFeatures]:
+    """`OnlineTable.get_online_features` for an asyncio client (``redis.asyncio.Redis``), as
+    the model server reads the store: one round trip, the same statuses."""
+    pipe = client.pipeline(transaction=False)
+    for entity in entities:
+        pipe.hmget(prefix + str(entity), [*features, *_OWN])
+    return decode_rows(entities, features, await pipe.execute(), now_ms)
+
+
+def decode_rows(
+    entities: Sequence[str],
+    features: Sequence[str],
+    replies: Sequence[Sequence[bytes | str | None]],
+    now_ms: int | None = None,
+) -> list[EntityFeatures]:
+    """The ``HMGET`` replies of ``entities`` (features, then the row's own fields) → values with
+    their status, the TTL enforced at ``now_ms``."""
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    n = len(features)
+    out: list[EntityFeatures] = []
+    for entity, reply in zip(entities, replies, strict=True):
+        ts, at, ttl = (int(x) if x is not None else None for x in reply[n:])
+        if at is None:
+            missing = OnlineValue(None, "missing")
+            out.append(EntityFeatures(str(entity), dict.fromkeys(features, missing)))
+            continue
+        expired = ttl is not None and now - at > ttl
+        values: dict[str, OnlineValue] = {}
+        for name, raw in zip(features, reply[:n], strict=True):
+            if raw is None:
+                values[name] = OnlineValue(None, "missing")
+            elif expired:
+                values[name] = OnlineValue(None, "expired")
+            else:
+                values[name] = OnlineValue(json.loads(raw), "present")
+        out.append(EntityFeatures(str(entity), values, ts, (now - at) / 1000.0))
+    return out
 
 
 def get_online_features(

@@ -1,10 +1,10 @@
 """Online features: an entity's newest feature values from the FeatureJob's online store (Redis).
 
-`get_online_features` is the one place that knows the store's layout: a Redis hash per entity,
-``<key_prefix><entity>``, one field per feature, values as text. All entities of a batch are
-read in one round trip (a pipeline of ``HMGET``). A feature the store lacks (an unknown entity,
-an expired row, a feature not written) is None, which the artifact's preprocessing imputes
-(the training mean, or the unknown category).
+The store's layout and its reading are the FeatureJob's (`gyre.pipelines.features.online`):
+one hash per entity, JSON values, the row's TTL enforced on read. All entities of a batch are
+read in one round trip. A value the store lacks (an unknown entity, an expired row, a feature
+not written) is None, which the artifact's preprocessing imputes (the training mean, or the
+unknown category).
 """
 
 from __future__ import annotations
@@ -12,20 +12,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from gyre.pipelines.features.online import read_online_features
 from redis.asyncio import Redis
 
 
 async def get_online_features(
     client: Redis, key_prefix: str, entities: Sequence[str], features: Sequence[str]
-) -> list[dict[str, str | None]]:
-    """Per entity, in order: feature name → its value in the store as text, or None."""
+) -> list[dict[str, Any]]:
+    """Per entity, in order: feature name → its value in the store, or None (missing, expired)."""
     if not entities or not features:
         return [dict.fromkeys(features) for _ in entities]
-    pipe = client.pipeline(transaction=False)
-    for entity in entities:
-        pipe.hmget(f"{key_prefix}{entity}", list(features))
-    replies: list[list[Any]] = await pipe.execute()
-    return [
-        {name: (v.decode() if isinstance(v, bytes) else v) for name, v in zip(features, values, strict=True)}
-        for values in replies
-    ]
+    rows = await read_online_features(client, key_prefix, entities, features)
+    return [{name: v.value for name, v in row.values.items()} for row in rows]

@@ -494,16 +494,18 @@ def check_value(where: str, kind: str, value: Any) -> None:
         raise InvalidInput(f"{where}: expected a string (a category), got {type(value).__name__} {value!r}")
 
 
-def stored_value(kind: str, text: str | None) -> Any:
-    """A feature value as the store holds it (text) → the type the preprocessing expects; a value
-    that does not parse is None (imputed), as a missing one is."""
-    if text is None or text == "":
+def stored_value(kind: str, value: Any) -> Any:
+    """A feature value as the store holds it → the type the preprocessing expects; a value that
+    does not parse is None (imputed), as a missing one is."""
+    if value is None or value == "":
         return None
     if kind != NUMERIC:
-        return text
+        return str(value)
+    if isinstance(value, bool):
+        return None
     try:
-        return float(text)
-    except ValueError:
+        return float(value)
+    except (TypeError, ValueError):
         return None
 
 

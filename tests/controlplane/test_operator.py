@@ -51,11 +51,6 @@ def operator(cluster: Cluster, tmp_path: Path) -> Iterator[OperatorProcess]:
     print(cluster.kubectl("get", "gyre", "-n", op.namespace, "-o", "yaml", check=False).stdout)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: a FeatureJob that is Degraded/InvalidSpec keeps its stale DependenciesReady "
-    "(DependencyMissing) after the Stream appears",
-)
 def test_missing_reference_then_the_dependency_appears(operator: OperatorProcess) -> None:
     """A dangling reference is a condition naming the dependency; creating it converges the dependent."""
     operator.apply(FEATUREJOB)

@@ -26,6 +26,7 @@ import pytest
 pytest.importorskip("kserve")
 pytest.importorskip("torch")
 
+from gyre.pipelines.features.online import OnlineRow, connect, materialize
 from gyre.pipelines.modelserver.config import (
     BatchingConfig,
     DriftConfig,
@@ -305,14 +306,10 @@ def store(tmp_path: Path) -> Iterator[RedisServer]:
 PREFIX = "clicks-features:"
 
 
-def fill(store: RedisServer, trained: Trained) -> None:
-    import redis
-
-    client = redis.Redis(port=store.port)
-    pipe = client.pipeline()
-    for entity, row in zip(trained.entities, trained.rows, strict=True):
-        pipe.hset(f"{PREFIX}{entity}", mapping={k: str(v) for k, v in row.items() if v is not None})
-    pipe.execute()
+def fill(store: RedisServer, trained: Trained, ttl_s: float = 3600) -> None:
+    """The rows as a FeatureJob materializes them (its writer, its layout)."""
+    rows = [OnlineRow(str(e), 0, row) for e, row in zip(trained.entities, trained.rows, strict=True)]
+    materialize(connect(store.url), PREFIX, rows, ttl_s=ttl_s)
 
 
 def test_online_features_give_the_trainers_predictions_and_missing_ones_are_imputed(
@@ -338,6 +335,12 @@ def test_online_features_give_the_trainers_predictions_and_missing_ones_are_impu
     st = server.status()
     assert st["imputed"] == {"color": 1, "x1": 1, "x2": 1}, st
     assert st["feature_lookups"] == 2
+    # a row past its TTL is expired, whatever Redis still holds: imputed like a missing one
+    stale = OnlineRow(str(trained.entities[1]), 0, trained.rows[1])
+    materialize(connect(store.url), PREFIX, [stale], ttl_s=1, now_ms=int(time.time() * 1000) - 5000)
+    code, body = v1(server, [{"user_id": trained.entities[1]}])
+    assert code == 200, body
+    assert body["imputed"] == [["color", "x1", "x2"]]
     code, body = v1(server, [{"x1": 1.0}])
     assert code == 400, body
     assert "instances[0].user_id: missing entity key" in body["error"]

@@ -73,3 +73,37 @@ def test_a_burst_of_changes_runs_one_pass_then_retries_back_off(tmp_path: Path) 
     assert passes[1][1] < 1.0, passes
     assert 1.8 <= passes[2][1] - passes[1][1] < 2.6, passes
     assert len(passes) == 3, passes
+
+
+def test_racing_passes_write_in_turn_and_never_undo_each_other(tmp_path: Path) -> None:
+    """Two passes triggered by the same (stale) body: the second waits for the first's status
+    write, starts from it, and writes nothing (it found nothing new)."""
+    log: list[tuple[str, dict[str, Any]]] = []
+
+    class SlowWrites(Writes):
+        async def write_status(self, kind: str, namespace: str, name: str, changes: dict[str, Any]) -> None:
+            log.append(("write-start", changes))
+            await asyncio.sleep(0.3)  # a slow API server: the other pass is ready meanwhile
+            log.append(("write-end", changes))
+
+    async def go() -> None:
+        async with LocalRuntime(tmp_path) as rt:
+            handlers = Handlers(rt, SlowWrites())
+            handlers.attach(asyncio.get_running_loop())
+            key = ("TrainingJob", "ns", "job")
+            body = {
+                "metadata": {"name": "job", "namespace": "ns", "uid": "u1", "generation": 1},
+                "spec": SPEC,
+            }
+            handlers.objects[key] = body
+            handlers.indexes = {"gyre_trainingjobs": {("ns", "job"): [body]}}
+            await asyncio.gather(
+                handlers._reconcile_and_write(key, body, "resync"),
+                handlers._reconcile_and_write(key, body, "workloads"),
+            )
+
+    asyncio.run(go())
+    assert [what for what, _ in log] == ["write-start", "write-end"], log
+    written = log[0][1]
+    assert written["phase"] == "Waiting"
+    assert written["observedGeneration"] == 1

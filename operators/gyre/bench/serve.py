@@ -43,6 +43,7 @@ from gyre.api.inferenceservice import InferenceServiceSpec
 from gyre.builders.inferenceservice import ROUTER, Artifacts, build_inferenceservice, feature_key_prefix
 from gyre.controlplane.procs import free_port
 from gyre.core.workload import Owner, WorkloadPhase
+from gyre.pipelines.features.online import OnlineRow, materialize
 from gyre.runtimes.local import LocalRuntime
 
 OWNER = Owner(kind="InferenceService", namespace="bench", name="bench", uid="bench")
@@ -269,11 +270,8 @@ def start_redis(tmp: Path, rows: list[dict[str, Any]]) -> tuple[subprocess.Popen
     )
     client = redis.Redis(port=port)
     _wait(lambda: _ping(client), "redis-server", 20)
-    pipe = client.pipeline()
-    for e in range(ENTITIES):
-        mapping = {k: str(v) for k, v in rows[e % len(rows)].items()}
-        pipe.hset(f"{feature_key_prefix(FEATURE_JOB)}{e}", mapping=mapping)  # type: ignore[arg-type]
-    pipe.execute()
+    online = [OnlineRow(str(e), 0, rows[e % len(rows)]) for e in range(ENTITIES)]
+    materialize(client, feature_key_prefix(FEATURE_JOB), online, ttl_s=3600)  # as a FeatureJob writes
     return proc, port
 
 

@@ -337,6 +337,15 @@ class ReconcileContext:
     retry: int = 0  # how many passes in a row asked to come back (for backoff)
 
 
+def _dependencies_resolved(resolved: Mapping[str, Resolved]) -> cnd.Cond:
+    return cnd.Cond(
+        cnd.DEPENDENCIES_READY,
+        True,
+        cnd.DEPENDENCIES_RESOLVED,
+        ", ".join(f"{d.ref.kind} {d.ref.name} Ready" for d in resolved.values()) or "none",
+    )
+
+
 async def reconcile(
     controller: Controller[Any],
     meta: ObjectMeta,
@@ -381,9 +390,21 @@ async def reconcile(
     problems = [] if missing else controller.check(meta, spec, resolved)
     if problems:
         message = "; ".join(problems)
+        # Every reference exists here: say so, replacing what an earlier pass found missing.
+        deps_now = (
+            cnd.Cond(
+                cnd.DEPENDENCIES_READY,
+                False,
+                cnd.DEPENDENCY_NOT_READY,
+                "; ".join(f"{d.describe()} is not Ready ({_ready_reason(d)})" for d in unready),
+            )
+            if unready
+            else _dependencies_resolved(resolved)
+        )
         return finish(
             {},
             [
+                deps_now,
                 cnd.Cond(cnd.READY, False, cnd.INVALID_SPEC, message),
                 cnd.Cond(cnd.DEGRADED, True, cnd.INVALID_SPEC, message),
                 cnd.Cond(
@@ -410,12 +431,7 @@ async def reconcile(
             "Waiting",
             retry_after=_backoff(retry),
         )
-    deps_cond = cnd.Cond(
-        cnd.DEPENDENCIES_READY,
-        True,
-        cnd.DEPENDENCIES_RESOLVED,
-        ", ".join(f"{d.ref.kind} {d.ref.name} Ready" for d in resolved.values()) or "none",
-    )
+    deps_cond = _dependencies_resolved(resolved)
 
     workloads: list[Workload] = []
     try:

@@ -10,8 +10,10 @@ pass forward to `NUDGE_S` from then. Either way, an object has at most one pendi
 set to the earliest time asked for, so a burst of changes costs one pass. These passes are
 not kopf's: they leave kopf's annotations alone and write nothing when nothing changed.
 
-The status a pass returns is compared with the stored one and written once, as a merge patch
-of only what changed. Every pass, whichever trigger ran it, reports its Events through one
+The status a pass returns is compared with the one it started from and written once, as a
+merge patch of only what changed, before the object's lock is released; a pass starts from the
+status this operator last wrote (the body a trigger carries may predate it), so passes that
+race never undo one another's writes. Every pass, whichever trigger ran it, reports its Events through one
 `EventRecorder` (deduplicated, rate-limited).
 
 Dependencies are looked up in kopf indexes, kept current by watches: resolving a reference
@@ -61,7 +63,8 @@ Key = tuple[str, str, str]  # (kind, namespace, name)
 
 
 class Writer(EventWriter, Protocol):
-    """Writes to the API server outside kopf's own patching (resync, deletion on request, Events)."""
+    """Writes to the API server: every pass's status (kopf's patch is not used, so the write
+    happens under the object's lock), deletions on request, Events."""
 
     async def write_status(self, kind: str, namespace: str, name: str, changes: dict[str, Any]) -> None: ...
 
@@ -124,6 +127,9 @@ class Handlers:
         self._timers: dict[Key, tuple[float, asyncio.TimerHandle]] = {}
         self._failures: dict[Key, int] = defaultdict(int)  # passes in a row that asked to retry
         self._by_label: dict[tuple[str, str, str], Key] = {}  # owner labels → object
+        # Per object uid, the status this operator last wrote: a pass starts from it, not from
+        # the (possibly older) body its trigger carried, so no pass undoes a newer one's write.
+        self._written: dict[str, dict[str, Any]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- the operator's own triggers ------------------------------------------------------------
@@ -197,14 +203,15 @@ class Handlers:
     async def run(
         self, kind: str, trigger: str, body: Mapping[str, Any], retry: int, kopf_retries: bool = False
     ) -> tuple[Outcome, dict[str, Any]]:
-        """One reconcile pass; returns the outcome and the status changes to write.
+        """One reconcile pass, its status written before the object's lock is released (so two
+        passes never interleave compute and write); returns the outcome and the changes written.
 
         ``kopf_retries``: kopf ran it and retries it itself when it asks to (``retry_after``)."""
         controller: Controller[Any] = CONTROLLERS[kind]
         meta = _meta(kind, body)
-        old_status = dict(body.get("status") or {})
         started = time.perf_counter()
         async with self._locks[meta.owner.key]:
+            old_status = dict(self._written.get(meta.uid) or body.get("status") or {})
             if meta.uid in self.deleted:
                 return Outcome(status=old_status), {}
             try:
@@ -217,11 +224,13 @@ class Handlers:
                 raise
             finally:
                 metrics.DURATION.labels(kind).observe(time.perf_counter() - started)
+            changes = status_patch(old_status, outcome.status)
+            if changes:
+                await self.writer.write_status(kind, meta.namespace, meta.name, changes)
+                metrics.STATUS_WRITES.labels(kind).inc()
+            self._written[meta.uid] = dict(outcome.status)
         self.last_reconciled[(kind, meta.namespace, meta.name)] = time.monotonic()
         metrics.observe_status(kind, meta.namespace, meta.name, outcome.status)
-        changes = status_patch(old_status, outcome.status)
-        if changes:
-            metrics.STATUS_WRITES.labels(kind).inc()
         result = (
             "invalid"
             if outcome.permanent_error
@@ -271,9 +280,7 @@ class Handlers:
     ) -> None:
         kind, namespace, name = key
         try:
-            _, changes = await self.run(kind, trigger, body, self._failures.get(key, 0))
-            if changes:
-                await self.writer.write_status(kind, namespace, name, changes)
+            await self.run(kind, trigger, body, self._failures.get(key, 0))
         except Exception as exc:  # the next trigger retries
             log.warning("Reconcile (%s) of %s %s/%s failed: %s", trigger, kind, namespace, name, exc)
 
@@ -290,7 +297,8 @@ class Handlers:
                 await asyncio.sleep(pause)
                 kind, namespace, name = key
                 if self.lookup(kind, namespace, name) is None:  # deleted: gone from the index
-                    self.objects.pop(key, None)
+                    gone = self.objects.pop(key, None)
+                    self._written.pop(str(((gone or {}).get("metadata") or {}).get("uid")), None)
                     self._forget(key)
                     self.last_reconciled.pop(key, None)
                     self.applied.pop(key, None)
@@ -314,11 +322,9 @@ def register(
 
 
 def _register_kind(registry: kopf.OperatorRegistry, handlers: Handlers, kind: str, plural: str) -> None:
-    async def on_change(body: kopf.Body, patch: kopf.Patch, retry: int, reason: str, **kwargs: Any) -> None:
+    async def on_change(body: kopf.Body, retry: int, reason: str, **kwargs: Any) -> None:
         handlers.indexes = kwargs
-        outcome, changes = await handlers.run(kind, str(reason), body, retry, kopf_retries=True)
-        for key, value in changes.items():
-            patch.status[key] = value
+        outcome, _ = await handlers.run(kind, str(reason), body, retry, kopf_retries=True)
         if outcome.permanent_error:
             raise kopf.PermanentError(outcome.permanent_error)
         if outcome.retry_after is not None:
@@ -334,6 +340,7 @@ def _register_kind(registry: kopf.OperatorRegistry, handlers: Handlers, kind: st
         async with handlers._locks[meta.owner.key]:
             await CONTROLLERS[kind].finalize(meta, body.get("spec") or {}, handlers.runtime, handlers.listing)
         handlers._locks.pop(meta.owner.key, None)
+        handlers._written.pop(meta.uid, None)
         handlers.events.forget(meta.uid)
         handlers.applied.pop((kind, meta.namespace, meta.name), None)
         handlers._forget((kind, meta.namespace, meta.name))

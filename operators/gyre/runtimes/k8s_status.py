@@ -127,7 +127,9 @@ def compute_job_status(workload: str, obj: dict[str, Any], pods: Sequence[dict[s
     if failed_cond is not None:
         phase = WorkloadPhase.FAILED
         messages.insert(0, f"{failed_cond.get('reason', '')}: {failed_cond.get('message', '')}")
-    elif done_cond is not None:
+    elif done_cond is not None or succeeded >= replicas:
+        # Every index succeeded: done, although the Job controller may not have said so yet
+        # (until then no pod runs, which would otherwise read as pending).
         phase = WorkloadPhase.SUCCEEDED
     elif unschedulable or not any(p.get("status", {}).get("phase") == "Running" for p in live):
         phase = WorkloadPhase.PENDING

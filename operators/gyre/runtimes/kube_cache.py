@@ -109,7 +109,9 @@ class ObjectCache:
             responses = list(self._responses)
         for resp in responses:  # ends a watch blocked on its read
             with contextlib.suppress(Exception):  # already closed
-                resp.close()
+                # shutdown() interrupts the read from here; close() would wait for the reading
+                # thread to receive something (up to the watch's timeout).
+                getattr(resp, "shutdown", resp.close)()
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
