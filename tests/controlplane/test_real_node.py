@@ -288,9 +288,11 @@ def test_helm_installed_operator_runs_on_the_real_node_and_reconciles(real: Real
         eventually(refused, timeout=60)
 
         def collector() -> dict[str, Any]:
-            (deployment,) = real.cluster.get_json(
+            items = real.cluster.get_json(
                 "deployments", "-n", namespace, "-l", owner_selector("Stream", "external")
             )["items"]
+            assert len(items) == 1, items  # not created yet: polled again
+            deployment = items[0]
             container: dict[str, Any] = deployment["spec"]["template"]["spec"]["containers"][0]
             return container
 
