@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import re
@@ -91,18 +92,21 @@ class Expected:
 
 
 # The FeatureJob runs Spark over the lake and publishes a version and online values: Ready.
-# The Experiment's search runs its trials (TrainingJobs) to maxTrials. The InferenceService
-# serves only from an online store whose address the FeatureJob's spec names (online.redisUrl);
-# the example's FeatureJob runs a Redis of its own, so it waits with OnlineStoreUnknown.
+# The TrainingJob trains on that version. The Experiment's search runs its trials
+# (TrainingJobs) to maxTrials. The InferenceService serves the TrainingJob's model with the
+# features the FeatureJob keeps online.
 EXPECTED: dict[str, Expected] = {
     "Stream": Expected(ready="True"),
     "TrainingJob": Expected(phase="Succeeded", ready="True"),
     "FeatureJob": Expected(phase="Ready", ready="True", reason="FeaturesAvailable"),
     "Experiment": Expected(phase="Succeeded", ready="True", reason="MaxTrialsReached"),
-    "InferenceService": Expected(ready="False", reason="OnlineStoreUnknown"),
+    "InferenceService": Expected(ready="True", reason="Serving"),
 }
 # Phases after which a FeatureJob's run is over (the demo waits for one).
 FEATURE_RUN_OVER = ("Ready", "Failed", "Degraded")
+# Users the demo asks the InferenceService about, and how many of the first answers it ignores.
+PREDICT_USERS = 25
+PREDICT_WARMUP = 5
 
 
 @dataclass(frozen=True)
@@ -364,6 +368,8 @@ class Demo:
                 return False
             if obj["kind"] == "Experiment" and st.get("phase") not in ("Succeeded", "Failed"):
                 return False  # its trials are done when it is
+            if obj["kind"] == "InferenceService" and not _ready(obj):
+                return False
         return True
 
     def follow(self) -> None:
@@ -428,10 +434,57 @@ class Demo:
             best is not None and base is not None and best > base,
             f"best trial's validation accuracy {best} vs {base}",
         )
+        self.verify_serving(found)
         print("\nChecks:")
         for c in self.checks:
             print(f"  {'ok  ' if c.ok else 'FAIL'}  {c.claim}: {c.detail}")
         self.fail_if_any()
+
+    def verify_serving(self, found: dict[tuple[str, str], dict[str, Any]]) -> None:
+        """Ask the InferenceService about users of the clickstream by key alone: the model
+        server reads their features from the FeatureJob's online store."""
+        isvc = found.get(("InferenceService", self.manifest("InferenceService").name)) or {}
+        url = (isvc.get("status") or {}).get("url")
+        claim = "the InferenceService answers for a user by key, with that user's online features"
+        if not url or not _ready(isvc):
+            self.claim(claim, False, f"not serving: {_summary(isvc) if isvc else 'not found'}")
+            return
+        name = isvc["metadata"]["name"]
+        users = sorted({e["user_id"] for e in clickstream(self.args.events, seed=7)})[:PREDICT_USERS]
+        answered = imputed = fallbacks = 0
+        probabilities: list[float] = []
+        latencies: list[float] = []
+        print(f"\nAsking InferenceService {name} at {url} about {len(users)} users by user_id:")
+        for i, user in enumerate(users):
+            t0 = time.monotonic()
+            try:
+                body = predict(f"{url}/v1/models/{name}:predict", [{"user_id": user}])
+            except (OSError, ValueError) as e:
+                self.claim(claim, False, f"{url}: {e}")
+                return
+            ms = 1000 * (time.monotonic() - t0)
+            if i < 3 or body.get("fallback"):
+                print(f"  {user}: {json.dumps(body, sort_keys=True)[:160]} ({ms:.1f} ms)")
+            if i < PREDICT_WARMUP:
+                continue  # the first answers may miss the deadline while the server warms up
+            latencies.append(ms)
+            if body.get("fallback"):
+                fallbacks += 1
+                continue
+            answered += 1
+            imputed += sum(1 for names in body.get("imputed", [[]]) if names)
+            probabilities += [float(p) for p in body.get("predictions", [])]
+        latencies.sort()
+        p50 = latencies[len(latencies) // 2] if latencies else 0.0
+        measured = len(users) - PREDICT_WARMUP
+        self.claim(
+            claim,
+            answered > 0 and imputed == 0 and len(probabilities) == answered,
+            f"{answered} of {measured} users answered by the model ({fallbacks} fallbacks past the"
+            f" deadline), {imputed} with an imputed feature; churn probabilities"
+            f" {min(probabilities, default=0):.2f}..{max(probabilities, default=0):.2f};"
+            f" latency p50 {p50:.1f} ms, max {max(latencies, default=0):.1f} ms",
+        )
 
     def claim(self, claim: str, ok: bool, detail: str) -> None:
         self.checks.append(Check(claim, ok, detail))
@@ -542,6 +595,11 @@ def _seconds(duration: str) -> float:
     return float(duration)
 
 
+def _ready(obj: dict[str, Any]) -> bool:
+    conds = (obj.get("status") or {}).get("conditions", [])
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
+
+
 def _summary(obj: dict[str, Any]) -> str:
     st = obj.get("status") or {}
     text = f"{obj['kind']}/{obj['metadata']['name']}: {st.get('phase', '-')}"
@@ -552,21 +610,34 @@ def _summary(obj: dict[str, Any]) -> str:
 
 
 def clickstream(n: int, seed: int) -> list[dict[str, Any]]:
-    """Sessions of a subscription app with a churn label that depends on behaviour and plan;
-    one in a hundred is malformed (the collector sends those to the dead-letter topic)."""
+    """Sessions of a subscription app, a quarter as many users as sessions. A user keeps a
+    plan, an engagement level and a propensity to file support tickets; a session's churn flag
+    depends on the session and the plan. So a user's last week (the FeatureJob's features)
+    predicts whether they churn in the next days (its label), and a session's own fields
+    predict its flag. One session in a hundred is malformed (the collector sends those to the
+    dead-letter topic)."""
     rng = random.Random(seed)
     start = 1_735_689_600_000  # 2025-01-01
+    users = [
+        (
+            rng.choices(["free", "pro", "team"], [0.6, 0.3, 0.1])[0],
+            rng.gauss(0.0, 1.0),  # engagement
+            rng.choices([0.1, 0.5, 1.5], [0.6, 0.3, 0.1])[0],  # tickets per session
+        )
+        for _ in range(n // 4 + 1)
+    ]
     out: list[dict[str, Any]] = []
     for i in range(n):
-        plan = rng.choices(["free", "pro", "team"], [0.6, 0.3, 0.1])[0]
+        user = rng.randrange(len(users))
+        plan, engagement, ticket_rate = users[user]
         device = rng.choice(["web", "ios", "android"])
-        views = max(0, int(rng.gauss(8, 4)))
-        seconds = max(5.0, rng.gammavariate(2.0, 120.0))
-        tickets = rng.choices([0, 1, 2, 3], [0.7, 0.2, 0.07, 0.03])[0]
+        views = max(0, int(rng.gauss(8 + 3 * engagement, 2)))
+        seconds = max(5.0, rng.gammavariate(4.0, 60.0 * math.exp(0.4 * engagement)))
+        tickets = sum(rng.random() < ticket_rate / 3 for _ in range(3))
         score = 1.0 - 0.25 * views - 0.003 * seconds + 0.8 * tickets + (1.0 if plan == "free" else -0.7)
         churned = score + rng.gauss(0, 0.5) > -0.6
         event: dict[str, Any] = {
-            "user_id": f"u{rng.randrange(n // 4 + 1):05d}",
+            "user_id": f"u{user:05d}",
             "ts": start + i * 90_000,
             "device": device,
             "plan": plan,
@@ -579,6 +650,19 @@ def clickstream(n: int, seed: int) -> list[dict[str, Any]]:
             event["plan"] = "enterprise"  # not in the schema's enum
         out.append(event)
     return out
+
+
+def predict(url: str, instances: list[dict[str, Any]]) -> dict[str, Any]:
+    """A V1 prediction request; the answer's JSON."""
+    req = urllib.request.Request(
+        url,
+        data=json.dumps({"instances": instances}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=30) as r:
+        body: dict[str, Any] = json.loads(r.read())
+        return body
 
 
 def post_events(url: str, events: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ features.pit`): a feature at observation time ``t`` aggregates the entity's even
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping
 from typing import Literal
@@ -121,3 +122,14 @@ def load_config(env: Mapping[str, str] | None = None) -> FeatureJobConfig:
         return FeatureJobConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(f"invalid feature job config: {e}") from e
+
+
+def start_process(log: logging.Logger) -> FeatureJobConfig | None:
+    """A feature job process's start: logging set up and the config read; None (after logging
+    why) when the config is missing or invalid, which the process exits 2 on."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return load_config()
+    except ConfigError as e:
+        log.error("%s", e)
+        return None

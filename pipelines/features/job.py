@@ -22,11 +22,10 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
-from gyre.pipelines._common.env import ConfigError
 from gyre.pipelines._common.httpserver import MetricsServer
 from gyre.pipelines._common.status import STATUS_PATH
 from gyre.pipelines.features import offline, online, status
-from gyre.pipelines.features.config import FeatureJobConfig, load_config
+from gyre.pipelines.features.config import FeatureJobConfig, start_process
 from gyre.pipelines.features.status import FeatureRunStatus, OnlineResult
 
 log = logging.getLogger("gyre.features")
@@ -241,11 +240,8 @@ def _plain(value: Any) -> Any:
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config()
-    except ConfigError as e:
-        log.error("%s", e)
+    cfg = start_process(log)
+    if cfg is None:
         return 2
     state = RunState(cfg)
     server = MetricsServer("0.0.0.0", int(os.environ.get(PORT_ENV, "0")), {STATUS_PATH: state.serve})

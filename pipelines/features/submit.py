@@ -12,8 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from gyre.pipelines._common.env import ConfigError
-from gyre.pipelines.features.config import FeatureJobConfig, load_config
+from gyre.pipelines.features.config import FeatureJobConfig, start_process
 
 log = logging.getLogger("gyre.features")
 
@@ -45,11 +44,8 @@ def spark_submit_argv(cfg: FeatureJobConfig, spark_home: str) -> list[str]:
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config()
-    except ConfigError as e:
-        log.error("%s", e)
+    cfg = start_process(log)
+    if cfg is None:
         return 2
     from pyspark.find_spark_home import _find_spark_home
 

@@ -77,6 +77,11 @@ DRIFT = Gauge(
     ["model", "variant", "feature"],
 )
 QUEUED = Gauge("gyre_model_queued_rows", "Rows waiting for a forward pass.", ["model", "variant"])
+IN_FLIGHT = Gauge(
+    "gyre_model_inflight_requests",
+    "Prediction requests being answered now (what autoscaling on concurrency follows).",
+    ["model", "variant"],
+)
 
 FALLBACK_HEADER = "x-gyre-fallback"
 VERSION_HEADER = "x-gyre-model-version"
@@ -197,6 +202,19 @@ class GyreModel(Model):  # type: ignore[misc]  # kserve ships no type informatio
         payload: dict[str, Any] | InferRequest,
         headers: Mapping[str, str] | None = None,
         response_headers: dict[str, str] | None = None,
+    ) -> dict[str, Any] | InferResponse:
+        gauge = IN_FLIGHT.labels(*self._labels)
+        gauge.inc()
+        try:
+            return await self._predict(payload, headers, response_headers)
+        finally:
+            gauge.dec()
+
+    async def _predict(
+        self,
+        payload: dict[str, Any] | InferRequest,
+        headers: Mapping[str, str] | None,
+        response_headers: dict[str, str] | None,
     ) -> dict[str, Any] | InferResponse:
         started = time.monotonic()
         try:

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from tests.support import free_port
 ROOT = repo_root()
 PLURALS = ["streams", "featurejobs", "trainingjobs", "experiments", "inferenceservices"]
 # What the kubernetes runtime renders (`gyre.runtimes.k8s_render`), for `children`.
-CHILD_KINDS = "configmaps,services,jobs,deployments,statefulsets"
+CHILD_KINDS = "configmaps,services,jobs,deployments,statefulsets,horizontalpodautoscalers"
 
 
 def install_crds(cluster: Cluster) -> None:
@@ -34,6 +34,33 @@ def fresh_namespace(cluster: Cluster, prefix: str) -> str:
     name = f"{prefix}-{uuid.uuid4().hex[:6]}"
     cluster.kubectl("create", "namespace", name)
     return name
+
+
+def running_operator(
+    cluster: Cluster,
+    workdir: Path,
+    prefix: str,
+    runtime: str,
+    *,
+    show: str = "gyre",
+    log_lines: int = 200,
+    show_wide: str = "",
+    delete_namespace: bool = False,
+) -> Iterator[OperatorProcess]:
+    """The body of an operator fixture: the CRDs installed, an operator watching a fresh
+    namespace (``prefix``-...) yielded, then stopped; its log tail and the namespace's ``show``
+    objects are printed (pytest shows them only when the test failed), ``show_wide``'s as a
+    table; ``delete_namespace``: deleted after, without waiting."""
+    install_crds(cluster)
+    op = OperatorProcess(cluster, fresh_namespace(cluster, prefix), runtime, workdir).start()
+    yield op
+    op.stop()
+    print(f"--- operator log ({op.log_path}) ---\n{op.log(log_lines)}")
+    print(cluster.kubectl("get", show, "-n", op.namespace, "-o", "yaml", check=False).stdout)
+    if show_wide:
+        print(cluster.kubectl("get", show_wide, "-n", op.namespace, "-o", "wide", check=False).stdout)
+    if delete_namespace:
+        cluster.kubectl("delete", "namespace", op.namespace, "--wait=false", check=False)
 
 
 class OperatorProcess:
@@ -90,6 +117,10 @@ class OperatorProcess:
         out = self.cluster.kubectl("get", kind, name, "-n", self.namespace, "-o", "json").stdout
         obj: Mapping[str, Any] = json.loads(out)
         return obj
+
+    def status(self, kind: str, name: str) -> dict[str, Any]:
+        """The object's status ({} before the operator wrote one)."""
+        return dict(self.get(kind, name).get("status") or {})
 
     def condition(self, kind: str, name: str, type_: str) -> Mapping[str, Any]:
         for c in (self.get(kind, name).get("status") or {}).get("conditions", []):

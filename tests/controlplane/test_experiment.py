@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from gyre.controlplane.procs import Proc, processes
-from operator_harness import OperatorProcess, fresh_namespace, install_crds, make_data
+from operator_harness import OperatorProcess, make_data, running_operator
 
 from tests.controlplane.cluster import Cluster
 from tests.support import eventually
@@ -63,12 +63,7 @@ spec:
 
 @pytest.fixture
 def operator(cluster: Cluster, tmp_path: Path) -> Iterator[OperatorProcess]:
-    install_crds(cluster)
-    op = OperatorProcess(cluster, fresh_namespace(cluster, "exp"), "local", tmp_path).start()
-    yield op
-    op.stop()
-    print(f"--- operator log ---\n{op.log(200)}")
-    print(cluster.kubectl("get", "gexp,gtj", "-n", op.namespace, "-o", "yaml", check=False).stdout)
+    yield from running_operator(cluster, tmp_path, "exp", "local", show="gexp,gtj")
 
 
 def status(op: OperatorProcess, kind: str, name: str) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 from gyre.controlplane.procs import free_port
-from operator_harness import OperatorProcess, fresh_namespace, install_crds
+from operator_harness import OperatorProcess, running_operator
 
 from tests.controlplane.cluster import Cluster
 from tests.support import eventually
@@ -88,12 +88,7 @@ spec:
 
 @pytest.fixture
 def operator(cluster: Cluster, tmp_path: Path) -> Iterator[OperatorProcess]:
-    install_crds(cluster)
-    op = OperatorProcess(cluster, fresh_namespace(cluster, "features"), "local", tmp_path).start()
-    yield op
-    op.stop()
-    print(f"--- operator log ---\n{op.log(200)}")
-    print(cluster.kubectl("get", "gfj,gtj", "-n", op.namespace, "-o", "yaml", check=False).stdout)
+    yield from running_operator(cluster, tmp_path, "features", "local", show="gfj,gtj")
 
 
 def status(op: OperatorProcess, name: str) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from operator_harness import OperatorProcess, fresh_namespace, install_crds
+from operator_harness import OperatorProcess, running_operator
 
 from tests.controlplane.cluster import Cluster
 from tests.support import eventually
@@ -52,12 +52,7 @@ def version_copy(src: Path, dst: Path, version: str) -> Path:
 
 @pytest.fixture
 def operator(cluster: Cluster, tmp_path: Path) -> Iterator[OperatorProcess]:
-    install_crds(cluster)
-    op = OperatorProcess(cluster, fresh_namespace(cluster, "serve"), "local", tmp_path).start()
-    yield op
-    op.stop()
-    print(f"--- operator log ---\n{op.log(200)}")
-    print(cluster.kubectl("get", "ginf", "-n", op.namespace, "-o", "yaml", check=False).stdout)
+    yield from running_operator(cluster, tmp_path, "serve", "local", show="ginf")
     for log in sorted((tmp_path / "local").rglob("*.log")):
         print(f"--- {log.name} ---\n{log.read_text(errors='replace')[-3000:]}")
 

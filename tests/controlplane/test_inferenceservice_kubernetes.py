@@ -3,19 +3,20 @@
 What a cluster without KServe gets for an InferenceService: a Deployment and a Service per
 model server (predictor, canary, shadow) and for the router, the model server config in a
 ConfigMap, the router's backends as the model servers' Service DNS names; removing the canary
-and the shadow from the spec prunes theirs. kwok runs no containers, so no model server
+and the shadow from the spec prunes theirs. With autoscaling, a HorizontalPodAutoscaler per
+model server owns its Deployment's replicas. kwok runs no containers, so no model server
 answers: the service is not Ready even once kwok reports the pods ready.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from operator_harness import OperatorProcess, fresh_namespace, install_crds
+from operator_harness import OperatorProcess, running_operator
 
 from tests.controlplane.cluster import Cluster
 from tests.support import eventually
@@ -45,13 +46,9 @@ CANARY = """
 
 @pytest.fixture
 def operator(cluster: Cluster, tmp_path: Path) -> Iterator[OperatorProcess]:
-    install_crds(cluster)
-    op = OperatorProcess(cluster, fresh_namespace(cluster, "isvck8s"), "kubernetes", tmp_path).start()
-    yield op
-    op.stop()
-    print(f"--- operator log ({op.log_path}) ---\n{op.log(200)}")
-    print(cluster.kubectl("get", "ginf", "-n", op.namespace, "-o", "yaml", check=False).stdout)
-    cluster.kubectl("delete", "namespace", op.namespace, "--wait=false", check=False)
+    yield from running_operator(
+        cluster, tmp_path, "isvck8s", "kubernetes", show="ginf", delete_namespace=True
+    )
 
 
 def rendered(op: OperatorProcess, names: set[str]) -> dict[tuple[str, str], dict[str, Any]]:
@@ -110,3 +107,78 @@ def test_model_servers_and_router_render_and_prune(operator: OperatorProcess) ->
     route = config_of(children, "router")
     assert [(b["name"], b["weight"]) for b in route["backends"]] == [("predictor", 100.0)]
     assert route["shadow"] is None
+
+
+AUTOSCALED = f"""
+apiVersion: gyre.dev/v1alpha1
+kind: InferenceService
+metadata: {{name: {NAME}}}
+spec:
+  model: {{uri: "file:///models/churn-v1"}}
+  autoscaling: {{minReplicas: 2, maxReplicas: 5, metric: concurrency, target: 4}}
+"""
+
+
+def managed_by_gyre(obj: dict[str, Any]) -> dict[str, Any]:
+    """The fields the operator's server-side applies own on ``obj``."""
+    entries = [m for m in obj["metadata"].get("managedFields", []) if m.get("manager") == "gyre"]
+    assert entries, obj["metadata"].get("managedFields")
+    owned: dict[str, Any] = {}
+    for e in entries:
+        owned.update(e.get("fieldsV1", {}))
+    return owned
+
+
+def test_autoscaling_renders_an_autoscaler_that_owns_the_replicas(
+    operator: OperatorProcess, cluster: Cluster
+) -> None:
+    """The HPA scales the Deployment (the plane's controller-manager runs the HPA controller,
+    which raises replicas to minReplicas before it reads any metric), and the operator's later
+    applies leave its decision alone; fixed replicas again prune the HPA."""
+    operator.apply(AUTOSCALED)
+    children = rendered(operator, {"predictor", "router"})
+    hpa = children.get(("HorizontalPodAutoscaler", f"{NAME}-predictor"))
+    assert hpa is not None, sorted(children)
+    assert ("HorizontalPodAutoscaler", f"{NAME}-router") not in children, "the router is not autoscaled"
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": f"{NAME}-predictor",
+    }
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 5)
+    assert hpa["spec"]["metrics"] == [
+        {
+            "type": "Pods",
+            "pods": {
+                "metric": {"name": "gyre_model_inflight_requests"},
+                "target": {"type": "AverageValue", "averageValue": "4"},
+            },
+        }
+    ]
+
+    def deployment() -> dict[str, Any]:
+        d: dict[str, Any] = operator.children("InferenceService", NAME)[("Deployment", f"{NAME}-predictor")]
+        return d
+
+    def scaled_to(n: int) -> Callable[[], None]:
+        def check() -> None:
+            d = deployment()
+            assert d["spec"].get("replicas") == n, d["spec"].get("replicas")
+
+        return check
+
+    eventually(scaled_to(2), timeout=90, what="the autoscaler raises replicas to minReplicas")
+    assert "f:replicas" not in managed_by_gyre(deployment()).get("f:spec", {}), "gyre applies the replicas"
+    operator.apply(AUTOSCALED.replace("minReplicas: 2", "minReplicas: 3"))
+    eventually(scaled_to(3), timeout=90, what="a new minReplicas reaches the autoscaler")
+
+    operator.apply(service())  # replicas: 2, no autoscaling
+
+    def pruned() -> None:
+        children = operator.children("InferenceService", NAME)
+        assert ("HorizontalPodAutoscaler", f"{NAME}-predictor") not in children, sorted(children)
+        d = children[("Deployment", f"{NAME}-predictor")]
+        assert d["spec"]["replicas"] == 2
+        assert "f:replicas" in managed_by_gyre(d).get("f:spec", {})
+
+    eventually(pruned, timeout=60)

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from operator_harness import OperatorProcess, fresh_namespace, install_crds
+from operator_harness import OperatorProcess, running_operator
 
 from tests.controlplane.cluster import Cluster
 from tests.support import eventually
@@ -42,13 +42,7 @@ spec:
 
 @pytest.fixture
 def operator(cluster: Cluster, tmp_path: Path) -> Iterator[OperatorProcess]:
-    install_crds(cluster)
-    op = OperatorProcess(cluster, fresh_namespace(cluster, "op"), "local", tmp_path).start()
-    yield op
-    op.stop()
-    # Shown by pytest only when the test failed.
-    print(f"--- operator log ({op.log_path}) ---\n{op.log()}")
-    print(cluster.kubectl("get", "gyre", "-n", op.namespace, "-o", "yaml", check=False).stdout)
+    yield from running_operator(cluster, tmp_path, "op", "local", show="gyre", log_lines=80)
 
 
 def test_missing_reference_then_the_dependency_appears(operator: OperatorProcess) -> None:

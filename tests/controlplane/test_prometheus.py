@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from operator_harness import OperatorProcess, fresh_namespace, install_crds
+from operator_harness import OperatorProcess, running_operator
 from prometheus_harness import Prometheus, Target, dashboard_generator, local_targets
 from test_stream import post, stream
 from test_trainingjob import job, make_data
@@ -69,12 +69,7 @@ def has_data(prometheus: Prometheus, expr: str) -> tuple[bool, object]:
 
 @pytest.fixture
 def operator(cluster: Cluster, tmp_path: Path) -> Iterator[OperatorProcess]:
-    install_crds(cluster)
-    op = OperatorProcess(cluster, fresh_namespace(cluster, "prom"), "local", tmp_path).start()
-    yield op
-    op.stop()
-    print(f"--- operator log ---\n{op.log(150)}")
-    print(cluster.kubectl("get", "gst,gtj", "-n", op.namespace, "-o", "yaml", check=False).stdout)
+    yield from running_operator(cluster, tmp_path, "prom", "local", show="gst,gtj", log_lines=150)
 
 
 @pytest.fixture

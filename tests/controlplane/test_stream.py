@@ -16,8 +16,7 @@ import pyarrow.dataset as pads
 import pytest
 from operator_harness import (
     OperatorProcess,
-    fresh_namespace,
-    install_crds,
+    running_operator,
     running_pids_under,
     stream_manifest,
 )
@@ -52,12 +51,7 @@ def stream(
 
 @pytest.fixture
 def operator(cluster: Cluster, tmp_path: Path) -> Iterator[OperatorProcess]:
-    install_crds(cluster)
-    op = OperatorProcess(cluster, fresh_namespace(cluster, "stream"), "local", tmp_path).start()
-    yield op
-    op.stop()
-    print(f"--- operator log ---\n{op.log(150)}")
-    print(cluster.kubectl("get", "gst", "-n", op.namespace, "-o", "yaml", check=False).stdout)
+    yield from running_operator(cluster, tmp_path, "stream", "local", show="gst", log_lines=150)
 
 
 def status(op: OperatorProcess, name: str = "clicks") -> dict[str, Any]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from operator_harness import OperatorProcess, fresh_namespace, install_crds, stream_manifest
+from operator_harness import OperatorProcess, running_operator, stream_manifest
 
 from tests.controlplane.cluster import Cluster
 from tests.support import eventually
@@ -49,15 +49,9 @@ def stream(
 
 @pytest.fixture
 def operator(cluster: Cluster, tmp_path: Path) -> Iterator[OperatorProcess]:
-    install_crds(cluster)
-    op = OperatorProcess(cluster, fresh_namespace(cluster, "stk8s"), "kubernetes", tmp_path).start()
-    yield op
-    op.stop()
-    # Shown by pytest only when the test failed.
-    print(f"--- operator log ({op.log_path}) ---\n{op.log(200)}")
-    print(cluster.kubectl("get", "gst", "-n", op.namespace, "-o", "yaml", check=False).stdout)
-    print(cluster.kubectl("get", "all", "-n", op.namespace, "-o", "wide", check=False).stdout)
-    cluster.kubectl("delete", "namespace", op.namespace, "--wait=false", check=False)
+    yield from running_operator(
+        cluster, tmp_path, "stk8s", "kubernetes", show="gst", show_wide="all", delete_namespace=True
+    )
 
 
 def container(obj: dict[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from gyre.controlplane.procs import Proc, processes
-from operator_harness import OperatorProcess, fresh_namespace, install_crds, make_data
+from operator_harness import OperatorProcess, make_data, running_operator
 
 from tests.controlplane.cluster import Cluster
 from tests.support import eventually
@@ -54,12 +54,7 @@ spec:
 
 @pytest.fixture
 def operator(cluster: Cluster, tmp_path: Path) -> Iterator[OperatorProcess]:
-    install_crds(cluster)
-    op = OperatorProcess(cluster, fresh_namespace(cluster, "train"), "local", tmp_path).start()
-    yield op
-    op.stop()
-    print(f"--- operator log ---\n{op.log(200)}")
-    print(cluster.kubectl("get", "gtj", "-n", op.namespace, "-o", "yaml", check=False).stdout)
+    yield from running_operator(cluster, tmp_path, "train", "local", show="gtj")
 
 
 def status(op: OperatorProcess, name: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from gyre.pipelines.trainer.config import TrainerConfig
-from operator_harness import OperatorProcess, fresh_namespace, install_crds, owner_selector
+from operator_harness import OperatorProcess, owner_selector, running_operator
 
 from tests.controlplane.cluster import Cluster
 from tests.support import eventually
@@ -49,16 +49,11 @@ spec:
 
 @pytest.fixture
 def operator(cluster: Cluster, tmp_path: Path) -> Iterator[OperatorProcess]:
-    install_crds(cluster)
-    op = OperatorProcess(cluster, fresh_namespace(cluster, "tjk8s"), "kubernetes", tmp_path).start()
-    yield op
-    op.stop()
-    # Shown by pytest only when the test failed.
-    print(f"--- operator log ({op.log_path}) ---\n{op.log(200)}")
-    print(cluster.kubectl("get", "gtj", "-n", op.namespace, "-o", "yaml", check=False).stdout)
-    print(cluster.kubectl("get", "jobs,pods", "-n", op.namespace, "-o", "wide", check=False).stdout)
-    # Pending pods would hold their (fake) nodes' capacity for the tests that follow.
-    cluster.kubectl("delete", "namespace", op.namespace, "--wait=false", check=False)
+    # The namespace goes: pending pods would hold their (fake) nodes' capacity for the tests
+    # that follow.
+    yield from running_operator(
+        cluster, tmp_path, "tjk8s", "kubernetes", show="gtj", show_wide="jobs,pods", delete_namespace=True
+    )
 
 
 def status(op: OperatorProcess, name: str) -> dict[str, Any]:

@@ -17,13 +17,14 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaException
+from confluent_kafka import Consumer, KafkaException, Message
 from confluent_kafka.admin import AdminClient
 from gyre.controlplane import procs
 from gyre.pipelines._common.schema import StreamSchema
@@ -219,6 +220,33 @@ class Workload:
     def get_json(self, path: str) -> Any:
         with urllib.request.urlopen(self.url + path, timeout=10) as r:
             return json.loads(r.read())
+
+
+def consume(broker: LocalKafka, topic: str, count: int, timeout_s: float = 30) -> list[Message]:
+    """At least ``count`` records of ``topic`` from its start, read by a consumer group of its own
+    (which commits nothing); fails after ``timeout_s``."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": broker.bootstrap,
+            "group.id": f"check-{uuid.uuid4().hex[:6]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    out: list[Message] = []
+    try:
+
+        def enough() -> bool:
+            for m in consumer.consume(num_messages=1000, timeout=0.5):
+                assert m.error() is None, m.error()
+                out.append(m)
+            return len(out) >= count
+
+        eventually(enough, timeout_s, 0, f"{count} records in {topic}")
+    finally:
+        consumer.close()
+    return out
 
 
 def post_events(

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Message
 from gyre.controllers.topics import ensure_topic
 from gyre.core.topics import TopicSpec, dead_letter_topic_spec
 from gyre.pipelines.collector.config import CollectorConfig
@@ -21,6 +20,7 @@ from tests.integration.kafka_fixtures import (
     CLICK_SCHEMA,
     LocalKafka,
     Workload,
+    consume,
     make_event,
     metric_value,
     post_events,
@@ -51,31 +51,6 @@ def _collector(
         "gyre.pipelines.collector", cfg.to_json(), workdir,
         {"GYRE_KAFKA_BOOTSTRAP": broker.bootstrap},
     ).start().wait_ready()  # fmt: skip
-
-
-def _consume(broker: LocalKafka, topic: str, count: int, timeout_s: float = 30) -> list[Message]:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": broker.bootstrap,
-            "group.id": f"check-{uuid.uuid4().hex[:6]}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
-    )
-    consumer.subscribe([topic])
-    out: list[Message] = []
-    try:
-
-        def enough() -> bool:
-            for m in consumer.consume(num_messages=1000, timeout=0.5):
-                assert m.error() is None, m.error()
-                out.append(m)
-            return len(out) >= count
-
-        eventually(enough, timeout_s, 0, f"{count} records in {topic}")
-    finally:
-        consumer.close()
-    return out
 
 
 @pytest.fixture
@@ -119,13 +94,13 @@ def test_valid_events_reach_the_topic_and_invalid_ones_the_dead_letter_topic(
     assert by_index[5]["code"] == "bad_timestamp"
     assert by_index[6]["code"] == "not_object"
 
-    records = _consume(kafka_broker, cfg.topic, 2)
+    records = consume(kafka_broker, cfg.topic, 2)
     values = sorted((json.loads(m.value() or b"") for m in records), key=lambda v: v["event_id"])
     assert values[0] == good
     assert values[1]["ts"] == 1_714_550_400_250  # normalised to epoch millis (UTC)
     assert {m.key() for m in records} == {b"user-1", b"user-2"}  # keyed by the key field
 
-    dead = _consume(kafka_broker, cfg.dead_letter_topic or "", 5)
+    dead = consume(kafka_broker, cfg.dead_letter_topic or "", 5)
     reasons = {}
     for m in dead:
         rec = json.loads(m.value() or b"")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,11 +15,11 @@ import pytest
 pytest.importorskip("kserve")
 pytest.importorskip("torch")
 
-from confluent_kafka import Consumer, Message
 from gyre.controllers.topics import ensure_topic
 from gyre.core.topics import TopicSpec
 from gyre.pipelines.modelserver.config import FallbackConfig, LoggingConfig, ModelServerConfig
 
+from tests.integration.kafka_fixtures import consume
 from tests.integration.modelserver_fixtures import ServerProc, Trained, close, train_tiny_model
 from tests.support import eventually
 
@@ -53,31 +52,6 @@ def server(trained: Trained, kafka_broker: LocalKafka, tmp_path: Path) -> Iterat
     print(f"--- {proc.log.name} ---\n{proc.tail()}")
 
 
-def consume(broker: LocalKafka, count: int) -> list[Message]:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": broker.bootstrap,
-            "group.id": f"check-{uuid.uuid4().hex[:6]}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
-    )
-    consumer.subscribe([TOPIC])
-    out: list[Message] = []
-    try:
-
-        def enough() -> bool:
-            for m in consumer.consume(num_messages=1000, timeout=0.5):
-                assert m.error() is None, m.error()
-                out.append(m)
-            return len(out) >= count
-
-        eventually(enough, 60, 0, f"{count} records in {TOPIC}")
-    finally:
-        consumer.close()
-    return out
-
-
 def predict(server: ServerProc, rows: list[dict[str, Any]], request_id: str) -> dict[str, Any]:
     req = urllib.request.Request(
         f"{server.url}/v1/models/clicks:predict",
@@ -94,7 +68,7 @@ def test_every_prediction_reaches_the_logging_topic(
 ) -> None:
     answers = {f"req-{i}": predict(server, [trained.rows[i]], f"req-{i}") for i in range(30)}
     batch = predict(server, trained.rows[30:33], "req-batch")
-    records = [json.loads(m.value()) for m in consume(kafka_broker, 33)]
+    records = [json.loads(m.value()) for m in consume(kafka_broker, TOPIC, 33, timeout_s=60)]
     assert len(records) == 33, "one record per predicted row, none twice"
     by_id = {r["request_id"]: r for r in records}
     for i in range(30):

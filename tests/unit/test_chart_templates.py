@@ -472,6 +472,7 @@ class TestRBAC:
             ("apps", "deployments"),
             ("apps", "statefulsets"),
             ("batch", "jobs"),
+            ("autoscaling", "horizontalpodautoscalers"),
             ("", "services"),
             ("", "configmaps"),
         ],

@@ -206,7 +206,7 @@ def test_an_unpublished_model_waits() -> None:
     assert conditions(out)["Ready"] == (False, "ModelNotPublished")
 
 
-def featurejob(online: dict[str, Any]) -> Resolved:
+def featurejob(online: dict[str, Any], published: dict[str, Any] | None = None) -> Resolved:
     body = {
         "spec": {
             "source": {"stream": "clicks"},
@@ -216,30 +216,41 @@ def featurejob(online: dict[str, Any]) -> Resolved:
             "offline": {"uri": "file:///f"},
             "online": online,
         },
-        "status": {},
+        "status": {"online": published} if published is not None else {},
     }
     return Resolved(Ref("FeatureJob", "churn-features", "spec.features.featureJob"), body)
 
 
-def test_online_features_reach_every_model_server_from_the_featurejob() -> None:
+PUBLISHED = {"address": "10.0.0.5:6379", "keyPrefix": "gyre:ns:churn-features:", "keys": 12}
+
+
+def test_online_features_reach_every_model_server_from_what_the_featurejob_published() -> None:
     s = spec(model={"uri": "file:///m/v1"}, features={"featureJob": "churn-features", "entityKey": "user_id"})
-    deps = {"spec.features.featureJob": featurejob({"redisUrl": "redis://10.0.0.5:6379/0"})}
-    arts = resolve_artifacts(s, deps)
-    assert arts is not None
-    assert arts.online_store == "redis://10.0.0.5:6379/0"
-    (server, _router) = bi.build_inferenceservice(s, "churn", arts)
-    cfg = ModelServerConfig.from_json(server.config_files["config.json"])
-    assert cfg.features is not None
-    assert (cfg.features.redis_url, cfg.features.entity_key, cfg.features.key_prefix) == (
-        "redis://10.0.0.5:6379/0",
-        "user_id",
-        "churn-features:",
-    )
-    own = {"spec.features.featureJob": featurejob({})}
     controller = InferenceServiceController()
-    assert controller.build(META, s, own, {}, None) == []
-    out = controller.compute_status(s, StatusInput(META, {}, own, [], {}, ServingFacts()))
-    assert conditions(out)["Ready"] == (False, "OnlineStoreUnknown")
+
+    def server_features(dep: Resolved) -> tuple[str, str, str]:
+        arts = resolve_artifacts(s, {"spec.features.featureJob": dep})
+        assert arts is not None
+        (server, _router) = bi.build_inferenceservice(s, "churn", arts)
+        cfg = ModelServerConfig.from_json(server.config_files["config.json"])
+        assert cfg.features is not None
+        return cfg.features.redis_url, cfg.features.entity_key, cfg.features.key_prefix
+
+    # A store the FeatureJob runs itself: the address and prefix of its status.
+    assert server_features(featurejob({"enabled": True}, PUBLISHED)) == (
+        "redis://10.0.0.5:6379",
+        "user_id",
+        "gyre:ns:churn-features:",
+    )
+    # A store its spec names: that URL (with its database), the published prefix.
+    named = featurejob({"redisUrl": "redis://10.0.0.5:6379/3"}, PUBLISHED)
+    assert server_features(named)[0] == "redis://10.0.0.5:6379/3"
+    # Nothing published yet (no successful run): no model server, and the reason says why.
+    for unpublished in (featurejob({}), featurejob({"redisUrl": "redis://10.0.0.5:6379/3"})):
+        deps = {"spec.features.featureJob": unpublished}
+        assert controller.build(META, s, deps, {}, None) == []
+        out = controller.compute_status(s, StatusInput(META, {}, deps, [], {}, ServingFacts()))
+        assert conditions(out)["Ready"] == (False, "OnlineStoreUnknown")
     off = {"spec.features.featureJob": featurejob({"enabled": False})}
     assert "writes no online store" in controller.check(META, s, off)[0]
 

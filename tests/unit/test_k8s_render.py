@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 from gyre.core.workload import (
+    Autoscale,
     ConfigDirRef,
     EndpointRef,
     KubernetesContainer,
@@ -543,3 +544,55 @@ def test_requests_are_counted_as_the_api_server_names_them() -> None:
     assert _resource_of("GET", "/api/v1/pods", [("watch", "true")]) == ("WATCH", "pods")
     assert _resource_of("GET", "/api/v1/namespaces/ns/pods/p:8080/proxy/status", []) == ("GET", "pods/proxy")
     assert _resource_of("GET", "/apis/widgets.example.dev/v1", []) == ("GET", "(none)")  # discovery
+
+
+@pytest.mark.parametrize(
+    ("scale", "metric"),
+    [
+        (
+            Autoscale(2, 5, 70, resource="cpu"),
+            {
+                "type": "Resource",
+                "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}},
+            },
+        ),
+        (
+            Autoscale(0, 4, 2.5, pods_metric="gyre_model_inflight_requests"),
+            {
+                "type": "Pods",
+                "pods": {
+                    "metric": {"name": "gyre_model_inflight_requests"},
+                    "target": {"type": "AverageValue", "averageValue": "2500m"},
+                },
+            },
+        ),
+    ],
+)
+def test_an_autoscaled_service_gets_an_autoscaler_that_owns_its_replicas(
+    scale: Autoscale, metric: dict[str, Any]
+) -> None:
+    manifests = r.render(OWNER, [workload(replicas=3, autoscale=scale)], NS)
+    assert [m["kind"] for m in manifests][-2:] == ["Deployment", "HorizontalPodAutoscaler"]
+    deployment, hpa = one(manifests, "Deployment"), one(manifests, "HorizontalPodAutoscaler")
+    assert "replicas" not in deployment["spec"], "an apply naming replicas would undo the autoscaler"
+    assert hpa["metadata"]["name"] == deployment["metadata"]["name"]
+    assert hpa["metadata"]["ownerReferences"] == deployment["metadata"]["ownerReferences"]
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
+    }
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (
+        max(1, scale.min_replicas),
+        5 if scale.resource else 4,
+    )
+    assert hpa["spec"]["metrics"] == [metric]
+    fixed = one(r.render(OWNER, [workload(replicas=3)], NS), "Deployment")
+    assert fixed["spec"]["replicas"] == 3
+    assert by_kind(r.render(OWNER, [workload(replicas=3)], NS), "HorizontalPodAutoscaler") == []
+
+
+def test_only_a_service_autoscales() -> None:
+    batch = workload(kind=WorkloadKind.BATCH, autoscale=Autoscale(1, 3, 50, resource="cpu"))
+    with pytest.raises(ValueError, match="cannot autoscale"):
+        r.render(OWNER, [batch], NS)

@@ -40,9 +40,10 @@ import aiohttp
 import numpy as np
 
 from gyre.api.inferenceservice import InferenceServiceSpec
-from gyre.builders.inferenceservice import ROUTER, Artifacts, build_inferenceservice, feature_key_prefix
+from gyre.builders.inferenceservice import ROUTER, Artifacts, OnlineStoreRef, build_inferenceservice
 from gyre.controlplane.procs import free_port
 from gyre.core.workload import Owner, WorkloadPhase
+from gyre.pipelines.features.config import key_prefix
 from gyre.pipelines.features.online import OnlineRow, materialize
 from gyre.runtimes.local import LocalRuntime
 
@@ -211,7 +212,7 @@ async def run_gyre(
             out["features"] = {"skipped": "redis-server is not installed"}
             return out
         spec = isvc_spec(uri, features=True, deadline_ms=args.deadline_ms)
-        store = f"redis://127.0.0.1:{redis_port}/0"
+        store = OnlineStoreRef(f"redis://127.0.0.1:{redis_port}/0", key_prefix(OWNER.namespace, FEATURE_JOB))
         url = await apply_and_wait(rt, spec, Artifacts(stable=uri, online_store=store))
         keyed = [{"instances": [{"user_id": e}]} for e in range(ENTITIES)]
         await open_loop(url, keyed, args.offered_per_s, args.warmup_s)
@@ -271,7 +272,9 @@ def start_redis(tmp: Path, rows: list[dict[str, Any]]) -> tuple[subprocess.Popen
     client = redis.Redis(port=port)
     _wait(lambda: _ping(client), "redis-server", 20)
     online = [OnlineRow(str(e), 0, rows[e % len(rows)]) for e in range(ENTITIES)]
-    materialize(client, feature_key_prefix(FEATURE_JOB), online, ttl_s=3600)  # as a FeatureJob writes
+    materialize(
+        client, key_prefix(OWNER.namespace, FEATURE_JOB), online, ttl_s=3600
+    )  # as a FeatureJob writes
     return proc, port
 
 

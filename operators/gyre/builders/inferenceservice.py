@@ -14,12 +14,13 @@ Every model server is named after the service, so clients use the same paths
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from gyre.api.inferenceservice import InferenceServiceSpec
 from gyre.builders.route import Route, RouteBackend, RouteShadow, build_route
 from gyre.core.durations import parse_duration
-from gyre.core.workload import ConfigDirRef, Port, Readiness, Resources, Workload, WorkloadKind
+from gyre.core.workload import Autoscale, ConfigDirRef, Port, Readiness, Resources, Workload, WorkloadKind
 from gyre.pipelines._common.env import CONFIG_ENV, CONFIG_FILE_NAME
 from gyre.pipelines.modelserver.config import (
     BatchingConfig,
@@ -42,6 +43,15 @@ READY_PATH = "/v2/health/ready"
 
 
 @dataclass(frozen=True)
+class OnlineStoreRef:
+    """Where spec.features' FeatureJob keeps its online values: the Redis URL and the keys'
+    prefix (a key is the prefix and the entity), as the FeatureJob publishes them."""
+
+    url: str
+    key_prefix: str
+
+
+@dataclass(frozen=True)
 class Artifacts:
     """Where each model's artifact is (None: that model is not served), and the online store
     spec.features reads (None: no feature lookup)."""
@@ -49,13 +59,8 @@ class Artifacts:
     stable: str
     canary: str | None = None
     shadow: str | None = None
-    online_store: str | None = None  # a Redis URL
+    online_store: OnlineStoreRef | None = None
     prediction_log: tuple[str, str] | None = None  # spec.logging's Stream: bootstrap servers, topic
-
-
-def feature_key_prefix(feature_job: str) -> str:
-    """The online store's key prefix of a FeatureJob's entities: ``<featureJob>:<entity>``."""
-    return f"{feature_job}:"
 
 
 def replicas(spec: InferenceServiceSpec) -> int:
@@ -73,7 +78,7 @@ def build_server_config(
     name: str,
     variant: str,
     uri: str,
-    online_store: str | None = None,
+    online_store: OnlineStoreRef | None = None,
     prediction_log: tuple[str, str] | None = None,
 ) -> ModelServerConfig:
     b, f = spec.batching, spec.fallback
@@ -87,9 +92,9 @@ def build_server_config(
     features = None
     if spec.features is not None and online_store is not None:
         features = FeaturesConfig(
-            redis_url=online_store,
+            redis_url=online_store.url,
             entity_key=spec.features.entity_key,
-            key_prefix=feature_key_prefix(spec.features.feature_job),
+            key_prefix=online_store.key_prefix,
         )
     return ModelServerConfig(
         name=name,
@@ -111,6 +116,26 @@ def build_server_config(
     )
 
 
+# What each spec.autoscaling.metric follows on Kubernetes: cpu, a resource; the others, per-pod
+# metrics of the custom metrics API as prometheus-adapter names them by default (a counter's
+# ``_total`` becomes ``_per_second``).
+AUTOSCALE_METRICS = {
+    "cpu": Autoscale(0, 0, 0, resource="cpu"),
+    "concurrency": Autoscale(0, 0, 0, pods_metric="gyre_model_inflight_requests"),
+    "rps": Autoscale(0, 0, 0, pods_metric="gyre_model_requests_per_second"),
+}
+
+
+def autoscale(spec: InferenceServiceSpec) -> Autoscale | None:
+    """How a model server's replicas scale: spec.autoscaling, unless spec.replicas fixes them."""
+    a = spec.autoscaling
+    if a is None or spec.replicas is not None:
+        return None
+    return dataclasses.replace(
+        AUTOSCALE_METRICS[a.metric], min_replicas=a.min_replicas, max_replicas=a.max_replicas, target=a.target
+    )
+
+
 def build_model_server(spec: InferenceServiceSpec, name: str, variant: str, artifacts: Artifacts) -> Workload:
     uri = {"stable": artifacts.stable, "canary": artifacts.canary, "shadow": artifacts.shadow}[variant]
     assert uri is not None
@@ -129,6 +154,7 @@ def build_model_server(spec: InferenceServiceSpec, name: str, variant: str, arti
         config_files={CONFIG_FILE_NAME: config.to_json()},
         status_port="http",
         labels={"gyre.dev/variant": variant},
+        autoscale=autoscale(spec),
     )
 
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gyre.api.featurejob import FeatureJobSpec
+from gyre.api.featurejob import FeatureJobSpec, FeatureJobStatus
 from gyre.api.inferenceservice import (
     InferenceServiceSpec,
     InferenceServiceStatus,
@@ -29,6 +29,7 @@ from gyre.builders.inferenceservice import (
     ROUTER,
     WORKLOAD_OF,
     Artifacts,
+    OnlineStoreRef,
     build_inferenceservice,
     configured_traffic,
 )
@@ -103,13 +104,23 @@ def prediction_log(deps: Mapping[str, Resolved]) -> tuple[str, str] | None:
     return (st.bootstrap_servers, topic) if st.bootstrap_servers and topic else None
 
 
-def online_store(spec: InferenceServiceSpec, deps: Mapping[str, Resolved]) -> str | None:
-    """The Redis URL of spec.features' FeatureJob: its spec.online.redisUrl (None: the FeatureJob
-    runs a store of its own, whose address it does not publish yet)."""
+def online_store(spec: InferenceServiceSpec, deps: Mapping[str, Resolved]) -> OnlineStoreRef | None:
+    """Where spec.features' FeatureJob published its online values (status.online: the
+    address and key prefix of its last materialization); None until it has. The URL is the
+    FeatureJob's spec.online.redisUrl when it names one (it may name a database), else the
+    published address of the store the FeatureJob runs."""
     dep = deps.get("spec.features.featureJob")
-    features = dep.spec_as(FeatureJobSpec) if dep is not None else None
-    store = features.online if features is not None else None
-    return store.redis_url if store is not None and store.enabled else None
+    if dep is None:
+        return None
+    features = dep.spec_as(FeatureJobSpec)
+    spec_online = features.online if features is not None else None
+    published = dep.status_as(FeatureJobStatus).online
+    if spec_online is None or not spec_online.enabled or published is None:
+        return None
+    if not published.address or not published.key_prefix:
+        return None
+    url = spec_online.redis_url or f"redis://{published.address}"
+    return OnlineStoreRef(url=url, key_prefix=published.key_prefix)
 
 
 @dataclass(frozen=True)
@@ -210,8 +221,8 @@ class InferenceServiceController(Controller[InferenceServiceSpec]):
         if spec.features is not None and artifacts is not None and artifacts.online_store is None:
             return _pending(
                 ONLINE_STORE_UNKNOWN,
-                f"FeatureJob {spec.features.feature_job!r} does not say where its online store is "
-                "(set its spec.online.redisUrl)",
+                f"FeatureJob {spec.features.feature_job!r} has not published its online store yet "
+                "(its status.online: address and keyPrefix, written by its first successful run)",
             )
         if artifacts is None:
             return _pending(

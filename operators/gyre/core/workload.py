@@ -169,6 +169,20 @@ class KubernetesContainer:
 
 
 @dataclass(frozen=True)
+class Autoscale:
+    """Replicas that follow a metric between ``min_replicas`` and ``max_replicas``: the value
+    per replica aimed at is ``target``. Kubernetes: an ``autoscaling/v2`` HorizontalPodAutoscaler
+    on the workload's controller (the controller's replicas are then the autoscaler's); the
+    local runtime runs ``Workload.replicas``."""
+
+    min_replicas: int
+    max_replicas: int
+    target: float
+    resource: str | None = None  # a resource's utilisation percent ("cpu"), or
+    pods_metric: str | None = None  # a per-pod metric of the custom metrics API, averaged
+
+
+@dataclass(frozen=True)
 class Workload:
     name: str  # deterministic; unique within its owner; a DNS-1123 label
     role: str  # what it is for: "broker", "collector", "sink", "launcher", "worker", ...
@@ -189,6 +203,7 @@ class Workload:
     on_kubernetes: KubernetesContainer | None = None
     status_port: str | None = None  # a Port.name: where GET /status is served
     reloads_config: bool = False  # config_files change in place, without a restart
+    autoscale: Autoscale | None = None  # SERVICE only
 
     def port(self, name: str) -> Port:
         for p in self.ports:

@@ -210,14 +210,18 @@ def render(
     config_maps: list[Manifest] = []
     services: list[Manifest] = []
     controllers: list[Manifest] = []
+    autoscalers: list[Manifest] = []
     for w in workloads:
         if w.config_files:
             config_maps.append(build_config_map(owner, w, namespace))
         service = build_service(owner, w, namespace)
         if service is not None:
             services.append(service)
-        controllers.append(build_controller(ctx, w))
-    return config_maps + services + controllers
+        controller = build_controller(ctx, w)
+        controllers.append(controller)
+        if w.autoscale is not None:
+            autoscalers.append(build_autoscaler(ctx, w, controller))
+    return config_maps + services + controllers + autoscalers
 
 
 def _metadata(owner: Owner, workload: Workload, name: str, namespace: str) -> dict[str, Any]:
@@ -276,6 +280,56 @@ def build_service(owner: Owner, workload: Workload, namespace: str) -> Manifest 
 def build_controller(ctx: RenderContext, workload: Workload) -> Manifest:
     """The object that runs the workload's pods, as its shape renders it."""
     return shape_of(workload).build_controller(ctx, workload, build_pod_template(ctx, workload))
+
+
+def build_autoscaler(ctx: RenderContext, workload: Workload, controller: Manifest) -> Manifest:
+    """The ``autoscaling/v2`` HorizontalPodAutoscaler of an autoscaled workload's controller.
+
+    It needs a minimum of 1 (0 needs the HPAScaleToZero feature gate, off by default); a
+    resource target is a utilisation percent of the pods' requests, a pods metric an average
+    value per pod read from the custom metrics API (e.g. prometheus-adapter)."""
+    scale = workload.autoscale
+    assert scale is not None
+    if not shape_of(workload).autoscales:
+        raise ValueError(f"workload {workload.name}: a {workload.kind} workload cannot autoscale")
+    if (scale.resource is None) == (scale.pods_metric is None):
+        raise ValueError(f"workload {workload.name}: autoscale on exactly one of a resource or a pods metric")
+    if scale.resource is not None:
+        metric: dict[str, Any] = {
+            "type": "Resource",
+            "resource": {
+                "name": scale.resource,
+                "target": {"type": "Utilization", "averageUtilization": max(1, round(scale.target))},
+            },
+        }
+    else:
+        metric = {
+            "type": "Pods",
+            "pods": {
+                "metric": {"name": scale.pods_metric},
+                "target": {"type": "AverageValue", "averageValue": _quantity(scale.target)},
+            },
+        }
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": object_metadata(ctx, workload, controller["metadata"]["name"]),
+        "spec": {
+            "scaleTargetRef": {
+                "apiVersion": controller["apiVersion"],
+                "kind": controller["kind"],
+                "name": controller["metadata"]["name"],
+            },
+            "minReplicas": max(1, scale.min_replicas),
+            "maxReplicas": max(1, scale.max_replicas, scale.min_replicas),
+            "metrics": [metric],
+        },
+    }
+
+
+def _quantity(value: float) -> str:
+    """A Kubernetes quantity: whole numbers as they are, fractions in milli-units."""
+    return str(int(value)) if float(value).is_integer() else f"{round(value * 1000)}m"
 
 
 def build_pod_template(ctx: RenderContext, workload: Workload) -> Manifest:

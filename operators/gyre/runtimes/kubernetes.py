@@ -62,11 +62,16 @@ CONFIG_MAP = ResourceKind("ConfigMap", "v1", "configmaps")
 SERVICE = ResourceKind("Service", "v1", "services")
 POD = ResourceKind("Pod", "v1", "pods")
 PVC = ResourceKind("PersistentVolumeClaim", "v1", "persistentvolumeclaims")
+AUTOSCALER = ResourceKind("HorizontalPodAutoscaler", "autoscaling/v2", "horizontalpodautoscalers")
 
-# The controllers of every shape; every kind `apply` renders, controllers last (`delete` and
-# `prune` go through them all).
+# The controllers of every shape; every kind `apply` renders: what the controllers' pods mount
+# and reach, the controllers, what acts on the controllers (`delete` and `prune` go through
+# them all, in reverse).
 CONTROLLERS = tuple(dict.fromkeys(sh.controller for sh in shapes()))
-RENDERED_KINDS = (CONFIG_MAP, SERVICE, *CONTROLLERS)
+RENDERED_KINDS = (CONFIG_MAP, SERVICE, *CONTROLLERS, AUTOSCALER)
+# Kinds whose spec changes move metadata.generation (their status writes do not): an object of
+# these is unchanged while its generation is.
+BY_GENERATION = (*CONTROLLERS, AUTOSCALER)
 _BY_KIND = {k.kind: k for k in RENDERED_KINDS}
 
 
@@ -111,10 +116,12 @@ class KubernetesRuntime:
 
     async def apply(self, owner: Owner, workloads: Sequence[Workload]) -> None:
         manifests = r.render(owner, workloads, owner.namespace, self._settings)
-        # What the controllers' pods mount and reach first, then the controllers.
-        first = [m for m in manifests if _BY_KIND[m["kind"]] not in CONTROLLERS]
+        # What the controllers' pods mount and reach first, then the controllers, then what
+        # scales them.
+        first = [m for m in manifests if _BY_KIND[m["kind"]] in (CONFIG_MAP, SERVICE)]
         then = [m for m in manifests if _BY_KIND[m["kind"]] in CONTROLLERS]
-        for tier in (first, then):
+        last = [m for m in manifests if _BY_KIND[m["kind"]] == AUTOSCALER]
+        for tier in (first, then, last):
             await self._all([functools.partial(self._apply_object, m) for m in tier])
         keep = frozenset((m["kind"], m["metadata"]["name"]) for m in manifests)
         if self._pruned.get(owner.key) != keep:
@@ -290,8 +297,8 @@ class KubernetesRuntime:
             if cache is not None:
                 live = cache.get(kind, ns, name)
             else:
-                live = None if kind in CONTROLLERS else self.kube.get(kind, ns, name)
-            if live is not None and last.unchanged(live, by_generation=kind in CONTROLLERS):
+                live = None if kind in BY_GENERATION else self.kube.get(kind, ns, name)
+            if live is not None and last.unchanged(live, by_generation=kind in BY_GENERATION):
                 return
         stored = self.kube.apply(kind, manifest)
         if self.cache is not None:

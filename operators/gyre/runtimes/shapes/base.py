@@ -53,6 +53,8 @@ class Shape(abc.ABC):
     """A Service even without ports (a StatefulSet's ``serviceName``)."""
     claims_volumes: ClassVar[bool] = False
     """Volumes are claims per replica (kept across restarts), not emptyDirs."""
+    autoscales: ClassVar[bool] = False
+    """Its replicas may follow a metric (`Workload.autoscale`): a HorizontalPodAutoscaler."""
 
     @abc.abstractmethod
     def build_controller(self, ctx: RenderContext, workload: Workload, template: Manifest) -> Manifest:

@@ -17,19 +17,24 @@ if TYPE_CHECKING:
 class ServiceShape(Shape):
     kind = WorkloadKind.SERVICE
     controller = ResourceKind("Deployment", "apps/v1", "deployments")
+    autoscales = True
 
     def build_controller(self, ctx: RenderContext, workload: Workload, template: Manifest) -> Manifest:
         from gyre.runtimes import k8s_render as r
 
+        spec: Manifest = {
+            "selector": {"matchLabels": r.selector_labels(ctx.owner, workload)},
+            "template": template,
+        }
+        if workload.autoscale is None:
+            spec["replicas"] = workload.replicas
+        # else: the HorizontalPodAutoscaler sets replicas; an apply that named them would undo
+        # each of its decisions.
         return {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
             "metadata": r.object_metadata(ctx, workload, r.child_name(ctx.owner, workload.name)),
-            "spec": {
-                "replicas": workload.replicas,
-                "selector": {"matchLabels": r.selector_labels(ctx.owner, workload)},
-                "template": template,
-            },
+            "spec": spec,
         }
 
     def replica_index_env(self, workload: Workload) -> dict[str, Any]:
