@@ -1,7 +1,9 @@
 """Every query of every shipped Grafana dashboard returns data from a real Prometheus.
 
 A running system on the local runtime: the operator, a Stream (broker, collector, lake sink)
-receiving valid and invalid events all along, and a two-worker TrainingJob. A Prometheus
+receiving valid and invalid events all along, a two-worker TrainingJob, and an InferenceService
+(model server and router, with drift monitoring) serving a shorter TrainingJob's model and
+answering prediction requests all along. A Prometheus
 (Debian's package) scrapes the operator and every workload's metrics port each second; each
 dashboard query, with Grafana's variables expanded as Grafana would ("All", a rate interval),
 must return at least one series with a finite value (`/api/v1/query`), and each variable's
@@ -11,12 +13,14 @@ the system runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +73,7 @@ def has_data(prometheus: Prometheus, expr: str) -> tuple[bool, object]:
 
 @pytest.fixture
 def operator(cluster: Cluster, tmp_path: Path) -> Iterator[OperatorProcess]:
-    yield from running_operator(cluster, tmp_path, "prom", "local", show="gst,gtj", log_lines=150)
+    yield from running_operator(cluster, tmp_path, "prom", "local", show="gst,gtj,ginf", log_lines=150)
 
 
 @pytest.fixture
@@ -81,33 +85,30 @@ def prometheus(tmp_path: Path) -> Iterator[Prometheus]:
     print(f"--- prometheus log ---\n{prom.log()}")
 
 
-class EventPoster:
-    """Posts valid and invalid events to a collector in a loop, until stopped."""
+class Sender:
+    """Calls ``send`` with a growing counter every ``interval_s`` in a thread, until stopped; a
+    failure ends the loop and is raised when the block exits."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.posted = 0
+    def __init__(self, what: str, send: Callable[[int], None], interval_s: float = 0.5) -> None:
+        self.what = what
+        self.send = send
+        self.interval_s = interval_s
+        self.sent = 0
         self.error: BaseException | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        i = 0
         while not self._stop.is_set():
-            good = [
-                {"user_id": f"u{i + j}", "ts": 1_700_000_000_000 + i + j, "plan": "free"} for j in range(20)
-            ]
-            bad = [{"user_id": "x", "ts": "yesterday"}, {"user_id": "y", "ts": 1, "plan": "gold"}]
             try:
-                post(self.url, good + bad)
+                self.send(self.sent)
             except Exception as e:  # raised again when the block exits
                 self.error = e
                 return
-            i += 20
-            self.posted += 1
-            self._stop.wait(0.5)
+            self.sent += 1
+            self._stop.wait(self.interval_s)
 
-    def __enter__(self) -> EventPoster:
+    def __enter__(self) -> Sender:
         self._thread.start()
         return self
 
@@ -115,7 +116,64 @@ class EventPoster:
         self._stop.set()
         self._thread.join(timeout=30)
         if self.error is not None and exc[0] is None:
-            raise AssertionError(f"posting events failed: {self.error}")
+            raise AssertionError(f"{self.what} failed: {self.error}")
+
+
+def post_events(url: str) -> Callable[[int], None]:
+    """Valid and invalid events to a collector, 22 a call."""
+
+    def send(n: int) -> None:
+        i = 20 * n
+        good = [{"user_id": f"u{i + j}", "ts": 1_700_000_000_000 + i + j, "plan": "free"} for j in range(20)]
+        bad = [{"user_id": "x", "ts": "yesterday"}, {"user_id": "y", "ts": 1, "plan": "gold"}]
+        post(url, good + bad)
+
+    return send
+
+
+def predict(url: str) -> Callable[[int], None]:
+    """Eight prediction requests a call, concurrently (so batches form), some unanswerable in
+    time (the fallback)."""
+
+    def one(i: int) -> None:
+        row = {
+            "plan": ["free", "pro", "team"][i % 3],
+            "page_views": i % 17,
+            "session_seconds": 30.0 + i % 500,
+        }
+        req = urllib.request.Request(
+            f"{url}/v1/models/{SERVED}:predict",
+            data=json.dumps({"instances": [row]}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.status == 200
+
+    def send(n: int) -> None:
+        threads = [threading.Thread(target=one, args=(8 * n + k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    return send
+
+
+SERVED = "churn-serving"
+
+
+def inference_service(model_job: str) -> str:
+    return f"""
+apiVersion: gyre.dev/v1alpha1
+kind: InferenceService
+metadata: {{name: {SERVED}}}
+spec:
+  model: {{trainingJob: {model_job}}}
+  batching: {{enabled: true, maxBatchSize: 8, maxLatencyMs: 5}}
+  fallback: {{deadlineMs: 2000, defaultResponse: {{churn_probability: 0.1}}}}
+  monitoring:
+    drift: {{metric: psi, threshold: 0.2, window: 10m}}
+"""
 
 
 def test_every_dashboard_query_returns_data(
@@ -124,9 +182,11 @@ def test_every_dashboard_query_returns_data(
     op = operator
     op.apply(stream(tmp_path / "lake"))
     # Long enough to outlast the queries: it is stopped with the operator, not awaited.
-    op.apply(
-        job("churn", make_data(tmp_path / "data", rows=20000), tmp_path / "models", epochs=50, every=1000)
-    )
+    data = make_data(tmp_path / "data", rows=20000)
+    op.apply(job("churn", data, tmp_path / "models", epochs=50, every=1000))
+    # A short one, whose model an InferenceService serves.
+    op.apply(job("churn-small", data, tmp_path / "models-small", epochs=1, every=1000, workers=1))
+    op.apply(inference_service("churn-small"))
 
     def stream_ready() -> dict[str, Any]:
         st = dict(op.get("stream", "clicks").get("status") or {})
@@ -139,15 +199,26 @@ def test_every_dashboard_query_returns_data(
         progress = (op.get("trainingjob", "churn").get("status") or {}).get("progress") or {}
         assert progress.get("step", 0) > 0, progress
 
-    with EventPoster(collector_url) as poster:
+    def serving() -> str:
+        assert op.condition("inferenceservice", SERVED, "Ready")["status"] == "True"
+        return str(op.status("inferenceservice", SERVED)["url"])
+
+    with contextlib.ExitStack() as senders:
+        poster = senders.enter_context(Sender("posting events", post_events(collector_url)))
         eventually(training, timeout=240, interval=1)
+        serving_url = eventually(serving, timeout=300, interval=1)
+        predictor = senders.enter_context(Sender("predicting", predict(serving_url), interval_s=0.2))
         targets = [
             Target("gyre-operator", f"127.0.0.1:{op.metrics_port}"),
             *local_targets(op.workdir / "local"),
         ]
-        workloads = sorted({t.labels["gyre_dev_workload"] for t in targets if t.labels})
-        assert workloads == ["collector", "sink-lake", "worker"], targets
-        assert sum(t.labels.get("gyre_dev_workload") == "worker" for t in targets) == 2
+        workloads = {
+            (t.labels["gyre_dev_owner_name"], t.labels["gyre_dev_workload"]) for t in targets if t.labels
+        }
+        expected = {("clicks", "collector"), ("clicks", "sink-lake"), ("churn", "worker")}
+        expected |= {(SERVED, "predictor"), (SERVED, "router")}
+        assert expected <= workloads, targets
+        assert sum(t.labels.get("gyre_dev_owner_name") == "churn" for t in targets) == 2
         prometheus.scrape(targets)
 
         generator = dashboard_generator()
@@ -157,7 +228,7 @@ def test_every_dashboard_query_returns_data(
             for dashboard in [json.loads(path.read_text())]
             for expr in generator.queries(dashboard)
         ]
-        assert len({name for name, _, _ in queries}) == 3
+        assert len({name for name, _, _ in queries}) == 4
         pending = {q[2] for q in queries}
         last: dict[str, object] = {}
         started = time.monotonic()
@@ -175,4 +246,5 @@ def test_every_dashboard_query_returns_data(
         print(
             f"{len(queries)} queries returned data {time.monotonic() - started:.1f} s after the first scrape"
         )
-        assert poster.posted > 0
+        assert poster.sent > 0
+        assert predictor.sent > 0

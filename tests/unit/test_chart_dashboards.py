@@ -65,15 +65,22 @@ def exported_metrics() -> dict[str, set[str]]:
         "gyre.operator.metrics",
         "gyre.pipelines.collector.server",
         "gyre.pipelines.lakesink.sink",
+        "gyre.pipelines.router.server",
     ):
         importlib.import_module(module)
+    if importlib.util.find_spec("kserve") is not None:
+        importlib.import_module("gyre.pipelines.modelserver.model")  # the serve extra
     from gyre.pipelines.trainer.progress import Metrics
 
-    default = series_names(REGISTRY)  # the operator, collector and sink use the default registry
+    # The operator, collector, sink, router and model server use the default registry.
+    default = series_names(REGISTRY)
+    workloads = ("gyre_collector_", "gyre_lakesink_", "gyre_router_", "gyre_model_")
     return {
-        "operator": {n for n in default if not n.startswith(("gyre_collector_", "gyre_lakesink_"))},
+        "operator": {n for n in default if not n.startswith(workloads)},
         "collector": {n for n in default if n.startswith("gyre_collector_")},
         "lakesink": {n for n in default if n.startswith("gyre_lakesink_")},
+        "router": {n for n in default if n.startswith("gyre_router_")},
+        "modelserver": {n for n in default if n.startswith("gyre_model_")},
         "trainer": series_names(Metrics("job", 0, None).registry),
     }
 

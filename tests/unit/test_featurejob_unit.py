@@ -286,6 +286,7 @@ def test_a_finished_run_is_published_and_a_failed_one_keeps_it() -> None:
         "avg_session_seconds_7d",
         "tickets_30d",
         "mobile_share_7d",
+        "free_plan_share_7d",
     ]
     stored = st.model_dump(mode="json", by_alias=True, exclude_unset=True) | {"observedGeneration": 2}
     failed = FeatureRunStatus(

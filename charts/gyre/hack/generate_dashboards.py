@@ -2,7 +2,8 @@
 
 The dashboards are built with Grafana's own builder library, grafana-foundation-sdk (a dev
 dependency), from the short panel tables below: the operator's reconciles, and the data plane
-of Streams (collector and lake sink) and TrainingJobs (workers). Every query names a metric a
+of Streams (collector and lake sink), TrainingJobs (workers) and InferenceServices (model
+servers and router). Every query names a metric a
 Gyre process exports: `tests/unit/test_chart_dashboards.py` checks the names against the
 metric definitions and that the committed JSON is this script's output, and
 `tests/controlplane/test_prometheus.py` runs every query against a real Prometheus scraping a
@@ -65,6 +66,16 @@ ALLREDUCE_SECONDS = "gyre_trainer_allreduce_seconds"
 STEP = "gyre_trainer_step"
 TOTAL_STEPS = "gyre_trainer_total_steps"
 LOSS = "gyre_trainer_train_loss"
+
+# A model server's (`gyre.pipelines.modelserver.model`), labelled by model and variant, and
+# the router's in front of them (`gyre.pipelines.router.server`), labelled by backend.
+MODEL_REQUESTS = "gyre_model_requests_total"
+MODEL_LATENCY = "gyre_model_request_latency_seconds"
+MODEL_BATCH = "gyre_model_batch_size"
+MODEL_IN_FLIGHT = "gyre_model_inflight_requests"
+MODEL_BREAKER = "gyre_model_breaker_open"
+MODEL_DRIFT = "gyre_model_drift_score"
+ROUTER_REQUESTS = "gyre_router_requests_total"
 
 
 @dataclass(frozen=True)
@@ -388,6 +399,110 @@ def trainingjobs_dashboard() -> Dashboard:
     )
 
 
+# -- InferenceServices --------------------------------------------------------------------------
+
+ISVC = 'namespace=~"$namespace", gyre_dev_owner_name=~"$inferenceservice"'
+ANSWERED = f'{ISVC}, variant!="shadow"'  # what callers got (a shadow's answers are dropped)
+
+
+def inferenceservices_dashboard() -> Dashboard:
+    answered = f"sum (rate({MODEL_REQUESTS}{{{ANSWERED}}}[{RATE}]))"
+    panels = (
+        stat_panel(
+            "Requests / s",
+            "Prediction requests answered by the stable and canary models (shadow excluded).",
+            "reqps",
+            Target(answered, "requests/s"),
+        ),
+        stat_panel(
+            "p99 latency",
+            "99th percentile from a request's arrival at a model server to its answer.",
+            "s",
+            Target(
+                f"histogram_quantile(0.99, sum by (le) (rate({MODEL_LATENCY}_bucket{{{ANSWERED}}}[{RATE}])))",
+                "p99",
+            ),
+        ),
+        stat_panel(
+            "Fallback share",
+            "Answers that were the fallback (deadline missed, model error, breaker open).",
+            "percentunit",
+            Target(
+                f'sum (rate({MODEL_REQUESTS}{{{ANSWERED}, outcome="fallback"}}[{RATE}])) / {answered}',
+                "fallback",
+            ),
+            thresholds=((None, "green"), (0.01, "orange"), (0.05, "red")),
+        ),
+        stat_panel(
+            "Open breakers",
+            "Model servers whose circuit breaker is open or half open.",
+            "short",
+            Target(f"sum ({MODEL_BREAKER}{{{ISVC}}})", "open"),
+            thresholds=((None, "green"), (1, "red")),
+        ),
+        series(
+            "Requests / s by variant and outcome",
+            "Prediction requests per model variant: predicted, fallback, error, rejected (queue full),"
+            " invalid.",
+            "reqps",
+            Target(
+                f"sum by (gyre_dev_owner_name, variant, outcome) (rate({MODEL_REQUESTS}{{{ISVC}}}[{RATE}]))",
+                "{{gyre_dev_owner_name}}/{{variant}} {{outcome}}",
+            ),
+        ),
+        series(
+            "Latency by variant",
+            "Request latency quantiles at the model servers, per variant.",
+            "s",
+            *quantiles(MODEL_LATENCY, ISVC, "variant", "{{variant}}"),
+        ),
+        series(
+            "Traffic by backend",
+            "Requests the router sent to each backend (stable predictor, canary); the measured split.",
+            "reqps",
+            Target(
+                f"sum by (gyre_dev_owner_name, backend) (rate({ROUTER_REQUESTS}{{{ISVC}}}[{RATE}]))",
+                "{{gyre_dev_owner_name}}/{{backend}}",
+            ),
+        ),
+        series(
+            "Batch size",
+            "Rows per forward pass of the dynamic batcher, per variant.",
+            "short",
+            *quantiles(MODEL_BATCH, ISVC, "variant", "{{variant}}")[::2],
+        ),
+        series(
+            "In-flight requests",
+            "Requests being answered now, all replicas of a variant together (what autoscaling on"
+            " concurrency follows).",
+            "short",
+            Target(f"sum by (variant) ({MODEL_IN_FLIGHT}{{{ISVC}}})", "{{variant}}"),
+        ),
+        series(
+            "Input drift by feature",
+            "Drift of the live inputs from the training sample (PSI or KS, monitoring.drift), per feature.",
+            "short",
+            Target(f"max by (variant, feature) ({MODEL_DRIFT}{{{ISVC}}})", "{{variant}} {{feature}}"),
+        ),
+    )
+    return Dashboard(
+        "gyre-inferenceservices.json",
+        "gyre-inferenceservices",
+        "Gyre / InferenceServices",
+        ("gyre", "inferenceservice"),
+        (
+            Variable("namespace", "Namespace", MODEL_REQUESTS, "namespace"),
+            Variable(
+                "inferenceservice",
+                "InferenceService",
+                f'{MODEL_REQUESTS}{{namespace=~"$namespace"}}',
+                "gyre_dev_owner_name",
+            ),
+        ),
+        panels,
+    )
+
+
 # -- rendering ----------------------------------------------------------------------------------
 
 
@@ -486,7 +601,12 @@ def build_dashboard(spec: Dashboard) -> dict[str, Any]:
 
 def dashboards() -> dict[str, dict[str, Any]]:
     """File name -> dashboard JSON, for every dashboard the chart ships."""
-    specs = (operator_dashboard(), streams_dashboard(), trainingjobs_dashboard())
+    specs = (
+        operator_dashboard(),
+        streams_dashboard(),
+        trainingjobs_dashboard(),
+        inferenceservices_dashboard(),
+    )
     return {spec.file: build_dashboard(spec) for spec in specs}
 
 
