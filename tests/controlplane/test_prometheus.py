@@ -3,7 +3,8 @@
 A running system on the local runtime: the operator, a Stream (broker, collector, lake sink)
 receiving valid and invalid events all along, a two-worker TrainingJob, and an InferenceService
 (model server and router, with drift monitoring) serving a shorter TrainingJob's model and
-answering prediction requests all along. A Prometheus
+answering prediction requests all along, and a FeatureJob (Spark) over the Stream's lake with an
+online store (whose figures the operator exports). A Prometheus
 (Debian's package) scrapes the operator and every workload's metrics port each second; each
 dashboard query, with Grafana's variables expanded as Grafana would ("All", a rate interval),
 must return at least one series with a finite value (`/api/v1/query`), and each variable's
@@ -73,7 +74,7 @@ def has_data(prometheus: Prometheus, expr: str) -> tuple[bool, object]:
 
 @pytest.fixture
 def operator(cluster: Cluster, tmp_path: Path) -> Iterator[OperatorProcess]:
-    yield from running_operator(cluster, tmp_path, "prom", "local", show="gst,gtj,ginf", log_lines=150)
+    yield from running_operator(cluster, tmp_path, "prom", "local", show="gst,gtj,ginf,gfj", log_lines=150)
 
 
 @pytest.fixture
@@ -162,6 +163,25 @@ def predict(url: str) -> Callable[[int], None]:
 SERVED = "churn-serving"
 
 
+def feature_job(offline: Path) -> str:
+    """Features of the Stream's users, with an online store (a redis-server the operator runs)."""
+    return f"""
+apiVersion: gyre.dev/v1alpha1
+kind: FeatureJob
+metadata: {{name: clicks-features}}
+spec:
+  source: {{stream: clicks}}
+  entity: user_id
+  timestampField: ts
+  features:
+    - {{name: sessions_1d, aggregation: count, window: 1d}}
+  offline: {{uri: "file://{offline}"}}
+  online: {{enabled: true, ttl: 48h}}
+  validation:
+    expectations: [{{column: sessions_1d, min: 0}}]
+"""
+
+
 def inference_service(model_job: str) -> str:
     return f"""
 apiVersion: gyre.dev/v1alpha1
@@ -187,6 +207,7 @@ def test_every_dashboard_query_returns_data(
     # A short one, whose model an InferenceService serves.
     op.apply(job("churn-small", data, tmp_path / "models-small", epochs=1, every=1000, workers=1))
     op.apply(inference_service("churn-small"))
+    op.apply(feature_job(tmp_path / "features"))
 
     def stream_ready() -> dict[str, Any]:
         st = dict(op.get("stream", "clicks").get("status") or {})
@@ -199,6 +220,11 @@ def test_every_dashboard_query_returns_data(
         progress = (op.get("trainingjob", "churn").get("status") or {}).get("progress") or {}
         assert progress.get("step", 0) > 0, progress
 
+    def features_published() -> None:
+        assert (op.status("featurejob", "clicks-features").get("online") or {}).get("keys"), op.status(
+            "featurejob", "clicks-features"
+        )
+
     def serving() -> str:
         assert op.condition("inferenceservice", SERVED, "Ready")["status"] == "True"
         return str(op.status("inferenceservice", SERVED)["url"])
@@ -207,6 +233,7 @@ def test_every_dashboard_query_returns_data(
         poster = senders.enter_context(Sender("posting events", post_events(collector_url)))
         eventually(training, timeout=240, interval=1)
         serving_url = eventually(serving, timeout=300, interval=1)
+        eventually(features_published, timeout=300, interval=1)
         predictor = senders.enter_context(Sender("predicting", predict(serving_url), interval_s=0.2))
         targets = [
             Target("gyre-operator", f"127.0.0.1:{op.metrics_port}"),
@@ -228,7 +255,7 @@ def test_every_dashboard_query_returns_data(
             for dashboard in [json.loads(path.read_text())]
             for expr in generator.queries(dashboard)
         ]
-        assert len({name for name, _, _ in queries}) == 4
+        assert len({name for name, _, _ in queries}) == 5
         pending = {q[2] for q in queries}
         last: dict[str, object] = {}
         started = time.monotonic()

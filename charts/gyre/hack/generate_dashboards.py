@@ -2,8 +2,9 @@
 
 The dashboards are built with Grafana's own builder library, grafana-foundation-sdk (a dev
 dependency), from the short panel tables below: the operator's reconciles, and the data plane
-of Streams (collector and lake sink), TrainingJobs (workers) and InferenceServices (model
-servers and router). Every query names a metric a
+of Streams (collector and lake sink), FeatureJobs (their runs and online stores, as the
+operator reports them), TrainingJobs (workers) and InferenceServices (model servers and
+router). Every query names a metric a
 Gyre process exports: `tests/unit/test_chart_dashboards.py` checks the names against the
 metric definitions and that the committed JSON is this script's output, and
 `tests/controlplane/test_prometheus.py` runs every query against a real Prometheus scraping a
@@ -66,6 +67,16 @@ ALLREDUCE_SECONDS = "gyre_trainer_allreduce_seconds"
 STEP = "gyre_trainer_step"
 TOTAL_STEPS = "gyre_trainer_total_steps"
 LOSS = "gyre_trainer_train_loss"
+
+# Per FeatureJob, from the statuses the operator computes (`gyre.operator.metrics`).
+FEATURE_ROWS = "gyre_featurejob_last_run_rows"
+FEATURE_ENTITIES = "gyre_featurejob_last_run_entities"
+FEATURE_SECONDS = "gyre_featurejob_last_run_duration_seconds"
+FEATURE_SUCCEEDED = "gyre_featurejob_last_run_succeeded"
+FEATURE_RUN_TIME = "gyre_featurejob_last_run_timestamp_seconds"
+FEATURE_KEYS = "gyre_featurejob_online_keys"
+FEATURE_NEWEST = "gyre_featurejob_online_newest_feature_timestamp_seconds"
+FEATURE_VIOLATIONS = "gyre_featurejob_validation_failures"
 
 # A model server's (`gyre.pipelines.modelserver.model`), labelled by model and variant, and
 # the router's in front of them (`gyre.pipelines.router.server`), labelled by backend.
@@ -399,6 +410,77 @@ def trainingjobs_dashboard() -> Dashboard:
     )
 
 
+# -- FeatureJobs ---------------------------------------------------------------------------------
+
+FJ = 'namespace=~"$namespace", featurejob=~"$featurejob"'
+
+
+def featurejobs_dashboard() -> Dashboard:
+    panels = (
+        stat_panel(
+            "Training rows",
+            "Rows of the last finished run of the selected FeatureJobs, together.",
+            "short",
+            Target(f"sum ({FEATURE_ROWS}{{{FJ}}})", "rows"),
+        ),
+        stat_panel(
+            "Online entities",
+            "Entities the last materialization wrote to the online stores.",
+            "short",
+            Target(f"sum ({FEATURE_KEYS}{{{FJ}}})", "entities"),
+        ),
+        stat_panel(
+            "Oldest online values",
+            "Age of the newest feature time in the stalest online store (what serving reads).",
+            "s",
+            Target(f"max (time() - {FEATURE_NEWEST}{{{FJ}}})", "age"),
+        ),
+        stat_panel(
+            "Failed last runs",
+            "FeatureJobs whose last run failed (the previous version stays published).",
+            "short",
+            Target(f"sum (1 - {FEATURE_SUCCEEDED}{{{FJ}}})", "failed"),
+            thresholds=((None, "green"), (1, "red")),
+        ),
+        series(
+            "Rows and entities by job",
+            "Rows and entities of each FeatureJob's last finished run.",
+            "short",
+            Target(f"max by (featurejob) ({FEATURE_ROWS}{{{FJ}}})", "{{featurejob}} rows"),
+            Target(f"max by (featurejob) ({FEATURE_ENTITIES}{{{FJ}}})", "{{featurejob}} entities"),
+        ),
+        series(
+            "Run duration by job",
+            "Wall time of each FeatureJob's last finished run.",
+            "s",
+            Target(f"max by (featurejob) ({FEATURE_SECONDS}{{{FJ}}})", "{{featurejob}}"),
+        ),
+        series(
+            "Time since the last run",
+            "How long ago each FeatureJob's last run finished.",
+            "s",
+            Target(f"max by (featurejob) (time() - {FEATURE_RUN_TIME}{{{FJ}}})", "{{featurejob}}"),
+        ),
+        series(
+            "Validation failures by job",
+            "Rows of the last run that broke a validation expectation.",
+            "short",
+            Target(f"max by (featurejob) ({FEATURE_VIOLATIONS}{{{FJ}}})", "{{featurejob}}"),
+        ),
+    )
+    return Dashboard(
+        "gyre-featurejobs.json",
+        "gyre-featurejobs",
+        "Gyre / FeatureJobs",
+        ("gyre", "featurejob"),
+        (
+            Variable("namespace", "Namespace", FEATURE_ROWS, "namespace"),
+            Variable("featurejob", "FeatureJob", f'{FEATURE_ROWS}{{namespace=~"$namespace"}}', "featurejob"),
+        ),
+        panels,
+    )
+
+
 # -- InferenceServices --------------------------------------------------------------------------
 
 ISVC = 'namespace=~"$namespace", gyre_dev_owner_name=~"$inferenceservice"'
@@ -604,6 +686,7 @@ def dashboards() -> dict[str, dict[str, Any]]:
     specs = (
         operator_dashboard(),
         streams_dashboard(),
+        featurejobs_dashboard(),
         trainingjobs_dashboard(),
         inferenceservices_dashboard(),
     )

@@ -1,9 +1,11 @@
 """Prometheus metrics of the operator: reconciles, errors and durations per kind, and the
-figures of objects the operator computes (an Experiment's trials by state, its best value)."""
+figures of objects the operator computes (an Experiment's trials by state, its best value; a
+FeatureJob's last run, online store and validation failures)."""
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,25 +46,107 @@ EXPERIMENT_BEST = Gauge(
     "The best objective value of each Experiment's search so far (one objective)",
     ["namespace", "experiment"],
 )
+TRIAL_STATES = ("running", "completed", "pruned", "failed", "stopped")
+
+_FJ = ["namespace", "featurejob"]
+FEATURE_RUN_ROWS = Gauge("gyre_featurejob_last_run_rows", "Rows of each FeatureJob's last finished run", _FJ)
+FEATURE_RUN_ENTITIES = Gauge(
+    "gyre_featurejob_last_run_entities", "Entities of each FeatureJob's last finished run", _FJ
+)
+FEATURE_RUN_SECONDS = Gauge(
+    "gyre_featurejob_last_run_duration_seconds", "Wall time of each FeatureJob's last finished run", _FJ
+)
+FEATURE_RUN_SUCCEEDED = Gauge(
+    "gyre_featurejob_last_run_succeeded", "1 when each FeatureJob's last finished run succeeded, else 0", _FJ
+)
+FEATURE_RUN_TIME = Gauge(
+    "gyre_featurejob_last_run_timestamp_seconds", "When each FeatureJob's last run finished (Unix time)", _FJ
+)
+FEATURE_ONLINE_KEYS = Gauge(
+    "gyre_featurejob_online_keys",
+    "Entities each FeatureJob's last materialization wrote to the online store",
+    _FJ,
+)
+FEATURE_NEWEST = Gauge(
+    "gyre_featurejob_online_newest_feature_timestamp_seconds",
+    "Feature time of the newest row in each FeatureJob's online store (Unix time; its age is staleness)",
+    _FJ,
+)
+FEATURE_VIOLATIONS = Gauge(
+    "gyre_featurejob_validation_failures",
+    "Rows of each FeatureJob's last run that broke a validation expectation",
+    _FJ,
+)
+FEATURE_GAUGES = (
+    FEATURE_RUN_ROWS, FEATURE_RUN_ENTITIES, FEATURE_RUN_SECONDS, FEATURE_RUN_SUCCEEDED,
+    FEATURE_RUN_TIME, FEATURE_ONLINE_KEYS, FEATURE_NEWEST, FEATURE_VIOLATIONS,
+)  # fmt: skip
 
 
-def observe_status(kind: str, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-    """The per-object figures of a status the operator just computed."""
-    if kind != "Experiment":
-        return
+def _unix(rfc3339: Any) -> float | None:
+    if not isinstance(rfc3339, str) or not rfc3339:
+        return None
+    try:
+        return dt.datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _set(gauge: Gauge, labels: tuple[str, ...], value: Any) -> None:
+    if isinstance(value, bool):
+        value = 1.0 if value else 0.0
+    if isinstance(value, int | float):
+        gauge.labels(*labels).set(value)
+
+
+def _experiment(namespace: str, name: str, status: Mapping[str, Any]) -> None:
     for state, count in (status.get("trials") or {}).items():
         EXPERIMENT_TRIALS.labels(namespace, name, state).set(count)
-    best = (status.get("best") or {}).get("value")
-    if isinstance(best, int | float):
-        EXPERIMENT_BEST.labels(namespace, name).set(best)
+    _set(EXPERIMENT_BEST, (namespace, name), (status.get("best") or {}).get("value"))
 
 
-def forget(kind: str, namespace: str, name: str) -> None:
-    """Drop the per-object series of a deleted object."""
-    if kind != "Experiment":
-        return
-    for state in ("running", "completed", "pruned", "failed", "stopped"):
+def _featurejob(namespace: str, name: str, status: Mapping[str, Any]) -> None:
+    labels = (namespace, name)
+    run = status.get("lastRun") or {}
+    online = status.get("online") or {}
+    _set(FEATURE_RUN_ROWS, labels, run.get("rows"))
+    _set(FEATURE_RUN_ENTITIES, labels, run.get("entities"))
+    _set(FEATURE_RUN_SECONDS, labels, run.get("durationSeconds"))
+    _set(FEATURE_RUN_SUCCEEDED, labels, run.get("succeeded"))
+    _set(FEATURE_RUN_TIME, labels, _unix(run.get("time")))
+    _set(FEATURE_ONLINE_KEYS, labels, online.get("keys"))
+    _set(FEATURE_NEWEST, labels, _unix(online.get("newestFeatureTime")))
+    if run:
+        _set(FEATURE_VIOLATIONS, labels, status.get("validationFailures") or 0)
+
+
+def _forget_experiment(namespace: str, name: str) -> None:
+    for state in TRIAL_STATES:
         with contextlib.suppress(KeyError):  # never set
             EXPERIMENT_TRIALS.remove(namespace, name, state)
     with contextlib.suppress(KeyError):
         EXPERIMENT_BEST.remove(namespace, name)
+
+
+def _forget_featurejob(namespace: str, name: str) -> None:
+    for gauge in FEATURE_GAUGES:
+        with contextlib.suppress(KeyError):
+            gauge.remove(namespace, name)
+
+
+_OBSERVE = {"Experiment": _experiment, "FeatureJob": _featurejob}
+_FORGET = {"Experiment": _forget_experiment, "FeatureJob": _forget_featurejob}
+
+
+def observe_status(kind: str, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+    """The per-object figures of a status the operator just computed."""
+    observe = _OBSERVE.get(kind)
+    if observe is not None:
+        observe(namespace, name, status)
+
+
+def forget(kind: str, namespace: str, name: str) -> None:
+    """Drop the per-object series of a deleted object."""
+    drop = _FORGET.get(kind)
+    if drop is not None:
+        drop(namespace, name)
