@@ -473,7 +473,7 @@ class Demo:
                 continue
             answered += 1
             imputed += sum(1 for names in body.get("imputed", [[]]) if names)
-            probabilities += [float(p) for p in body.get("predictions", [])]
+            probabilities += [float(p) for p in body.get("predictions", []) if isinstance(p, int | float)]
         latencies.sort()
         p50 = latencies[len(latencies) // 2] if latencies else 0.0
         measured = len(users) - PREDICT_WARMUP

@@ -139,18 +139,37 @@ def feature_kinds(source: ParquetSource, cfg: DatasetConfig) -> list[tuple[str, 
 class Split:
     validation: npt.NDArray[Any]  # bool per global row id
     description: str
+    unlabeled: npt.NDArray[Any] | None = None  # bool per global row id: left out of both sets
+
+    def _kept(self) -> npt.NDArray[Any]:
+        return ~self.unlabeled if self.unlabeled is not None else np.ones(len(self.validation), bool)
 
     @property
     def train_ids(self) -> npt.NDArray[Any]:
-        return np.flatnonzero(~self.validation)
+        return np.flatnonzero(~self.validation & self._kept())
 
     @property
     def validation_ids(self) -> npt.NDArray[Any]:
-        return np.flatnonzero(self.validation)
+        return np.flatnonzero(self.validation & self._kept())
+
+    @property
+    def unlabeled_rows(self) -> int:
+        return int(self.unlabeled.sum()) if self.unlabeled is not None else 0
 
 
-def compute_split(source: ParquetSource, cfg: SplitConfig, timestamp_column: str | None) -> Split:
+def compute_split(
+    source: ParquetSource, cfg: SplitConfig, timestamp_column: str | None, label: str | None = None
+) -> Split:
+    """Training and validation rows; with ``label``, rows whose label is null (a FeatureJob's
+    observation with no event in the label's horizon) are in neither, and a time split's
+    cutoff is taken over the labeled rows."""
     n = source.num_rows
+    unlabeled = None
+    if label is not None:
+        unlabeled = np.asarray(source.read_column(label).is_null().to_numpy(zero_copy_only=False), dtype=bool)
+        if unlabeled.all():
+            raise ConfigError(f"every row's label {label!r} is null: nothing to learn from")
+    kept = ~unlabeled if unlabeled is not None else np.ones(n, bool)
     if cfg.kind == "random":
         rng = np.random.default_rng(cfg.seed)
         mask = rng.random(n) < cfg.validation_fraction
@@ -165,12 +184,14 @@ def compute_split(source: ParquetSource, cfg: SplitConfig, timestamp_column: str
                 else pc.cast(pc.cast(col, pa.date32()), pa.int32())
             )
         ts = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
-        cutoff = float(np.quantile(ts, 1.0 - cfg.validation_fraction, method="lower"))
+        cutoff = float(np.quantile(ts[kept], 1.0 - cfg.validation_fraction, method="lower"))
         mask = ts > cutoff
         desc = f"time on {timestamp_column}: validation after {cutoff:g}"
-    if mask.all() or not mask.any():
+    if unlabeled is not None and unlabeled.any():
+        desc += f"; {int(unlabeled.sum())} rows without a label left out"
+    if (mask & kept).all() or not (mask & kept).any() or not (~mask & kept).any():
         raise ConfigError(f"split ({desc}) leaves an empty training or validation set")
-    return Split(mask, desc)
+    return Split(mask, desc, unlabeled)
 
 
 def shard_ids(train_ids: npt.NDArray[Any], shards: int) -> list[npt.NDArray[Any]]:

@@ -149,7 +149,7 @@ class ShardData:
     def __init__(self, cfg: TrainerConfig, backend: Backend) -> None:
         self.source = ParquetSource(cfg.dataset.path)
         self.kinds = feature_kinds(self.source, cfg.dataset)
-        self.split = compute_split(self.source, cfg.split, cfg.dataset.timestamp_column)
+        self.split = compute_split(self.source, cfg.split, cfg.dataset.timestamp_column, cfg.dataset.label)
         shards = shard_ids(self.split.train_ids, cfg.shards)
         self.owned = owned_shards(cfg.shards, backend.rank, backend.size)
         columns = [n for n, _ in self.kinds] + [cfg.dataset.label]

@@ -64,7 +64,7 @@ def train_tiny_model(tmp: Path) -> Trained:
     tcfg = TrainerConfig.from_dict(cfg)
     source = ParquetSource(tcfg.dataset.path)
     kinds = feature_kinds(source, tcfg.dataset)
-    split = compute_split(source, tcfg.split, tcfg.dataset.timestamp_column)
+    split = compute_split(source, tcfg.split, tcfg.dataset.timestamp_column, tcfg.dataset.label)
     names = [n for n, _ in kinds]
     table: pa.Table = source.read_rows(split.validation_ids, [*names, tcfg.dataset.label, "user_id"])
     raw = to_raw(table, kinds, tcfg.dataset.label)

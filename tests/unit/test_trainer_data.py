@@ -72,6 +72,30 @@ def test_time_split_puts_the_newest_rows_in_validation(dataset: Path) -> None:
     assert split.validation_ids.tolist() == list(range(80, 100))
 
 
+def test_rows_without_a_label_are_in_neither_set(tmp_path: Path) -> None:
+    """A FeatureJob's observation with no event in the label's horizon has a null label: it
+    teaches nothing (a NaN label made the loss NaN), and a time split's cutoff counts the
+    labeled rows only."""
+    ids = np.arange(100)
+    labels = pa.array([None if i % 4 == 0 or i >= 90 else i % 2 for i in ids], pa.int64())
+    pq.write_table(pa.table({"x": ids.astype(np.float64), "ts": ids, "y": labels}), tmp_path / "p.parquet")
+    src = ParquetSource(str(tmp_path))
+    split = compute_split(src, SplitConfig(kind="time", validation_fraction=0.2), "ts", "y")
+    labeled = [i for i in ids if i % 4 != 0 and i < 90]
+    assert split.unlabeled_rows == 100 - len(labeled)
+    assert split.train_ids.tolist() + split.validation_ids.tolist() == labeled
+    n_val = len(split.validation_ids)
+    assert 0.2 * len(labeled) <= n_val <= 0.2 * len(labeled) + 1, n_val  # 20% of the labeled rows
+    assert split.validation_ids.tolist() == labeled[-n_val:]  # the newest
+    assert "left out" in split.description
+    random = compute_split(src, SplitConfig(kind="random", validation_fraction=0.3, seed=1), None, "y")
+    assert sorted(random.train_ids.tolist() + random.validation_ids.tolist()) == labeled
+    none = pa.table({"x": [1.0, 2.0], "ts": [1, 2], "y": pa.array([None, None], pa.int64())})
+    pq.write_table(none, tmp_path / "p.parquet")
+    with pytest.raises(Exception, match="every row's label 'y' is null"):
+        compute_split(ParquetSource(str(tmp_path)), SplitConfig(kind="time"), "ts", "y")
+
+
 def test_random_split_is_seeded(dataset: Path) -> None:
     src = ParquetSource(str(dataset))
     a = compute_split(src, SplitConfig(kind="random", validation_fraction=0.3, seed=1), None)
