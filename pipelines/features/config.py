@@ -82,6 +82,7 @@ class OnlineConfig(_Frozen):
 class FeatureJobConfig(_Frozen):
     name: str
     generation: int
+    run: int = 1  # the run's number: a new number is a new run, even of the same generation
     source: SourceConfig
     entity: str
     timestamp_field: str

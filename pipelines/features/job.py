@@ -37,7 +37,9 @@ class RunState:
 
     def __init__(self, cfg: FeatureJobConfig) -> None:
         self._lock = threading.Condition()
-        self._doc = FeatureRunStatus(generation=cfg.generation, started_at=offline.rfc3339(datetime.now(UTC)))
+        self._doc = FeatureRunStatus(
+            generation=cfg.generation, run=cfg.run, started_at=offline.rfc3339(datetime.now(UTC))
+        )
         self._final_read = False
 
     def update(self, **fields: Any) -> None:

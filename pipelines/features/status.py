@@ -36,6 +36,7 @@ class FeatureRunStatus(StatusDoc):
     reason: str = ""  # for waiting and failed: one of the constants above
     message: str = ""
     generation: int = 0  # of the FeatureJob this run computes
+    run: int = 0  # the run's number (FeatureJobConfig.run)
     started_at: str = ""
     finished_at: str | None = None
     duration_s: float | None = None

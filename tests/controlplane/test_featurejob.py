@@ -50,7 +50,9 @@ def make_events(root: Path, users: int = 30, seed: int = 0) -> None:
     pq.write_table(table, root / "sessions.parquet")
 
 
-def featurejob(name: str, events: Path, out: Path, sql: str = "avg(page_views)", online: str = "") -> str:
+def featurejob(
+    name: str, events: Path, out: Path, sql: str = "avg(page_views)", online: str = "", extra: str = ""
+) -> str:
     return f"""
 apiVersion: gyre.dev/v1alpha1
 kind: FeatureJob
@@ -68,7 +70,7 @@ spec:
     - {{name: churned, expression: "coalesce(max(CAST(churned AS INT)), 1)", horizon: 7d}}
   offline: {{uri: "file://{out}", keep: 2}}
   online: {{ttl: 1h{online}}}
-  spark: {{executor: {{cpu: "2", memory: 1Gi}}}}
+  spark: {{executor: {{cpu: "2", memory: 1Gi}}}}{extra}
 """
 
 
@@ -202,3 +204,39 @@ def test_an_unreachable_redis_is_degraded_with_its_address(operator: OperatorPro
 
     eventually(degraded, timeout=300, interval=1)
     assert "offline" not in status(operator, "nowhere"), "no version is published by a failed run"
+
+
+def test_a_schedule_runs_again_one_run_at_a_time(operator: OperatorProcess, tmp_path: Path) -> None:
+    """Every minute: the first run starts on the spec, the next ones on the schedule's
+    minutes, each after the previous one ended, each publishing a new version and entering the
+    history."""
+    make_events(tmp_path / "events")
+    operator.apply(
+        featurejob("minutely", tmp_path / "events", tmp_path / "out", extra="\n  schedule: '* * * * *'")
+    )
+
+    def ran_on_schedule() -> dict[str, Any]:
+        st = status(operator, "minutely")
+        history = st.get("history") or []
+        assert len(history) >= 2, (st.get("phase"), st.get("currentRun"), history)
+        return st
+
+    st = eventually(ran_on_schedule, timeout=360, interval=2)
+    first, second = reversed(st["history"][:2])
+    assert (first["run"], first["trigger"]) == (1, "spec"), first
+    assert (second["run"], second["trigger"]) == (2, "schedule"), second
+    assert second["scheduledTime"].endswith(":00Z"), second  # a minute of the schedule
+    assert first["succeeded"], first
+    assert second["succeeded"], second
+    assert first["version"] != second["version"]
+
+    def at(text: str) -> float:
+        import datetime as dt
+
+        return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+    # One run at a time: the second started (finish - duration) after the first finished.
+    assert at(second["time"]) - second["durationSeconds"] >= at(first["time"]) - 1.0, (first, second)
+    assert at(st["nextScheduleTime"]) > at(st["lastScheduleTime"])
+    assert st["offline"]["latestVersion"] in {h["version"] for h in st["history"]}
+    assert operator.condition("featurejob", "minutely", "Ready")["status"] == "True"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Any
 
@@ -15,6 +16,7 @@ from gyre.controllers.featurejob import (
     FeatureFacts,
     FeatureJobController,
     decide,
+    plan_run,
 )
 from gyre.core.workload import ConfigDirRef, EndpointRef, RestartPolicy, WorkloadKind, WorkloadStatus
 from gyre.core.workload import WorkloadPhase as P
@@ -331,3 +333,99 @@ def test_expectations_reach_the_run_and_must_name_an_output_column() -> None:
     (problem,) = FeatureJobController().check(meta, bad, {})
     assert "'page_views'" in problem
     assert "sessions_7d" in problem
+
+
+def at(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text).replace(tzinfo=dt.UTC)
+
+
+def stored(
+    current: dict[str, Any] | None, last_run: int | None = None, last_schedule: str | None = None
+) -> Any:
+    from gyre.api.featurejob import FeatureJobStatus
+
+    return FeatureJobStatus.model_validate(
+        {
+            "currentRun": current,
+            "lastRun": {"run": last_run, "succeeded": True} if last_run is not None else None,
+            "lastScheduleTime": last_schedule,
+        }
+    )
+
+
+FIRST = {"number": 1, "generation": 2, "trigger": "spec", "startTime": "2026-01-01T10:00:00Z"}
+
+
+def test_a_new_generation_starts_a_run_at_once_and_a_schedule_starts_the_next_when_due() -> None:
+    hourly = "0 * * * *"
+    first = plan_run(stored(None), 2, hourly, at("2026-01-01T10:00:00"))
+    assert (first.number, first.trigger, first.scheduled_time) == (1, "spec", None)
+    # No schedule: the finished run stays the run, whatever the time.
+    assert plan_run(stored(FIRST, last_run=1), 2, None, at("2026-01-09T00:00:00")).number == 1
+    # Finished, the schedule's next time (11:00) not come yet.
+    assert plan_run(stored(FIRST, last_run=1), 2, hourly, at("2026-01-01T10:59:59")).number == 1
+    due = plan_run(stored(FIRST, last_run=1), 2, hourly, at("2026-01-01T11:00:30"))
+    assert (due.number, due.trigger, due.scheduled_time) == (2, "schedule", "2026-01-01T11:00:00Z")
+    # Missed times are not run one by one: one run, for the latest of them.
+    late = plan_run(stored(FIRST, last_run=1), 2, hourly, at("2026-01-01T15:20:00"))
+    assert (late.number, late.scheduled_time) == (2, "2026-01-01T15:00:00Z")
+    # The next time is counted from the last scheduled time, not from when that run started.
+    second = {**FIRST, "number": 2, "trigger": "schedule", "scheduledTime": "2026-01-01T11:00:00Z",
+              "startTime": "2026-01-01T11:07:00Z"}  # fmt: skip
+    s = stored(second, last_run=2, last_schedule="2026-01-01T11:00:00Z")
+    assert plan_run(s, 2, hourly, at("2026-01-01T11:59:00")).number == 2
+    assert plan_run(s, 2, hourly, at("2026-01-01T12:00:01")).scheduled_time == "2026-01-01T12:00:00Z"
+    # A spec change starts a new run at once, numbered on.
+    assert plan_run(s, 3, hourly, at("2026-01-01T11:30:00")).model_dump() == {
+        "number": 3, "generation": 3, "trigger": "spec", "scheduled_time": None,
+        "start_time": "2026-01-01T11:30:00Z",
+    }  # fmt: skip
+
+
+def test_runs_never_overlap_a_due_time_waits_for_the_run_in_progress() -> None:
+    running = stored(FIRST, last_run=None)  # run 1 has recorded no result yet
+    assert plan_run(running, 2, "* * * * *", at("2026-01-01T10:30:00")).number == 1
+    finished = stored(FIRST, last_run=1)
+    assert plan_run(finished, 2, "* * * * *", at("2026-01-01T10:30:00")).number == 2
+
+
+META = ObjectMeta(kind="FeatureJob", namespace="ns", name="f", uid="u", generation=2)
+
+
+def test_an_invalid_schedule_is_refused_with_what_a_schedule_looks_like() -> None:
+    problems = FeatureJobController().check(META, spec(schedule="61 * * * *"), {})
+    assert any("is not a cron schedule" in p for p in problems), problems
+    assert FeatureJobController().check(META, spec(schedule="@daily"), {}) == []
+
+
+def test_each_finished_run_enters_the_history_once_newest_first() -> None:
+    from gyre.api.featurejob import CurrentRun
+
+    def finish(number: int, old: dict[str, Any]) -> Any:
+        plan = CurrentRun(number=number, generation=2, trigger="schedule" if number > 1 else "spec",
+                          scheduled_time="2026-01-01T11:00:00Z" if number > 1 else None,
+                          start_time="2026-01-01T11:00:05Z")  # fmt: skip
+        v = OfflineVersion(version=f"v{number}", uri=f"file:///f/versions/v{number}", rows=number)
+        doc = FeatureRunStatus(
+            phase="succeeded",
+            generation=2,
+            run=number,
+            rows=number,
+            version=v,
+            versions=[v],
+            finished_at="2026-01-01T11:01:00Z",
+        )
+        inp = StatusInput(META, old, {}, [], {"spark": WorkloadStatus("spark", P.SUCCEEDED)},
+                          FeatureFacts(run=doc, source=LAKE, plan=plan))  # fmt: skip
+        out = FeatureJobController().compute_status(spec(schedule="0 * * * *"), inp)
+        return out.status.model_dump(by_alias=True, exclude_none=True)
+
+    one = finish(1, {})
+    assert [h["run"] for h in one["history"]] == [1]
+    two = finish(2, one)
+    assert [(h["run"], h["trigger"]) for h in two["history"]] == [(2, "schedule"), (1, "spec")]
+    assert two["lastScheduleTime"] == "2026-01-01T11:00:00Z"
+    assert two["nextScheduleTime"] == "2026-01-01T12:00:00Z"
+    assert two["lastRun"]["run"] == 2
+    again = finish(2, two)  # the same run's /status read by a later pass
+    assert [h["run"] for h in again["history"]] == [2, 1]

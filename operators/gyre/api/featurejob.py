@@ -241,6 +241,12 @@ class LastRun(ApiModel):
 
     generation: int | None = None
     """The FeatureJob generation it computed."""
+    run: Annotated[int, Field(ge=1)] | None = None
+    """Its number (runs of a FeatureJob are numbered from 1, across generations)."""
+    trigger: Literal["spec", "schedule"] | None = None
+    """What started it: a spec change (or the first run), or spec.schedule."""
+    scheduled_time: Annotated[str, Field(json_schema_extra={"format": "date-time"})] | None = None
+    """With trigger schedule: the schedule's time it ran for."""
     time: Annotated[str, Field(json_schema_extra={"format": "date-time"})] | None = None
     """When it finished."""
     duration_seconds: float | None = None
@@ -322,8 +328,35 @@ class OnlineStatus(ApiModel):
     """online.ttl in seconds."""
 
 
+class CurrentRun(ApiModel):
+    """The run the FeatureJob is on: in progress, or the last one started."""
+
+    model_config = ConfigDict(frozen=False)
+
+    number: Annotated[int, Field(ge=1)]
+    """The run's number."""
+    generation: int
+    """The FeatureJob generation it computes."""
+    trigger: Literal["spec", "schedule"]
+    """What started it."""
+    scheduled_time: Annotated[str, Field(json_schema_extra={"format": "date-time"})] | None = None
+    """With trigger schedule: the schedule's time it runs for."""
+    start_time: Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+    """When it was started."""
+
+
 class FeatureJobStatus(BaseStatus):
     """The job's conditions and what its runs produced."""
+
+    current_run: CurrentRun | None = None
+    """The run in progress, or the last one started (one run at a time: a schedule's time that
+    passes during a run starts the next run when that one ends)."""
+    last_schedule_time: Annotated[str, Field(json_schema_extra={"format": "date-time"})] | None = None
+    """The schedule's time the last scheduled run ran for."""
+    next_schedule_time: Annotated[str, Field(json_schema_extra={"format": "date-time"})] | None = None
+    """When spec.schedule starts the next run."""
+    history: Annotated[list[LastRun], Field(max_length=20)] = []
+    """The last finished runs, newest first (at most 20)."""
 
     last_run: LastRun | None = None
     """The last run that finished."""

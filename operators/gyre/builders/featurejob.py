@@ -90,7 +90,7 @@ def _seconds(text: str | None) -> float | None:
 
 
 def build_job_config(
-    spec: FeatureJobSpec, namespace: str, name: str, generation: int, source: ResolvedSource
+    spec: FeatureJobSpec, namespace: str, name: str, generation: int, source: ResolvedSource, run: int = 1
 ) -> FeatureJobConfig:
     online = None
     if spec.online is not None and spec.online.enabled:
@@ -108,6 +108,7 @@ def build_job_config(
     return FeatureJobConfig(
         name=name,
         generation=generation,
+        run=run,
         source=SourceConfig(
             kind="lake" if source.kind == "lake" else "parquet",
             uri=source.uri,
@@ -202,8 +203,10 @@ def build_run(spec: FeatureJobSpec, config: FeatureJobConfig) -> Workload:
 
 
 def build_featurejob(
-    spec: FeatureJobSpec, namespace: str, name: str, generation: int, source: ResolvedSource
+    spec: FeatureJobSpec, namespace: str, name: str, generation: int, source: ResolvedSource, run: int = 1
 ) -> list[Workload]:
-    config = build_job_config(spec, namespace, name, generation, source)
+    """The run numbered ``run`` (a new number replaces a finished run with a new one), and the
+    Redis it writes to when the spec names none."""
+    config = build_job_config(spec, namespace, name, generation, source, run)
     out = [build_redis()] if wants_redis(spec) else []
     return [*out, build_run(spec, config)]

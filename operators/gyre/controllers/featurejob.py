@@ -15,7 +15,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from croniter import croniter
+
 from gyre.api.featurejob import (
+    CurrentRun,
     FeatureJobSpec,
     FeatureJobStatus,
     LastRun,
@@ -25,7 +28,7 @@ from gyre.api.featurejob import (
 )
 from gyre.api.stream import StreamSpec, StreamStatus
 from gyre.builders.featurejob import REDIS, RUN, ResolvedSource, build_featurejob, wants_redis
-from gyre.controllers.base import Controller, ObjectMeta, Ref, Resolved, StatusInput, StatusOutput
+from gyre.controllers.base import Controller, Listing, ObjectMeta, Ref, Resolved, StatusInput, StatusOutput
 from gyre.core import conditions as cnd
 from gyre.core.children import ChildKind
 from gyre.core.durations import parse_duration
@@ -44,6 +47,50 @@ WAITING_FOR_LAKE = "WaitingForLake"
 ONLINE_STALE = "OnlineStale"
 ONLINE_STORE_DOWN = "OnlineStoreDown"
 NO_VERSION = "NoVersionYet"
+HISTORY = 20  # finished runs kept in status.history
+
+
+def _rfc3339(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def next_schedule_time(schedule: str, current: CurrentRun, last_schedule_time: str | None) -> dt.datetime:
+    """The schedule's first time after the last one a run was started for (or, before any, after
+    the current run's start)."""
+    base = _parse(last_schedule_time) if last_schedule_time else _parse(current.start_time)
+    nxt: dt.datetime = croniter(schedule, base).get_next(dt.datetime)
+    return nxt
+
+
+def plan_run(old: FeatureJobStatus, generation: int, schedule: str | None, now: dt.datetime) -> CurrentRun:
+    """The run the FeatureJob should be on now. Pure.
+
+    A new generation (or no run yet) starts a run at once (trigger spec). Otherwise, with a
+    schedule, the current run once finished (its result recorded in lastRun) is followed by a
+    new one when the schedule's next time has come: for the latest of the schedule's times that
+    have passed (missed ones are not run one by one); a time that passes while a run is in
+    progress waits for it, so runs never overlap."""
+    cur = old.current_run
+    if cur is None or cur.generation != generation:
+        number = cur.number + 1 if cur is not None else 1
+        return CurrentRun(number=number, generation=generation, trigger="spec", start_time=_rfc3339(now))
+    if schedule is None:
+        return cur
+    finished = old.last_run is not None and old.last_run.run == cur.number
+    if not finished or now < next_schedule_time(schedule, cur, old.last_schedule_time):
+        return cur
+    due: dt.datetime = croniter(schedule, now + dt.timedelta(seconds=1)).get_prev(dt.datetime)
+    return CurrentRun(
+        number=cur.number + 1,
+        generation=generation,
+        trigger="schedule",
+        scheduled_time=_rfc3339(due),
+        start_time=_rfc3339(now),
+    )
 
 
 def _source(spec: FeatureJobSpec, deps: Mapping[str, Resolved]) -> ResolvedSource | None:
@@ -62,6 +109,7 @@ def _source(spec: FeatureJobSpec, deps: Mapping[str, Resolved]) -> ResolvedSourc
 class FeatureFacts:
     run: FeatureRunStatus | None = None  # the run's /status (None: not answering)
     source: ResolvedSource | None = None
+    plan: CurrentRun | None = None  # the run this pass is on (`plan_run`)
 
 
 class FeatureJobController(Controller[FeatureJobSpec]):
@@ -83,6 +131,11 @@ class FeatureJobController(Controller[FeatureJobSpec]):
                 )
         if len(set(names)) != len(names):
             problems.append("feature and label names must differ from each other")
+        if spec.schedule is not None and not croniter.is_valid(spec.schedule):
+            problems.append(
+                f"spec.schedule {spec.schedule!r} is not a cron schedule (five fields, minute hour"
+                " day-of-month month day-of-week, e.g. '0 3 * * *', or @hourly, @daily, @weekly)"
+            )
         columns = {*names, spec.entity, spec.timestamp_field}
         for e in spec.validation.expectations if spec.validation else []:
             if e.column not in columns:
@@ -114,6 +167,17 @@ class FeatureJobController(Controller[FeatureJobSpec]):
                 )
         return problems
 
+    async def prepare(
+        self,
+        meta: ObjectMeta,
+        spec: FeatureJobSpec,
+        status: Mapping[str, Any],
+        runtime: Runtime,
+        listing: Listing,
+    ) -> CurrentRun:
+        """The run to be on (`plan_run`): what `build` renders and `compute_status` records."""
+        return plan_run(_stored(status), meta.generation, spec.schedule, dt.datetime.now(dt.UTC))
+
     def build(
         self,
         meta: ObjectMeta,
@@ -127,7 +191,8 @@ class FeatureJobController(Controller[FeatureJobSpec]):
         source = _source(spec, deps)
         if source is None:
             return []
-        return build_featurejob(spec, meta.namespace, meta.name, meta.generation, source)
+        plan: CurrentRun = prepared
+        return build_featurejob(spec, meta.namespace, meta.name, meta.generation, source, plan.number)
 
     async def converge(
         self,
@@ -138,31 +203,43 @@ class FeatureJobController(Controller[FeatureJobSpec]):
         prepared: Any,
         workloads: Sequence[Workload],
     ) -> FeatureFacts:
+        plan: CurrentRun = prepared
         run = next((w for w in workloads if w.name == RUN), None)
         if run is None:
-            return FeatureFacts(source=_source(spec, deps))
+            return FeatureFacts(source=_source(spec, deps), plan=plan)
         docs = await runtime.read_status(meta.owner, run)
         doc = FeatureRunStatus.parse(next(iter(docs), None))
-        if doc is not None and doc.generation != meta.generation:
-            doc = None  # the previous generation's run, still exiting
-        return FeatureFacts(run=doc, source=_source(spec, deps))
+        if doc is not None and doc.run != plan.number:
+            doc = None  # the previous run, still exiting
+        return FeatureFacts(run=doc, source=_source(spec, deps), plan=plan)
 
     def compute_status(self, spec: FeatureJobSpec, inp: StatusInput) -> StatusOutput:
         facts: FeatureFacts = inp.facts or FeatureFacts()
-        old = FeatureJobStatus.model_validate(
-            {k: v for k, v in inp.old_status.items() if k not in ("conditions",)}
-        )
+        old = _stored(inp.old_status)
+        plan = facts.plan or plan_run(old, inp.meta.generation, spec.schedule, dt.datetime.now(dt.UTC))
         out = FeatureJobStatus(
             features=[f.name for f in spec.features],
             labels=[lab.name for lab in spec.labels],
             entity=spec.entity,
             timestamp_field=spec.timestamp_field,
+            current_run=plan,
+            last_schedule_time=plan.scheduled_time or old.last_schedule_time,
+            history=list(old.history),
         )
-        gen = inp.meta.generation
         doc = facts.run
         if doc is not None and doc.phase in ("succeeded", "failed"):
             record_run(out, old, spec, doc)
+            assert out.last_run is not None
+            out.last_run.run, out.last_run.trigger = plan.number, plan.trigger
+            out.last_run.scheduled_time = plan.scheduled_time
+            if not any(h.run == plan.number for h in out.history):
+                out.history = [out.last_run.model_copy(), *out.history][:HISTORY]
         last = out.last_run or old.last_run
+        until_next: float | None = None
+        if spec.schedule is not None:
+            nxt = next_schedule_time(spec.schedule, plan, out.last_schedule_time)
+            out.next_schedule_time = _rfc3339(nxt)
+            until_next = max(1.0, (nxt - dt.datetime.now(dt.UTC)).total_seconds())
         offline = out.offline or old.offline
         online = out.online or old.online
         run = inp.observed.get(RUN)
@@ -173,7 +250,7 @@ class FeatureJobController(Controller[FeatureJobSpec]):
                 run_phase=run.phase if run else None,
                 run_message=(run.message if run else "") or "",
                 doc=doc,
-                last=last if last is not None and last.generation == gen else None,
+                last=last if last is not None and last.run == plan.number else None,
                 has_version=bool(offline and offline.latest_version),
                 online_wanted=spec.online is not None and spec.online.enabled,
                 online_expires_in_s=_expires_in(online),
@@ -182,12 +259,16 @@ class FeatureJobController(Controller[FeatureJobSpec]):
         )
         if decision.failure is not None:
             out.failure_message = decision.failure
+        requeue = decision.requeue_after
+        if until_next is not None:
+            requeue = until_next if requeue is None else min(requeue, until_next)
         return StatusOutput(
-            status=out,
-            conditions=decision.conditions,
-            phase=decision.phase,
-            requeue_after=decision.requeue_after,
+            status=out, conditions=decision.conditions, phase=decision.phase, requeue_after=requeue
         )
+
+
+def _stored(status: Mapping[str, Any]) -> FeatureJobStatus:
+    return FeatureJobStatus.model_validate({k: v for k, v in status.items() if k != "conditions"})
 
 
 def record_run(
