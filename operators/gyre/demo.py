@@ -609,8 +609,13 @@ def _summary(obj: dict[str, Any]) -> str:
     return text
 
 
+# Six days: the FeatureJob's 7-day windows see a user's history, and its 2-day label horizon
+# has elapsed for the observations of the first four.
+CLICKSTREAM_SPAN_MS = 6 * 86_400_000
+
+
 def clickstream(n: int, seed: int) -> list[dict[str, Any]]:
-    """Sessions of a subscription app, a quarter as many users as sessions. A user keeps a
+    """Sessions of a subscription app over six days, a quarter as many users as sessions. A user keeps a
     plan, an engagement level and a propensity to file support tickets; a session's churn flag
     depends on the session and the plan. So a user's last week (the FeatureJob's features)
     predicts whether they churn in the next days (its label), and a session's own fields
@@ -618,6 +623,7 @@ def clickstream(n: int, seed: int) -> list[dict[str, Any]]:
     dead-letter topic)."""
     rng = random.Random(seed)
     start = 1_735_689_600_000  # 2025-01-01
+    spacing_ms = CLICKSTREAM_SPAN_MS // max(n, 1)  # whatever n, the sessions span the same days
     users = [
         (
             rng.choices(["free", "pro", "team"], [0.6, 0.3, 0.1])[0],
@@ -638,7 +644,7 @@ def clickstream(n: int, seed: int) -> list[dict[str, Any]]:
         churned = score + rng.gauss(0, 0.5) > -0.6
         event: dict[str, Any] = {
             "user_id": f"u{user:05d}",
-            "ts": start + i * 90_000,
+            "ts": start + i * spacing_ms,
             "device": device,
             "plan": plan,
             "page_views": views,

@@ -22,7 +22,7 @@ from tests.support import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.controlplane]
 
-EVENTS = 1500
+EVENTS = 6000  # six days of sessions: the FeatureJob's 2-day label horizon leaves four days of training rows
 ACCEPTED = EVENTS - EVENTS // 100  # one session in a hundred is malformed
 FIRST_BATCH_ACCEPTED = 495  # the demo posts batches of 500; 5 of the first are malformed
 
