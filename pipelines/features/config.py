@@ -61,6 +61,15 @@ class ExpectationConfig(_Frozen):
     allowed_values: tuple[str, ...] | None = None
 
 
+class DriftConfig(_Frozen):
+    """Each run's features against a baseline sample (`gyre.pipelines.features.drift`)."""
+
+    metric: Literal["psi", "ks"] = "psi"
+    threshold: float = 0.2
+    baseline_uri: str | None = None  # None: the first successful run's rows, kept beside the versions
+    sample_rows: int = 20_000
+
+
 class SourceField(_Frozen):
     name: str
     type: str  # the Stream schema's type: string|int|long|double|boolean|timestamp|...
@@ -94,6 +103,7 @@ class FeatureJobConfig(_Frozen):
     online: OnlineConfig | None = None
     expectations: tuple[ExpectationConfig, ...] = ()
     fail_on_violation: bool = True
+    drift: DriftConfig | None = None
     master: str = "local[1]"
     spark_conf: Mapping[str, str] = {}
     driver_memory: str = "1g"

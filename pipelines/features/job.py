@@ -84,7 +84,7 @@ def wait_for_data(cfg: FeatureJobConfig, state: RunState) -> offline.SourceSnaps
 
 
 def run(cfg: FeatureJobConfig, state: RunState) -> int:
-    from gyre.pipelines.features import checks, pit  # Spark is imported by the driver only
+    from gyre.pipelines.features import checks, drift, pit  # Spark is imported by the driver only
     from pyspark.sql import SparkSession
     from pyspark.sql import functions as F  # noqa: N812
 
@@ -160,6 +160,12 @@ def run(cfg: FeatureJobConfig, state: RunState) -> int:
         schema_doc = {f.name: f.dataType.simpleString() for f in training.schema.fields}
         written = offline.commit_version(cfg.offline_uri, version, tmp, n_rows, snap.version, schema_doc)
         kept = offline.prune_versions(cfg.offline_uri, cfg.keep_versions)
+        if cfg.drift is not None:
+            state.update(step="scoring drift")
+            scores, where = drift.scores(
+                spark, training, [f.name for f in cfg.features], cfg.drift, cfg.offline_uri
+            )
+            state.update(drift=scores, drift_baseline=where)
         state.update(
             rows=n_rows,
             unlabeled_rows=int(counts["all"]) - n_rows,

@@ -37,6 +37,8 @@ class FeatureRunStatus(StatusDoc):
     message: str = ""
     generation: int = 0  # of the FeatureJob this run computes
     run: int = 0  # the run's number (FeatureJobConfig.run)
+    drift: dict[str, float] | None = None  # per feature, against the baseline (config.drift)
+    drift_baseline: str = ""  # where the baseline is
     started_at: str = ""
     finished_at: str | None = None
     duration_s: float | None = None

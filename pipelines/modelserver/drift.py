@@ -4,10 +4,8 @@ Both sides are compared as the network sees them (preprocessed): the artifact's 
 sample of training rows, and the rows of the last ``window_s`` seconds of requests (at most
 ``max_rows``). Per feature:
 
-* numeric: ``psi`` — the population stability index over ten quantile bins of the reference
-  (bins with no rows count as 0.5 rows, so an empty bin does not divide by zero); or ``ks`` —
-  the two-sample Kolmogorov-Smirnov statistic (`scipy.stats.ks_2samp`). Standardising is
-  monotone, so both equal their values on the raw inputs.
+* numeric: ``psi`` or ``ks`` (`gyre.pipelines._common.drift`). Standardising is monotone, so
+  both equal their values on the raw inputs.
 * categorical: the PSI over the training vocabulary plus the unknown slot, whichever metric.
 
 A score is computed once ``min_rows`` live rows are in the window (None before).
@@ -22,18 +20,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from scipy import stats
-
-BINS = 10
-EMPTY_BIN = 0.5
-
-
-def psi(expected: npt.NDArray[Any], actual: npt.NDArray[Any]) -> float:
-    """PSI of two count vectors over the same bins."""
-    e = np.maximum(expected.astype(np.float64), EMPTY_BIN)
-    a = np.maximum(actual.astype(np.float64), EMPTY_BIN)
-    e, a = e / e.sum(), a / a.sum()
-    return float(np.sum((a - e) * np.log(a / e)))
+from gyre.pipelines._common.drift import numeric_score, psi, quantile_edges
 
 
 class DriftMonitor:
@@ -58,10 +45,7 @@ class DriftMonitor:
         self.min_rows = min_rows
         self.clock = clock
         self._rows: collections.deque[tuple[float, npt.NDArray[Any]]] = collections.deque(maxlen=max_rows)
-        self._edges = [
-            np.unique(np.quantile(reference[:, j], np.linspace(0, 1, BINS + 1)[1:-1]))
-            for j in range(len(self.numeric))
-        ]
+        self._edges = [quantile_edges(reference[:, j]) for j in range(len(self.numeric))]
 
     def observe(self, x: npt.NDArray[Any]) -> None:
         now = self.clock()
@@ -81,15 +65,7 @@ class DriftMonitor:
             return None
         out: dict[str, float] = {}
         for j, name in enumerate(self.numeric):
-            ref, cur = self.reference[:, j], live[:, j]
-            if self.metric == "ks":
-                out[name] = float(stats.ks_2samp(ref, cur).statistic)
-            else:
-                edges = self._edges[j]
-                out[name] = psi(
-                    np.bincount(np.searchsorted(edges, ref, side="right"), minlength=len(edges) + 1),
-                    np.bincount(np.searchsorted(edges, cur, side="right"), minlength=len(edges) + 1),
-                )
+            out[name] = numeric_score(self.reference[:, j], live[:, j], self.metric, self._edges[j])
         offset = len(self.numeric)
         for name, width in self.categorical:
             ref = self.reference[:, offset : offset + width].sum(axis=0)

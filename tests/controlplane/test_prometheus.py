@@ -179,6 +179,7 @@ spec:
   online: {{enabled: true, ttl: 48h}}
   validation:
     expectations: [{{column: sessions_1d, min: 0}}]
+    driftBaseline: {{metric: psi, threshold: 0.2}}
 """
 
 

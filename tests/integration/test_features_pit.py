@@ -346,3 +346,40 @@ def test_expectation_violations_are_counted_per_column(spark: Any) -> None:
     assert checks.count_violations(df, rules) == want
     assert want["n"] > 0
     assert want["plan"] > 0
+
+
+def test_drift_is_scored_against_the_first_runs_baseline(spark: Any, tmp_path: Path) -> None:
+    """The first run keeps its rows as the baseline and scores 0 against itself; a later run
+    whose x moved by one standard deviation scores x high and the unmoved features low (PSI and
+    KS); a baseline the spec names is read instead of the first run's."""
+    from gyre.pipelines.features import drift
+    from gyre.pipelines.features.config import DriftConfig
+
+    def rows(shift: float, seed: int) -> Any:
+        rng = random.Random(seed)
+        data = [
+            (rng.gauss(shift, 1.0), rng.gauss(0.0, 1.0), rng.choice(["free", "pro"])) for _ in range(4000)
+        ]
+        return spark.createDataFrame(data, "x double, y double, plan string")
+
+    features = ["x", "y", "plan"]
+    store = f"file://{tmp_path / 'offline'}"
+    first, where = drift.scores(spark, rows(0.0, 1), features, DriftConfig(), store)
+    assert where == f"{store}/baseline"
+    assert (tmp_path / "offline" / "baseline" / "_SUCCESS").exists()
+    assert first == {"x": 0.0, "y": 0.0, "plan": 0.0}
+    same, _ = drift.scores(spark, rows(0.0, 2), features, DriftConfig(), store)
+    assert max(same.values()) < 0.05, same
+    moved, _ = drift.scores(spark, rows(1.0, 3), features, DriftConfig(), store)
+    assert moved["x"] > 0.5, moved
+    assert moved["y"] < 0.05, moved
+    assert moved["plan"] < 0.05, moved
+    assert drift.drifted(moved, 0.2) == ["x"]
+    ks, _ = drift.scores(spark, rows(1.0, 4), features, DriftConfig(metric="ks"), store)
+    assert 0.3 < ks["x"] < 0.45, ks  # the KS distance of N(0,1) and N(1,1) is 0.383
+    assert ks["y"] < 0.05, ks
+    named = str(tmp_path / "named")
+    rows(1.0, 5).write.parquet(named)
+    against_named, where = drift.scores(spark, rows(1.0, 6), features, DriftConfig(baseline_uri=named), store)
+    assert where == named
+    assert against_named["x"] < 0.05, against_named

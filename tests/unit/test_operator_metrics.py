@@ -22,6 +22,7 @@ def test_a_featurejobs_last_run_and_online_store_are_exported_and_forgotten() ->
         },
         "online": {"keys": 300, "newestFeatureTime": "2026-01-02T00:00:00Z"},
         "validationFailures": 4,
+        "drift": {"sessions_7d": 0.31, "views_7d": 0.02},
     }
     metrics.observe_status("FeatureJob", "ml", "churn-features", status)
     one = {"namespace": "ml", "featurejob": "churn-features"}
@@ -33,15 +34,24 @@ def test_a_featurejobs_last_run_and_online_store_are_exported_and_forgotten() ->
     assert value("gyre_featurejob_online_keys", **one) == 300
     assert value("gyre_featurejob_online_newest_feature_timestamp_seconds", **one) == 1767312000
     assert value("gyre_featurejob_validation_failures", **one) == 4
+    assert value("gyre_featurejob_drift_score", **one, feature="sessions_7d") == 0.31
 
-    failed = {**status, "lastRun": {**status["lastRun"], "succeeded": False}, "validationFailures": None}
+    failed = {
+        **status,
+        "lastRun": {**status["lastRun"], "succeeded": False},
+        "validationFailures": None,
+        "drift": {"views_7d": 0.5},  # a feature no longer scored loses its series
+    }
     metrics.observe_status("FeatureJob", "ml", "churn-features", failed)
     assert value("gyre_featurejob_last_run_succeeded", **one) == 0
     assert value("gyre_featurejob_validation_failures", **one) == 0
+    assert value("gyre_featurejob_drift_score", **one, feature="sessions_7d") is None
+    assert value("gyre_featurejob_drift_score", **one, feature="views_7d") == 0.5
 
     metrics.forget("FeatureJob", "ml", "churn-features")
     assert value("gyre_featurejob_last_run_rows", **one) is None
     assert value("gyre_featurejob_online_keys", **one) is None
+    assert value("gyre_featurejob_drift_score", **one, feature="views_7d") is None
 
 
 def test_a_featurejob_before_its_first_run_exports_nothing() -> None:

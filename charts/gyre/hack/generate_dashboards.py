@@ -77,6 +77,7 @@ FEATURE_RUN_TIME = "gyre_featurejob_last_run_timestamp_seconds"
 FEATURE_KEYS = "gyre_featurejob_online_keys"
 FEATURE_NEWEST = "gyre_featurejob_online_newest_feature_timestamp_seconds"
 FEATURE_VIOLATIONS = "gyre_featurejob_validation_failures"
+FEATURE_DRIFT = "gyre_featurejob_drift_score"
 
 # A model server's (`gyre.pipelines.modelserver.model`), labelled by model and variant, and
 # the router's in front of them (`gyre.pipelines.router.server`), labelled by backend.
@@ -466,6 +467,13 @@ def featurejobs_dashboard() -> Dashboard:
             "Rows of the last run that broke a validation expectation.",
             "short",
             Target(f"max by (featurejob) ({FEATURE_VIOLATIONS}{{{FJ}}})", "{{featurejob}}"),
+        ),
+        series(
+            "Drift by feature",
+            "Each feature's drift score (PSI or KS) against the FeatureJob's baseline (validation.driftBaseline).",
+            "short",
+            Target(f"max by (featurejob, feature) ({FEATURE_DRIFT}{{{FJ}}})", "{{featurejob}} {{feature}}"),
+            width=24,
         ),
     )
     return Dashboard(

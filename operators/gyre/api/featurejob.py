@@ -380,6 +380,14 @@ class FeatureJobStatus(BaseStatus):
     """Expectation violations of the last run per column."""
     drift_score: float | None = None
     """The largest drift score of any feature against the baseline, in the last run."""
+    drift: Annotated[dict[str, float], Field(max_length=256)] = {}
+    """Each feature's drift score against the baseline in the last successful run
+    (validation.driftBaseline)."""
+    drifted_features: Annotated[list[str], Field(max_length=256)] = []
+    """The features whose score is above validation.driftBaseline.threshold."""
+    drift_baseline: str | None = None
+    """Where the baseline sample is (driftBaseline.uri, or the first run's rows kept beside the
+    offline versions)."""
 
 
 FeatureJobSpec.STATUS = FeatureJobStatus

@@ -29,6 +29,7 @@ from gyre.core.workload import (
 )
 from gyre.pipelines.features.config import (
     REDIS_ENV,
+    DriftConfig,
     ExpectationConfig,
     FeatureConfig,
     FeatureJobConfig,
@@ -146,6 +147,9 @@ def build_job_config(
             for e in (spec.validation.expectations if spec.validation else [])
         ),
         fail_on_violation=spec.validation.fail_on_violation if spec.validation else True,
+        drift=DriftConfig(metric=baseline.metric, threshold=baseline.threshold, baseline_uri=baseline.uri)
+        if (baseline := spec.validation.drift_baseline if spec.validation else None) is not None
+        else None,
         master=f"local[{local_cores(spec)}]",
         spark_conf={
             "spark.sql.shuffle.partitions": str(max(2, local_cores(spec) * 2)),

@@ -48,6 +48,9 @@ ONLINE_STALE = "OnlineStale"
 ONLINE_STORE_DOWN = "OnlineStoreDown"
 NO_VERSION = "NoVersionYet"
 HISTORY = 20  # finished runs kept in status.history
+FEATURES_DRIFTED = "FeaturesDrifted"
+NO_DRIFT = "NoDrift"
+DRIFT_NOT_SCORED = "NotScoredYet"
 
 
 def _rfc3339(t: dt.datetime) -> str:
@@ -259,12 +262,25 @@ class FeatureJobController(Controller[FeatureJobSpec]):
         )
         if decision.failure is not None:
             out.failure_message = decision.failure
+        conditions = list(decision.conditions)
+        baseline = spec.validation.drift_baseline if spec.validation else None
+        if baseline is not None:
+            conditions.append(_drift_condition(out.drift or old.drift, baseline.metric, baseline.threshold))
         requeue = decision.requeue_after
         if until_next is not None:
             requeue = until_next if requeue is None else min(requeue, until_next)
-        return StatusOutput(
-            status=out, conditions=decision.conditions, phase=decision.phase, requeue_after=requeue
-        )
+        return StatusOutput(status=out, conditions=conditions, phase=decision.phase, requeue_after=requeue)
+
+
+def _drift_condition(scores: Mapping[str, float], metric: str, threshold: float) -> cnd.Cond:
+    if not scores:
+        return cnd.Cond(cnd.DRIFTED, False, DRIFT_NOT_SCORED, "no successful run has been scored yet")
+    moved = {f: v for f, v in sorted(scores.items()) if v > threshold}
+    if moved:
+        detail = ", ".join(f"{f} {v:.3f}" for f, v in moved.items())
+        return cnd.Cond(cnd.DRIFTED, True, FEATURES_DRIFTED, f"{metric} above {threshold:g}: {detail}")
+    top = max(scores.values())
+    return cnd.Cond(cnd.DRIFTED, False, NO_DRIFT, f"largest {metric} {top:.3f}, at most {threshold:g}")
 
 
 def _stored(status: Mapping[str, Any]) -> FeatureJobStatus:
@@ -293,6 +309,16 @@ def record_run(
         reason=None if ok else (doc.reason or run_status.RUN_FAILED),
         message=doc.message,
     )
+    if ok and doc.drift is not None:
+        out.drift = dict(doc.drift)
+        out.drift_score = max(doc.drift.values(), default=None)
+        threshold = (
+            spec.validation.drift_baseline.threshold
+            if spec.validation and spec.validation.drift_baseline
+            else 0.2
+        )
+        out.drifted_features = sorted(f for f, v in doc.drift.items() if v > threshold)
+        out.drift_baseline = doc.drift_baseline or None
     if ok and doc.version is not None:
         out.offline = OfflineStatus(
             uri=spec.offline.uri,

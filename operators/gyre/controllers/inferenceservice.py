@@ -48,7 +48,6 @@ VARIANTS = ("stable", "canary", "shadow")
 MODEL_NOT_PUBLISHED = "ModelNotPublished"
 ONLINE_STORE_UNKNOWN = "OnlineStoreUnknown"
 NOT_ANSWERING = "ModelNotAnswering"
-DRIFTED = "Drifted"
 INPUTS_DRIFTED = "InputsDrifted"
 NO_DRIFT = "WithinThreshold"
 DRIFT_UNKNOWN = "NotEnoughRequests"
@@ -371,14 +370,16 @@ class InferenceServiceController(Controller[InferenceServiceSpec]):
         watch = spec.monitoring.drift if spec.monitoring else None
         if watch is not None:
             if out.drift_score is None:
-                conds.append(cnd.Cond(DRIFTED, False, DRIFT_UNKNOWN, "too few requests in the window yet"))
+                conds.append(
+                    cnd.Cond(cnd.DRIFTED, False, DRIFT_UNKNOWN, "too few requests in the window yet")
+                )
             elif out.drifted_features:
                 scores = ", ".join(
                     f"{f} {dict(out.variants[0].drift or {}).get(f, 0):.3f}" for f in out.drifted_features
                 )
                 conds.append(
                     cnd.Cond(
-                        DRIFTED,
+                        cnd.DRIFTED,
                         True,
                         INPUTS_DRIFTED,
                         f"{watch.metric} past {watch.threshold} over {watch.window}: {scores}",
@@ -386,7 +387,7 @@ class InferenceServiceController(Controller[InferenceServiceSpec]):
                 )
             else:
                 conds.append(
-                    cnd.Cond(DRIFTED, False, NO_DRIFT, f"largest {watch.metric} {out.drift_score:.3f}")
+                    cnd.Cond(cnd.DRIFTED, False, NO_DRIFT, f"largest {watch.metric} {out.drift_score:.3f}")
                 )
         phase = "Serving" if stable_ready else "Failed" if failed else "Starting"
         return conds, phase

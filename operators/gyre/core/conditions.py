@@ -13,6 +13,7 @@ from typing import Any
 
 # Condition types.
 READY = "Ready"
+DRIFTED = "Drifted"  # inputs or features moved away from their reference distribution
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 DEPENDENCIES_READY = "DependenciesReady"

@@ -77,6 +77,12 @@ FEATURE_VIOLATIONS = Gauge(
     "Rows of each FeatureJob's last run that broke a validation expectation",
     _FJ,
 )
+FEATURE_DRIFT = Gauge(
+    "gyre_featurejob_drift_score",
+    "Each feature's drift score against its FeatureJob's baseline in the last successful run",
+    [*_FJ, "feature"],
+)
+_drift_features: dict[tuple[str, str], set[str]] = {}  # the feature labels set, per FeatureJob
 FEATURE_GAUGES = (
     FEATURE_RUN_ROWS, FEATURE_RUN_ENTITIES, FEATURE_RUN_SECONDS, FEATURE_RUN_SUCCEEDED,
     FEATURE_RUN_TIME, FEATURE_ONLINE_KEYS, FEATURE_NEWEST, FEATURE_VIOLATIONS,
@@ -118,6 +124,14 @@ def _featurejob(namespace: str, name: str, status: Mapping[str, Any]) -> None:
     _set(FEATURE_NEWEST, labels, _unix(online.get("newestFeatureTime")))
     if run:
         _set(FEATURE_VIOLATIONS, labels, status.get("validationFailures") or 0)
+    drift = status.get("drift") or {}
+    known = _drift_features.setdefault(labels, set())
+    for feature in known - set(drift):
+        FEATURE_DRIFT.remove(*labels, feature)
+    for feature, score in drift.items():
+        _set(FEATURE_DRIFT, (*labels, feature), score)
+    known.clear()
+    known.update(drift)
 
 
 def _forget_experiment(namespace: str, name: str) -> None:
@@ -132,6 +146,8 @@ def _forget_featurejob(namespace: str, name: str) -> None:
     for gauge in FEATURE_GAUGES:
         with contextlib.suppress(KeyError):
             gauge.remove(namespace, name)
+    for feature in _drift_features.pop((namespace, name), set()):
+        FEATURE_DRIFT.remove(namespace, name, feature)
 
 
 _OBSERVE = {"Experiment": _experiment, "FeatureJob": _featurejob}
