@@ -71,12 +71,13 @@ demo: setup ## Set up, then run the example system on the embedded default (loca
 	$(PY) -m gyre.cli demo $(ARGS)
 
 .PHONY: bench
-bench: ## Benchmarks (JSON on stdout): operator, stream, train, bandit, serve
+bench: ## Benchmarks (JSON on stdout): operator, stream, train, bandit, serve, features
 	$(PY) -m gyre.cli bench operator
 	$(PY) -m gyre.cli bench stream
 	$(PY) -m gyre.cli bench train
 	$(PY) -m gyre.cli bench bandit
 	$(PY) -m gyre.cli bench serve
+	$(PY) -m gyre.cli bench features
 
 ##@ Images
 

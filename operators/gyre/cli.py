@@ -19,7 +19,7 @@ commands:
   demo                set up everything and run the example system on the embedded default
   experiment plot NAME [-n NAMESPACE] [-o DIR]
                       PNGs of an Experiment's search (Optuna's plots)
-  bench operator|stream|train|bandit|serve|hpo
+  bench operator|stream|train|bandit|serve|hpo|features
                       benchmarks; each prints one JSON object
 """
 
@@ -68,8 +68,8 @@ def _experiment(argv: list[str]) -> int:
 
 
 def _bench(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("operator", "stream", "train", "bandit", "serve", "hpo"):
-        print("usage: gyre bench operator|stream|train|bandit|serve|hpo [options]", file=sys.stderr)
+    if not argv or argv[0] not in ("operator", "stream", "train", "bandit", "serve", "hpo", "features"):
+        print("usage: gyre bench operator|stream|train|bandit|serve|hpo|features [options]", file=sys.stderr)
         return 2
     import importlib
 
