@@ -285,3 +285,49 @@ def test_drift_past_the_threshold_is_a_drifted_condition() -> None:
         assert (str(c[0]), c[1], out.status.drifted_features) == want, (drift, c)
         if drift:
             assert out.status.drift_score == max(drift.values())
+
+
+def searched(uri: str | None) -> Resolved:
+    ready = {"type": "Ready", "status": "True", "reason": "MaxTrialsReached", "message": ""}
+    status: dict[str, Any] = {"conditions": [{**ready, "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+    if uri:
+        status["model"] = {"uri": uri, "version": "churn-tuning-3-g1"}
+    return Resolved(
+        Ref("Experiment", "churn-tuning", "spec.model.experiment"), {"spec": {}, "status": status}
+    )
+
+
+def test_an_experiments_best_model_is_served_by_reference() -> None:
+    s = spec(model={"experiment": "churn-tuning"})
+    controller = InferenceServiceController()
+    assert [(r.kind, r.name, r.field) for r in controller.references(s)] == [
+        ("Experiment", "churn-tuning", "spec.model.experiment")
+    ]
+    arts = resolve_artifacts(s, {"spec.model.experiment": searched("file:///m/churn-tuning-3-g1")})
+    assert arts is not None
+    assert arts.stable == "file:///m/churn-tuning-3-g1"
+    (server, _router) = bi.build_inferenceservice(s, "churn", arts)
+    assert (
+        ModelServerConfig.from_json(server.config_files["config.json"]).artifact
+        == "file:///m/churn-tuning-3-g1"
+    )
+    assert resolve_artifacts(s, {"spec.model.experiment": searched(None)}) is None
+    inp = StatusInput(META, {}, {"spec.model.experiment": searched(None)}, [], {}, ServingFacts())
+    assert conditions(controller.compute_status(s, inp))["Ready"] == (False, "ModelNotPublished")
+    # A canary from an Experiment beside a stable TrainingJob.
+    both = spec(
+        model={"trainingJob": "churn-v1"},
+        traffic={"canary": {"model": {"experiment": "churn-tuning"}, "percent": 10}},
+    )
+    refs = {r.field for r in controller.references(both)}
+    assert refs == {"spec.model.trainingJob", "spec.traffic.canary.model.experiment"}
+    canary = Resolved(
+        Ref("Experiment", "churn-tuning", "spec.traffic.canary.model.experiment"),
+        {"spec": {}, "status": {"model": {"uri": "file:///m/best"}}},
+    )
+    arts = resolve_artifacts(
+        both,
+        {"spec.model.trainingJob": trained("file:///m/v1"), "spec.traffic.canary.model.experiment": canary},
+    )
+    assert arts is not None
+    assert (arts.stable, arts.canary) == ("file:///m/v1", "file:///m/best")

@@ -27,12 +27,16 @@ PRESERVE = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
 
 
 class ModelSource(ApiModel):
-    """The model to serve: a TrainingJob's artifact or one at a URI (set exactly one)."""
+    """The model to serve: a TrainingJob's artifact, an Experiment's best, or one at a URI (set
+    exactly one)."""
 
-    model_config = ConfigDict(json_schema_extra=validations(exactly_one("trainingJob", "uri")))
+    model_config = ConfigDict(json_schema_extra=validations(exactly_one("trainingJob", "experiment", "uri")))
 
     training_job: DnsName | None = None
     """Serve this TrainingJob's latest artifact."""
+    experiment: DnsName | None = None
+    """Serve the model of this Experiment's best trial (its status.model: a search with one
+    objective), once the Experiment is Ready; a later, better result is rolled out."""
     uri: Uri | None = None
     """Serve an artifact at a URI."""
 

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gyre.api.experiment import ExperimentStatus
 from gyre.api.featurejob import FeatureJobSpec, FeatureJobStatus
 from gyre.api.inferenceservice import (
     InferenceServiceSpec,
@@ -58,7 +59,22 @@ FALLBACKS = "FallingBack"
 
 
 def _model_refs(model: ModelSource, path: str) -> list[Ref]:
-    return [Ref("TrainingJob", model.training_job, f"{path}.trainingJob")] if model.training_job else []
+    if model.training_job:
+        return [Ref("TrainingJob", model.training_job, f"{path}.trainingJob")]
+    if model.experiment:
+        return [Ref("Experiment", model.experiment, f"{path}.experiment")]
+    return []
+
+
+def _published_model(source: ModelSource, path: str, deps: Mapping[str, Resolved]) -> str | None:
+    """The artifact URI the TrainingJob or Experiment a model source names has published."""
+    if source.training_job:
+        dep = deps.get(f"{path}.trainingJob")
+        model = dep.status_as(TrainingJobStatus).model if dep is not None else None
+    else:
+        dep = deps.get(f"{path}.experiment")
+        model = dep.status_as(ExperimentStatus).model if dep is not None else None
+    return model.uri if model is not None else None
 
 
 def _models(spec: InferenceServiceSpec) -> dict[str, tuple[ModelSource, str]]:
@@ -75,12 +91,7 @@ def resolve_artifacts(spec: InferenceServiceSpec, deps: Mapping[str, Resolved]) 
     """Each model's artifact URI; None while spec.model's is not known yet."""
     uris: dict[str, str | None] = {}
     for variant, (source, path) in _models(spec).items():
-        if source.uri:
-            uris[variant] = source.uri
-            continue
-        dep = deps.get(f"{path}.trainingJob")
-        model = dep.status_as(TrainingJobStatus).model if dep is not None else None
-        uris[variant] = model.uri if model is not None else None
+        uris[variant] = source.uri or _published_model(source, path, deps)
     stable = uris.get("stable")
     if stable is None:
         return None
@@ -225,7 +236,8 @@ class InferenceServiceController(Controller[InferenceServiceSpec]):
             )
         if artifacts is None:
             return _pending(
-                MODEL_NOT_PUBLISHED, "the TrainingJob of spec.model has published no model yet (status.model)"
+                MODEL_NOT_PUBLISHED,
+                "the TrainingJob or Experiment of spec.model has published no model yet (status.model)",
             )
         out.url = facts.url
         out.traffic = configured_traffic(spec, artifacts)
