@@ -46,6 +46,7 @@ from redis.asyncio import Redis
 
 log = logging.getLogger("gyre.pipelines.modelserver")
 
+OUTCOMES = ("predicted", "fallback", "error", "rejected", "invalid")
 REQUESTS = Counter(
     "gyre_model_requests_total",
     "Prediction requests, by model, variant and outcome (predicted, fallback, error, rejected, invalid).",
@@ -106,6 +107,10 @@ class GyreModel(Model):  # type: ignore[misc]  # kserve ships no type informatio
         self.counts: collections.Counter[str] = collections.Counter()
         self._recent: collections.deque[tuple[float, bool]] = collections.deque(maxlen=config.latency_window)
         self._labels = (config.name, config.variant)
+        # Every outcome's count exists from the start, at zero: a server that never fell back
+        # reports a fallback share of 0, not no series at all (which a dashboard shows as "No data").
+        for outcome in OUTCOMES:
+            REQUESTS.labels(*self._labels, outcome)
         self.feature_lookups = 0
         self.imputed: collections.Counter[str] = collections.Counter()
         self.store = Redis.from_url(config.features.redis_url) if config.features else None
