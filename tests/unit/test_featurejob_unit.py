@@ -429,3 +429,13 @@ def test_each_finished_run_enters_the_history_once_newest_first() -> None:
     assert two["lastRun"]["run"] == 2
     again = finish(2, two)  # the same run's /status read by a later pass
     assert [h["run"] for h in again["history"]] == [2, 1]
+
+
+def test_a_removed_schedule_clears_the_next_scheduled_time() -> None:
+    old = {"currentRun": FIRST, "nextScheduleTime": "2026-01-01T11:00:00Z"}
+    inp = StatusInput(
+        META, old, {}, [], {"spark": WorkloadStatus("spark", P.SUCCEEDED)}, FeatureFacts(source=LAKE)
+    )
+    out = FeatureJobController().compute_status(spec(schedule=None), inp).status
+    assert "next_schedule_time" in out.model_fields_set
+    assert out.next_schedule_time is None

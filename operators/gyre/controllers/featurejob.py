@@ -243,6 +243,8 @@ class FeatureJobController(Controller[FeatureJobSpec]):
             nxt = next_schedule_time(spec.schedule, plan, out.last_schedule_time)
             out.next_schedule_time = _rfc3339(nxt)
             until_next = max(1.0, (nxt - dt.datetime.now(dt.UTC)).total_seconds())
+        elif old.next_schedule_time is not None:
+            out.next_schedule_time = None  # the schedule was removed
         offline = out.offline or old.offline
         online = out.online or old.online
         run = inp.observed.get(RUN)
