@@ -185,7 +185,11 @@ def test_a_pruned_trial_stops_its_workers(operator: OperatorProcess, tmp_path: P
       - {name: hyperparameters.learningRate, type: categorical, values: ["0.05", "0.00001"]}
     parallelTrials: 1
     maxTrials: 5"""
-    operator.apply(experiment("prune", search, template(data, tmp_path / "models", epochs=10, backend="ddp")))
+    # Enough epochs that a loaded machine still prunes the bad trial before its last one.
+    epochs = 30
+    operator.apply(
+        experiment("prune", search, template(data, tmp_path / "models", epochs=epochs, backend="ddp"))
+    )
 
     def a_pruned_trial() -> dict[str, Any]:
         for t in trials(operator, "prune"):
@@ -197,7 +201,7 @@ def test_a_pruned_trial_stops_its_workers(operator: OperatorProcess, tmp_path: P
     name = pruned["metadata"]["name"]
     outcome = json.loads(pruned["metadata"]["annotations"][TRIAL + "-outcome"])
     assert outcome["state"] == "pruned", outcome
-    assert outcome["step"] < 10, "stopped before its last epoch"
+    assert outcome["step"] < epochs, "stopped before its last epoch"
     assert pruned["spec"]["runPolicy"]["suspend"] is True
     eventually(lambda: _phase(operator, name, "Suspended"), timeout=60)
     eventually(lambda: owner_pids(name) == [], timeout=30, what=f"the processes of {name} gone")

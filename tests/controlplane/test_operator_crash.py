@@ -297,7 +297,8 @@ def metric(op: OperatorProcess, name: str) -> float:
 
 def assert_status_kept(n: str, before: dict[str, Any], after: dict[str, Any]) -> None:
     """What a killed operator wrote survives: the transition times of conditions that did not
-    flip since, and the times that mark the run's start and end."""
+    flip since (same status, same reason; one with another reason may have flipped and back),
+    and the times that mark the run's start and end."""
     if not before:
         return
     assert after["observedGeneration"] == before["observedGeneration"], n
@@ -305,8 +306,13 @@ def assert_status_kept(n: str, before: dict[str, Any], after: dict[str, Any]) ->
     new = {c["type"]: c for c in after["conditions"]}
     assert old["Created"]["status"] == "True", (n, old["Created"])
     for type_, c in old.items():
-        if new[type_]["status"] == c["status"]:
-            assert new[type_]["lastTransitionTime"] == c["lastTransitionTime"], (n, type_, c, new[type_])
+        now = new[type_]
+        if now["status"] != c["status"]:
+            continue
+        if now.get("reason") == c.get("reason"):
+            assert now["lastTransitionTime"] == c["lastTransitionTime"], (n, type_, c, now)
+        else:  # flipped and back since (Running: False while pending, True, False once done)
+            assert now["lastTransitionTime"] >= c["lastTransitionTime"], (n, type_, c, now)
     for key in ("startTime", "completionTime"):
         if before.get(key):
             assert after[key] == before[key], (n, key)
