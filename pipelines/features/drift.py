@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from gyre.pipelines._common.drift import categorical_score, numeric_score
@@ -66,7 +65,3 @@ def scores(
             score = categorical_score(ref, cur)
         out[name] = round(score, 4) if math.isfinite(score) else score
     return out, where
-
-
-def drifted(scores: dict[str, Any], threshold: float) -> list[str]:
-    return sorted(f for f, v in scores.items() if v > threshold)

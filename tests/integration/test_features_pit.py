@@ -352,6 +352,7 @@ def test_drift_is_scored_against_the_first_runs_baseline(spark: Any, tmp_path: P
     """The first run keeps its rows as the baseline and scores 0 against itself; a later run
     whose x moved by one standard deviation scores x high and the unmoved features low (PSI and
     KS); a baseline the spec names is read instead of the first run's."""
+    from gyre.controllers.featurejob import drifted
     from gyre.pipelines.features import drift
     from gyre.pipelines.features.config import DriftConfig
 
@@ -374,7 +375,7 @@ def test_drift_is_scored_against_the_first_runs_baseline(spark: Any, tmp_path: P
     assert moved["x"] > 0.5, moved
     assert moved["y"] < 0.05, moved
     assert moved["plan"] < 0.05, moved
-    assert drift.drifted(moved, 0.2) == ["x"]
+    assert drifted(moved, 0.2) == ["x"]
     ks, _ = drift.scores(spark, rows(1.0, 4), features, DriftConfig(metric="ks"), store)
     assert 0.3 < ks["x"] < 0.45, ks  # the KS distance of N(0,1) and N(1,1) is 0.383
     assert ks["y"] < 0.05, ks

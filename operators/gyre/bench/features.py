@@ -29,8 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -43,7 +41,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gyre.controlplane.procs import free_port
+from gyre.bench.redis_server import start_redis_server
 
 DAY_US = 86_400_000_000
 START_MS = 1_735_689_600_000  # 2025-01-01
@@ -226,29 +224,6 @@ def offline_bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     }
 
 
-def start_redis(tmp: Path) -> tuple[subprocess.Popen[bytes], int] | None:
-    if shutil.which("redis-server") is None:
-        return None
-    import redis
-
-    port = free_port()
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp)],
-        stdout=subprocess.DEVNULL,
-    )
-    client = redis.Redis(port=port)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.exceptions.ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-    return proc, port
-
-
 def timed_calls(call: Callable[[int], None], clients: int, calls: int) -> list[float]:
     """Latencies (ms) of ``calls`` calls per client thread, all clients at once."""
     out: list[list[float]] = [[] for _ in range(clients)]
@@ -274,7 +249,7 @@ def _p(values: Sequence[float], q: float) -> float:
 
 
 def online_bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    started = start_redis(tmp)
+    started = start_redis_server(tmp)
     if started is None:
         return {"skipped": "redis-server is not installed"}
     proc, port = started

@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ import aiohttp
 import numpy as np
 
 from gyre.api.inferenceservice import InferenceServiceSpec
+from gyre.bench.redis_server import start_redis_server
 from gyre.builders.inferenceservice import ROUTER, Artifacts, OnlineStoreRef, build_inferenceservice
 from gyre.controlplane.procs import free_port
 from gyre.core.workload import Owner, WorkloadPhase
@@ -224,13 +224,6 @@ async def run_gyre(
     return out
 
 
-def _ping(client: Any) -> bool:
-    try:
-        return bool(client.ping())
-    except Exception:
-        return False
-
-
 async def measure_bare(args: argparse.Namespace, port: int, vectors: list[list[float]]) -> dict[str, Any]:
     url = f"http://127.0.0.1:{port}/v1/models/bare:predict"
     bodies = [{"instances": [v]} for v in vectors]
@@ -260,17 +253,13 @@ def run_bare(args: argparse.Namespace, tmp: Path, uri: str, vectors: list[list[f
 
 def start_redis(tmp: Path, rows: list[dict[str, Any]]) -> tuple[subprocess.Popen[bytes], int] | None:
     """A real redis-server holding ``ENTITIES`` entities' features (None: not installed)."""
-    if shutil.which("redis-server") is None:
+    started = start_redis_server(tmp)
+    if started is None:
         return None
+    proc, port = started
     import redis
 
-    port = free_port()
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp)],
-        stdout=subprocess.DEVNULL,
-    )
     client = redis.Redis(port=port)
-    _wait(lambda: _ping(client), "redis-server", 20)
     online = [OnlineRow(str(e), 0, rows[e % len(rows)]) for e in range(ENTITIES)]
     materialize(
         client, key_prefix(OWNER.namespace, FEATURE_JOB), online, ttl_s=3600

@@ -31,7 +31,7 @@ from gyre.builders.featurejob import REDIS, RUN, ResolvedSource, build_featurejo
 from gyre.controllers.base import Controller, Listing, ObjectMeta, Ref, Resolved, StatusInput, StatusOutput
 from gyre.core import conditions as cnd
 from gyre.core.children import ChildKind
-from gyre.core.durations import parse_duration
+from gyre.core.durations import format_time, parse_duration, parse_time
 from gyre.core.workload import Workload, WorkloadPhase
 from gyre.pipelines.features import status as run_status
 from gyre.pipelines.features.status import FeatureRunStatus
@@ -53,18 +53,11 @@ NO_DRIFT = "NoDrift"
 DRIFT_NOT_SCORED = "NotScoredYet"
 
 
-def _rfc3339(t: dt.datetime) -> str:
-    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse(text: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
 def next_schedule_time(schedule: str, current: CurrentRun, last_schedule_time: str | None) -> dt.datetime:
     """The schedule's first time after the last one a run was started for (or, before any, after
     the current run's start)."""
-    base = _parse(last_schedule_time) if last_schedule_time else _parse(current.start_time)
+    base = parse_time(last_schedule_time or current.start_time)
+    assert base is not None
     nxt: dt.datetime = croniter(schedule, base).get_next(dt.datetime)
     return nxt
 
@@ -80,7 +73,7 @@ def plan_run(old: FeatureJobStatus, generation: int, schedule: str | None, now: 
     cur = old.current_run
     if cur is None or cur.generation != generation:
         number = cur.number + 1 if cur is not None else 1
-        return CurrentRun(number=number, generation=generation, trigger="spec", start_time=_rfc3339(now))
+        return CurrentRun(number=number, generation=generation, trigger="spec", start_time=format_time(now))
     if schedule is None:
         return cur
     finished = old.last_run is not None and old.last_run.run == cur.number
@@ -91,8 +84,8 @@ def plan_run(old: FeatureJobStatus, generation: int, schedule: str | None, now: 
         number=cur.number + 1,
         generation=generation,
         trigger="schedule",
-        scheduled_time=_rfc3339(due),
-        start_time=_rfc3339(now),
+        scheduled_time=format_time(due),
+        start_time=format_time(now),
     )
 
 
@@ -241,7 +234,7 @@ class FeatureJobController(Controller[FeatureJobSpec]):
         until_next: float | None = None
         if spec.schedule is not None:
             nxt = next_schedule_time(spec.schedule, plan, out.last_schedule_time)
-            out.next_schedule_time = _rfc3339(nxt)
+            out.next_schedule_time = format_time(nxt)
             until_next = max(1.0, (nxt - dt.datetime.now(dt.UTC)).total_seconds())
         elif old.next_schedule_time is not None:
             out.next_schedule_time = None  # the schedule was removed
@@ -274,12 +267,17 @@ class FeatureJobController(Controller[FeatureJobSpec]):
         return StatusOutput(status=out, conditions=conditions, phase=decision.phase, requeue_after=requeue)
 
 
+def drifted(scores: Mapping[str, float], threshold: float) -> list[str]:
+    """The features whose drift score is above ``threshold``, by name."""
+    return sorted(f for f, v in scores.items() if v > threshold)
+
+
 def _drift_condition(scores: Mapping[str, float], metric: str, threshold: float) -> cnd.Cond:
     if not scores:
         return cnd.Cond(cnd.DRIFTED, False, DRIFT_NOT_SCORED, "no successful run has been scored yet")
-    moved = {f: v for f, v in sorted(scores.items()) if v > threshold}
+    moved = drifted(scores, threshold)
     if moved:
-        detail = ", ".join(f"{f} {v:.3f}" for f, v in moved.items())
+        detail = ", ".join(f"{f} {scores[f]:.3f}" for f in moved)
         return cnd.Cond(cnd.DRIFTED, True, FEATURES_DRIFTED, f"{metric} above {threshold:g}: {detail}")
     top = max(scores.values())
     return cnd.Cond(cnd.DRIFTED, False, NO_DRIFT, f"largest {metric} {top:.3f}, at most {threshold:g}")
@@ -314,12 +312,8 @@ def record_run(
     if ok and doc.drift is not None:
         out.drift = dict(doc.drift)
         out.drift_score = max(doc.drift.values(), default=None)
-        threshold = (
-            spec.validation.drift_baseline.threshold
-            if spec.validation and spec.validation.drift_baseline
-            else 0.2
-        )
-        out.drifted_features = sorted(f for f, v in doc.drift.items() if v > threshold)
+        baseline = spec.validation.drift_baseline if spec.validation else None
+        out.drifted_features = drifted(doc.drift, baseline.threshold) if baseline is not None else []
         out.drift_baseline = doc.drift_baseline or None
     if ok and doc.version is not None:
         out.offline = OfflineStatus(
@@ -358,7 +352,8 @@ def record_run(
 def _expires_in(online: OnlineStatus | None) -> float | None:
     if online is None or not online.materialized_at or online.ttl_seconds is None:
         return None
-    at = dt.datetime.strptime(online.materialized_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    at = parse_time(online.materialized_at)
+    assert at is not None
     return online.ttl_seconds - (dt.datetime.now(dt.UTC) - at).total_seconds()
 
 

@@ -25,6 +25,11 @@ def parse_time(text: str | None) -> dt.datetime | None:
     return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
 
 
+def format_time(t: dt.datetime) -> str:
+    """``t`` as the API server writes times (`parse_time` reads it back), to the second."""
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def seconds_since(text: str | None) -> float | None:
     t = parse_time(text)
     return None if t is None else (dt.datetime.now(dt.UTC) - t).total_seconds()

@@ -5,13 +5,13 @@ FeatureJob's last run, online store and validation failures)."""
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
 from gyre.api import KINDS
+from gyre.core.durations import parse_time
 
 RECONCILES = Counter(
     "gyre_reconciles_total", "Reconcile passes, by kind, trigger and result", ["kind", "trigger", "result"]
@@ -90,12 +90,13 @@ FEATURE_GAUGES = (
 
 
 def _unix(rfc3339: Any) -> float | None:
-    if not isinstance(rfc3339, str) or not rfc3339:
+    if not isinstance(rfc3339, str):
         return None
     try:
-        return dt.datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
+        t = parse_time(rfc3339)
     except ValueError:
         return None
+    return t.timestamp() if t is not None else None
 
 
 def _set(gauge: Gauge, labels: tuple[str, ...], value: Any) -> None:
