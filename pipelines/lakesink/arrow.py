@@ -13,12 +13,11 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
+from gyre.pipelines._common.records import UndecodableRecord, decode_event, event_time_ms
 from gyre.pipelines._common.schema import StreamSchema
-from gyre.pipelines.collector.validate import parse_timestamp_ms
 
 log = logging.getLogger("gyre.lakesink")
 
@@ -140,18 +139,15 @@ class RecordDecoder:
 
     def _row(self, value: bytes | None) -> dict[str, Any] | None:
         try:
-            obj = orjson.loads(value) if value is not None else None
-        except orjson.JSONDecodeError:
-            log.warning("Skipped a record that is not JSON")
-            return None
-        if not isinstance(obj, dict):
-            log.warning("Skipped a record that is not a JSON object")
+            obj = decode_event(value)
+        except UndecodableRecord as e:
+            log.warning("Skipped %s", e)
             return None
         row = {f.name: obj.get(f.name) for f in self.schema.fields}
         for name in self.ts_fields:
             ts = row[name]
             if isinstance(ts, str):
-                row[name] = parse_timestamp_ms(ts)
+                row[name] = event_time_ms(ts)
         if any(row[f.name] is None for f in self.schema.fields if f.required):
             log.warning("Skipped a record without a required field")
             return None

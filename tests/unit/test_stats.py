@@ -10,8 +10,11 @@ from gyre.bench.bandit import aa_false_positive_rates, simulate_regret
 from gyre.stats.bandits import UCB, ArmStats, EpsilonGreedy, Fixed, Thompson, choice, sticky_choice
 from gyre.stats.bayesian import Posterior, expected_loss, prob_best, value_remaining
 from gyre.stats.frequentist import (
+    mean_interval,
+    rate_interval,
     rate_lower_bound,
     sample_ratio_mismatch,
+    sample_size_means,
     sample_size_proportions,
     two_proportion_ztest,
     welch_ttest,
@@ -95,6 +98,27 @@ def test_welch_from_summaries_equals_welch_on_the_raw_data() -> None:
         a.mean(), a.var(ddof=1), a.size, b.mean(), b.var(ddof=1), b.size, alternative="larger"
     )
     assert larger.p_value == pytest.approx(sps.ttest_ind(b, a, equal_var=False, alternative="greater").pvalue)
+
+
+def test_the_rate_and_mean_intervals_against_their_formulas() -> None:
+    # Wilson: (p + z²/2n ± z sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n)
+    z, p, n = sps.norm.ppf(0.975), 0.1, 1000
+    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    wilson = ((centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n))
+    assert rate_interval(100, 1000) == pytest.approx(wilson, rel=1e-9)
+    low, high = rate_interval(0, 50)
+    assert low == pytest.approx(0, abs=1e-12)  # not the Wald interval's point at 0
+    assert high > 0.05
+    x = np.random.default_rng(5).normal(3.0, 2.0, 40)
+    ci = sps.ttest_1samp(x, 0).confidence_interval(0.95)
+    assert mean_interval(x.mean(), x.var(ddof=1), x.size) == pytest.approx((ci.low, ci.high), rel=1e-9)
+
+
+def test_the_sample_size_for_a_mean_matches_the_normal_formula() -> None:
+    za, zb = sps.norm.ppf(0.975), sps.norm.ppf(0.8)
+    assert sample_size_means(2.0, 0.1) == pytest.approx(2 * (za + zb) ** 2 * 4 / 0.01, rel=0.01)
+    with pytest.raises(ValueError, match="sd > 0"):
+        sample_size_means(0.0, 0.1)
 
 
 def test_sample_ratio_mismatch() -> None:

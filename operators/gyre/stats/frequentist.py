@@ -132,6 +132,22 @@ def rate_lower_bound(successes: float, n: int, *, alpha: float = 0.05) -> float:
     return float(low)
 
 
+def rate_interval(successes: float, n: int, *, level: float = 0.95) -> tuple[float, float]:
+    """The two-sided Wilson interval of one arm's conversion rate (sound near 0 and 1, unlike
+    the Wald interval, which collapses to a point at a rate of 0)."""
+    _check_counts(successes, n, "rate")
+    low, high = proportion_confint(successes, n, alpha=1 - level, method="wilson")
+    return float(low), float(high)
+
+
+def mean_interval(mean: float, var: float, n: int, *, level: float = 0.95) -> tuple[float, float]:
+    """The two-sided t interval of one arm's mean reward from its summary (ddof=1 variance)."""
+    if n < 2:
+        raise ValueError(f"a mean's interval needs at least 2 observations, got {n}")
+    half = float(sps.t.ppf((1 + level) / 2, n - 1)) * math.sqrt(max(var, 0.0) / n)
+    return mean - half, mean + half
+
+
 def sample_size_proportions(
     baseline: float,
     minimum_detectable_effect: float,
@@ -152,6 +168,27 @@ def sample_size_proportions(
     h = abs(proportion_effectsize(target, baseline))
     n = NormalIndPower().solve_power(
         effect_size=h, alpha=alpha, power=power, ratio=1.0,
+        alternative="two-sided" if alternative == "two-sided" else "larger",
+    )  # fmt: skip
+    return math.ceil(float(n))
+
+
+def sample_size_means(
+    sd: float,
+    minimum_detectable_effect: float,
+    *,
+    alpha: float = 0.05,
+    power: float = 0.8,
+    alternative: Alternative = "two-sided",
+) -> int:
+    """Observations per arm to detect an absolute lift of ``minimum_detectable_effect`` in a mean
+    whose per-observation standard deviation is ``sd`` (equal arms; Cohen's d)."""
+    if sd <= 0 or minimum_detectable_effect == 0:
+        raise ValueError(
+            f"need sd > 0 and a non-zero effect, got sd={sd}, effect={minimum_detectable_effect}"
+        )
+    n = NormalIndPower().solve_power(
+        effect_size=abs(minimum_detectable_effect) / sd, alpha=alpha, power=power, ratio=1.0,
         alternative="two-sided" if alternative == "two-sided" else "larger",
     )  # fmt: skip
     return math.ceil(float(n))
