@@ -117,16 +117,18 @@ def compare(
         lift = b.mean - a.mean
         low, high = always_valid_interval(lift, a.var / a.trials + b.var / b.trials, seq.tau2, alpha)
         return Comparison(lift, low, high, p)
+    # No variance on either side yet (every request converted, or none did): no test.
     res: TestResult
     if cfg.reward == "bernoulli":
-        if a.trials < 1 or b.trials < 1:
+        pooled = (a.reward_sum + b.reward_sum) / (a.trials + b.trials) if a.trials and b.trials else 0.0
+        if not 0 < pooled < 1:
             return None
         res = two_proportion_ztest(a.reward_sum, a.trials, b.reward_sum, b.trials, alpha=alpha)
     else:
-        if a.trials < 2 or b.trials < 2:
+        if a.trials < 2 or b.trials < 2 or a.var + b.var == 0:
             return None
         res = welch_ttest(a.mean, a.var, a.trials, b.mean, b.var, b.trials, alpha=alpha)
-    if not math.isfinite(res.p_value):  # no variance on either side yet
+    if not math.isfinite(res.p_value):
         return None
     return Comparison(res.lift, res.ci_low, res.ci_high, res.p_value)
 

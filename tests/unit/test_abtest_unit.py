@@ -367,3 +367,24 @@ def test_the_status_has_no_nan_before_any_data() -> None:
     st = _look(Analyst(_cfg()), _totals(0, 0, 0, 0))
     body = json.dumps(st.to_body(), allow_nan=False)
     assert AbTestStatus.parse(json.loads(body)) == st
+
+
+@pytest.mark.parametrize("method", ["ttest", "bayesian", "sequential"])
+@pytest.mark.parametrize("policy", ["fixed", "epsilonGreedy", "thompson", "ucb"])
+@pytest.mark.parametrize("reward", ["bernoulli", "normal"])
+@pytest.mark.filterwarnings("error")
+def test_every_combination_looks_at_degenerate_totals_without_nan_or_error(
+    method: str, policy: str, reward: str
+) -> None:
+    analyst = Analyst(_cfg(method=method, policy=policy, reward=reward, min_samples=1))
+    for totals in (
+        _totals(0, 0, 0, 0),
+        _totals(1, 0, 0, 0),
+        _totals(1, 1, 1, 1),
+        _totals(5, 0, 5, 0),
+        _totals(5, 5, 5, 5),
+        _totals(3, 0, 3, 3),
+    ):
+        st = _look(analyst, totals)
+        json.dumps(st.to_body(), allow_nan=False)
+        assert sum(v.allocation for v in st.variants) == pytest.approx(1)
