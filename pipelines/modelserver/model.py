@@ -27,7 +27,7 @@ import torch
 from gyre.pipelines.modelserver.config import ModelServerConfig
 from gyre.pipelines.modelserver.drift import DriftMonitor
 from gyre.pipelines.modelserver.features import get_online_features
-from gyre.pipelines.modelserver.predlog import PredictionLog
+from gyre.pipelines.modelserver.predlog import open_prediction_log
 from gyre.pipelines.modelserver.resilience import (
     HALF_OPEN,
     OPEN,
@@ -114,12 +114,7 @@ class GyreModel(Model):  # type: ignore[misc]  # kserve ships no type informatio
         self.feature_lookups = 0
         self.imputed: collections.Counter[str] = collections.Counter()
         self.store = Redis.from_url(config.features.redis_url) if config.features else None
-        lg = config.logging
-        self.predlog = (
-            PredictionLog(lg.bootstrap_servers, lg.topic, sample_rate=lg.sample_rate, labels=self._labels)
-            if lg
-            else None
-        )
+        self.predlog = open_prediction_log(config.logging, self._labels) if config.logging else None
 
     # -- loading ----------------------------------------------------------------------------------
 
@@ -498,9 +493,9 @@ class GyreModel(Model):  # type: ignore[misc]  # kserve ships no type informatio
             else None,
             feature_lookups=self.feature_lookups,
             imputed=dict(self.imputed),
-            logged=self.predlog.delivered if self.predlog else 0,
-            log_dropped=self.predlog.dropped if self.predlog else 0,
-            log_failed=self.predlog.failed if self.predlog else 0,
+            logged=self.predlog.counts.delivered if self.predlog else 0,
+            log_dropped=self.predlog.counts.dropped if self.predlog else 0,
+            log_failed=self.predlog.counts.failed if self.predlog else 0,
             drift=drift,
             drift_metric=self.config.drift.metric if self.config.drift else None,
         )

@@ -8,7 +8,9 @@ Kubernetes). ``$GYRE_PORT_HTTP`` and ``$GYRE_PORT_METRICS`` override the ports.
 
 Everything but ``host``, ``port``, ``metrics_port`` and ``max_body_bytes`` (what the servers
 are started with) takes effect when the file changes: the router rereads it every
-``reload_interval_s``.
+``reload_interval_s``. That includes ``assignment_log``: a change opens a producer to the new
+topic (or none) for the requests answered after it, and the old one delivers what it has
+queued and closes.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import math
 import os
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from gyre.pipelines._common.env import (
@@ -63,6 +65,20 @@ class Shadow:
 
 
 @dataclass(frozen=True)
+class AssignmentLog:
+    """Where every answered request's assignment (which backend, what it answered) is produced:
+    ``topic`` at ``bootstrap_servers``."""
+
+    bootstrap_servers: str
+    topic: str
+
+    def __post_init__(self) -> None:
+        for field, value in (("bootstrap_servers", self.bootstrap_servers), ("topic", self.topic)):
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"router config: assignment_log.{field} must be a non-empty string")
+
+
+@dataclass(frozen=True)
 class RouterConfig(JsonConfig):
     """Everything the router needs; the JSON keys are the field names.
 
@@ -78,6 +94,8 @@ class RouterConfig(JsonConfig):
     * ``shadow_max_in_flight``: mirrored requests in flight at most; beyond it a mirror is
       dropped (and counted), so a slow shadow never slows the route down.
     * ``reload_interval_s``: how often the config file is checked for changes.
+    * ``assignment_log``: a Kafka topic that gets a record per request a backend answered
+      (see `gyre.pipelines.router.server`); None: no log.
     * ``host`` / ``port`` / ``metrics_port``: where traffic and ``/metrics``, ``/status``,
       ``/healthz`` are served.
     """
@@ -91,6 +109,7 @@ class RouterConfig(JsonConfig):
     max_body_bytes: int = 16 * 1024 * 1024
     shadow_max_in_flight: int = 64
     reload_interval_s: float = 1.0
+    assignment_log: AssignmentLog | None = None
     host: str = "0.0.0.0"
     port: int = 8080
     metrics_port: int = 9090
@@ -132,6 +151,7 @@ class RouterConfig(JsonConfig):
             "max_body_bytes": self.max_body_bytes,
             "shadow_max_in_flight": self.shadow_max_in_flight,
             "reload_interval_s": self.reload_interval_s,
+            "assignment_log": None if self.assignment_log is None else asdict(self.assignment_log),
             "host": self.host,
             "port": self.port,
             "metrics_port": self.metrics_port,
@@ -144,7 +164,7 @@ class RouterConfig(JsonConfig):
             data,
             "router config",
             required=("route", "backends"),
-            convert={"backends": _backends, "shadow": _shadow},
+            convert={"backends": _backends, "shadow": _shadow, "assignment_log": _assignment_log},
         )
 
     @classmethod
@@ -185,6 +205,16 @@ def _shadow(value: Any) -> Shadow | None:
     if not isinstance(value, Mapping):
         raise ConfigError("router config: shadow must be an object")
     return build_config(Shadow, value, "router config: shadow", required=("name", "url"))
+
+
+def _assignment_log(value: Any) -> AssignmentLog | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ConfigError("router config: assignment_log must be an object")
+    return build_config(
+        AssignmentLog, value, "router config: assignment_log", required=("bootstrap_servers", "topic")
+    )
 
 
 def _resolve_url(name: str, url: str, env: Mapping[str, str]) -> str:

@@ -8,6 +8,25 @@ backend that does not answer (refused, reset, timed out) becomes a 502 whose JSO
 the route, the backend and the failure. A mirror to the shadow is sent beside the request and
 its answer dropped.
 
+Every request has an id: the client's ``X-Request-Id`` when it sent a printable one of at most
+128 characters, else a new one (a uuid4 in hex). The backend (and the shadow) get it in
+``X-Request-Id`` and the client gets it back in the answer's ``X-Request-Id``, 502s included.
+
+With an ``assignment_log`` configured, every request a backend answered (whatever its status;
+not the router's own 502s, not mirrors) is a JSON record in that Kafka topic, keyed by the
+request's sticky key, else by its id, so an online experiment can join outcomes to variants::
+
+    {"request_id": str, "key": str | null, "variant": <backend name>, "route": <route name>,
+     "code": <the backend's HTTP status>, "time": <unix seconds the request arrived at>,
+     "prediction": <the backend's answer as JSON; null when not JSON, content-encoded or
+                    larger than 64 KiB>}
+
+The log never slows a request down: the record is built after the answer is written and
+queued in the producer's bounded queue (`gyre.pipelines._common.recordlog.RecordLog`); when
+the queue is full it is dropped and counted. ``/status`` and
+``gyre_router_assignments_logged_total{outcome}`` count delivered, dropped and failed records.
+Closing the router delivers what is queued, for a few seconds at most.
+
 A configuration change swaps one immutable table (configuration and policy): requests in
 flight finish on the table they started with, new ones take the new table, and nothing
 listens anew, so a weight change fails no request.
@@ -17,19 +36,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import random
 import signal
+import threading
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 from gyre.pipelines._common.env import config_path
+from gyre.pipelines._common.recordlog import RecordCounts, RecordLog
 from gyre.pipelines._common.status import STATUS_PATH
-from gyre.pipelines.router.config import Backend, RouterConfig, Shadow
+from gyre.pipelines.router.config import AssignmentLog, Backend, RouterConfig, Shadow
 from gyre.pipelines.router.policy import POLICIES, AllocationPolicy
 from gyre.pipelines.router.status import BackendStatus, RouterStatus, ShadowStatus
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -57,9 +81,17 @@ SHADOW_REQUESTS = Counter(
     "Mirrored requests, by shadow backend and outcome (answered, failed, dropped).",
     ["backend", "outcome"],
 )
+ASSIGNMENTS = Counter(
+    "gyre_router_assignments_logged_total",
+    "Assignment records by outcome (delivered, dropped: the queue was full, failed: Kafka refused).",
+    ["outcome"],
+)
 WEIGHT = Gauge("gyre_router_backend_weight", "The configured weight of each backend.", ["backend"])
 
 BACKEND_HEADER = "X-Gyre-Backend"
+REQUEST_ID_HEADER = "X-Request-Id"
+MAX_REQUEST_ID_CHARS = 128  # a longer (or unprintable) client request id is replaced
+MAX_PREDICTION_BYTES = 64 * 1024  # a larger answer is logged without its prediction
 # RFC 9110 7.6.1: meaningful for one connection only, never forwarded.
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
@@ -103,6 +135,9 @@ class Router:
         self._rng = random.Random()
         self._session: aiohttp.ClientSession | None = None
         self._export_weights(None, config)
+        # One count across the logs that reloads open and close: /status counts since start.
+        self._assignment_counts = RecordCounts()
+        self.assignments = self._open_assignment_log(config.assignment_log)
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
@@ -121,17 +156,22 @@ class Router:
             task.cancel()
         if self._session is not None:
             await self._session.close()
+        if self.assignments is not None:
+            await asyncio.to_thread(self.assignments.close, SHUTDOWN_TIMEOUT_S)
 
     # -- traffic --------------------------------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
+        arrived = time.time()
         table = self.table
         cfg = table.config
         body = await request.read()
         key = request.headers.get(cfg.sticky_header) if cfg.sticky_header else None
         backend = cfg.backends[table.policy.choose(key)]
+        request_id = request_id_of(request)
         headers = forward_headers(request)
+        headers[REQUEST_ID_HEADER] = request_id
         if cfg.shadow is not None:
             self._mirror(cfg, cfg.shadow, request, headers, body)
         counts = self._count(backend.name)
@@ -150,7 +190,7 @@ class Router:
                     status=upstream.status,
                     reason=upstream.reason,
                     body=content,
-                    headers=answer_headers(upstream.headers, backend.name),
+                    headers=answer_headers(upstream.headers, backend.name, request_id),
                 )
         except (aiohttp.ClientError, TimeoutError) as e:
             counts.errors += 1
@@ -158,11 +198,43 @@ class Router:
             response = web.json_response(
                 {"error": f"route {cfg.route}: backend {backend.name} did not answer: {describe(e, cfg)}"},
                 status=502,
-                headers={BACKEND_HEADER: backend.name},
+                headers={BACKEND_HEADER: backend.name, REQUEST_ID_HEADER: request_id},
             )
+        else:
+            if self.assignments is not None:
+                # Scheduled, not done here: the answer is written first, and parsing and
+                # encoding the record are not the client's wait.
+                record = {
+                    "request_id": request_id,
+                    "key": key,
+                    "variant": backend.name,
+                    "route": cfg.route,
+                    "code": upstream.status,
+                    "time": arrived,
+                }
+                encoded = "Content-Encoding" in upstream.headers
+                asyncio.get_running_loop().call_soon(self._log_assignment, record, content, encoded)
         REQUESTS.labels(backend.name, str(response.status)).inc()
         LATENCY.labels(backend.name).observe(time.perf_counter() - started)
         return response
+
+    def _log_assignment(self, record: dict[str, Any], content: bytes, encoded: bool) -> None:
+        """Queue the record of an answered request, keyed by its sticky key, else its id."""
+        if self.assignments is None:  # a reload closed the log in the meantime
+            return
+        record["prediction"] = None if encoded else prediction_of(content)
+        self.assignments.log(record, record["key"] if record["key"] is not None else record["request_id"])
+
+    def _open_assignment_log(self, config: AssignmentLog | None) -> RecordLog | None:
+        if config is None:
+            return None
+        return RecordLog(
+            config.bootstrap_servers,
+            config.topic,
+            name="assignment log",
+            counter=ASSIGNMENTS,
+            counts=self._assignment_counts,
+        )
 
     def _mirror(
         self, cfg: RouterConfig, shadow: Shadow, request: web.Request, headers: CIMultiDict[str], body: bytes
@@ -254,6 +326,10 @@ class Router:
         self.table = build_table(new)
         self.reloads += 1
         self._export_weights(old, new)
+        if new.assignment_log != old.assignment_log:
+            retired, self.assignments = self.assignments, self._open_assignment_log(new.assignment_log)
+            if retired is not None:  # delivers what it queued, off the event loop
+                threading.Thread(target=retired.close, name="assignment-log-close", daemon=True).start()
         log.info("Reloaded route %s: %s", new.route, describe_backends(new.backends))
 
     def _reject(self, error: str) -> None:
@@ -300,6 +376,9 @@ class Router:
             shadow=shadow,
             reloads=self.reloads,
             config_error=self.config_error,
+            assignments_logged=self._assignment_counts.delivered,
+            assignments_dropped=self._assignment_counts.dropped,
+            assignments_failed=self._assignment_counts.failed,
         )
 
     async def handle_status(self, request: web.Request) -> web.Response:
@@ -330,12 +409,31 @@ def forward_headers(request: web.Request) -> CIMultiDict[str]:
     return out
 
 
-def answer_headers(headers: CIMultiDictProxy[str], backend: str) -> CIMultiDict[str]:
+def answer_headers(headers: CIMultiDictProxy[str], backend: str, request_id: str) -> CIMultiDict[str]:
     drop = HOP_BY_HOP | {"content-length"}
     drop |= connection_options(headers)
     out = CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
     out[BACKEND_HEADER] = backend
+    out[REQUEST_ID_HEADER] = request_id
     return out
+
+
+def request_id_of(request: web.Request) -> str:
+    """The client's ``X-Request-Id`` when it is a sensible one, else a new one."""
+    given = request.headers.get(REQUEST_ID_HEADER, "")
+    if 0 < len(given) <= MAX_REQUEST_ID_CHARS and given.isascii() and given.isprintable():
+        return given
+    return uuid.uuid4().hex
+
+
+def prediction_of(content: bytes) -> Any:
+    """A backend's answer as JSON; None when it is not JSON or too large to log."""
+    if len(content) > MAX_PREDICTION_BYTES:
+        return None
+    try:
+        return json.loads(content)
+    except (ValueError, RecursionError):
+        return None
 
 
 def connection_options(headers: CIMultiDictProxy[str]) -> set[str]:

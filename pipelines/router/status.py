@@ -34,3 +34,6 @@ class RouterStatus(StatusDoc):
     shadow: ShadowStatus | None = None
     reloads: int = 0  # configuration changes taken since start
     config_error: str | None = None  # why the file's latest content was not taken, if it was not
+    assignments_logged: int = 0  # assignment records Kafka acknowledged
+    assignments_dropped: int = 0  # assignment records dropped: the producer's queue was full
+    assignments_failed: int = 0  # assignment records Kafka did not take

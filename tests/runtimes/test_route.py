@@ -4,7 +4,8 @@ The backends are ``toy_workload.py echo`` servers that answer with their workloa
 echo what they got; the router is `gyre.builders.route.build_route`'s workload, which the
 local runtime runs like any other, its backends' addresses resolved by the runtime. The tests
 count who answered each request and compare that with the router's ``/status`` as a
-controller reads it (`Runtime.read_status`).
+controller reads it (`Runtime.read_status`). The assignment log is checked against a real
+Kafka broker (`tests.integration.kafka_fixtures`).
 """
 
 from __future__ import annotations
@@ -15,22 +16,30 @@ import dataclasses
 import functools
 import json
 import random
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
 from gyre.builders.route import Route, RouteBackend, RouteShadow, build_route
+from gyre.controllers.topics import ensure_topic
+from gyre.core.topics import TopicSpec
 from gyre.core.workload import Owner, Port, Readiness, Workload, WorkloadKind, WorkloadPhase
 from gyre.pipelines._common.env import CONFIG_FILE_NAME
-from gyre.pipelines.router.config import Backend, RouterConfig
+from gyre.pipelines.router.config import AssignmentLog, Backend, RouterConfig
 from gyre.pipelines.router.status import RouterStatus
 from gyre.runtimes.local import LocalRuntime
 
+from tests.integration.kafka_fixtures import consume
 from tests.support import eventually_async
 
+if TYPE_CHECKING:
+    from tests.integration.kafka_fixtures import LocalKafka
+
+pytest_plugins = ["tests.integration.kafka_fixtures"]
 pytestmark = pytest.mark.integration
 
 TOY = str(Path(__file__).parent / "toy_workload.py")
@@ -81,6 +90,7 @@ class Answer:
     doc: dict[str, Any] | None  # the backend's echo, when one answered
     set_cookie: str | None = None
     error: str | None = None  # no answer at all (status 0)
+    request_id: str | None = None  # the answer's X-Request-Id
 
     @property
     def who(self) -> str:
@@ -133,6 +143,7 @@ async def send(
                 response.headers.get("X-Gyre-Backend"),
                 doc,
                 response.headers.get("Set-Cookie"),
+                request_id=response.headers.get("X-Request-Id"),
             )
     except aiohttp.ClientError as e:  # the router did not answer: a failed request, counted
         return Answer(0, None, None, error=f"{type(e).__name__}: {e}")
@@ -339,3 +350,102 @@ async def test_a_backend_that_does_not_answer_is_a_502_naming_it(tmp_path: Path)
                 assert "Connect" in error, error
         (down,) = (await router_status(rt, router)).backends
         assert (down.requests, down.errors) == (3, 3)
+
+
+def with_assignment_log(router: Workload, log: AssignmentLog) -> Workload:
+    """``router`` with its config's ``assignment_log`` set."""
+    config = RouterConfig.from_json(router.config_files[CONFIG_FILE_NAME])
+    logged = dataclasses.replace(config, assignment_log=log)
+    return dataclasses.replace(router, config_files={CONFIG_FILE_NAME: logged.to_json()})
+
+
+@run_async
+async def test_every_answered_request_is_one_assignment_record_with_its_variant_and_prediction(
+    tmp_path: Path, kafka_broker: LocalKafka
+) -> None:
+    """Two backends and one that is down, each a third of the keys; the log is switched on by
+    a reload. Every request the router answered itself (a 502) has no record; every other has
+    exactly one, naming the backend the client was told answered, with the backend's answer."""
+    topic = "churn-assignments"
+    await asyncio.to_thread(ensure_topic, kafka_broker.bootstrap, TopicSpec(name=topic))
+    backends = [RouteBackend(name, "http", 1) for name in ("stable", "canary", "down")]
+    plain = build_route(Route(name=ROUTER, backends=tuple(backends), sticky_header=KEY_HEADER))
+    workloads = [*BACKENDS, backend("down", listening=False)]
+    async with runtime(tmp_path) as rt, aiohttp.ClientSession() as session:
+        url = await started(rt, [*workloads, plain])
+        # Without a log, request ids still come and go: the client's, else a new one.
+        before = [await send(session, url, headers={"X-Request-Id": "early-1"}), await send(session, url)]
+        assert before[0].request_id == "early-1", before[0]
+        assert before[1].request_id is not None, before[1]
+        assert len(before[1].request_id) == 32, before[1]
+
+        logged = with_assignment_log(plain, AssignmentLog(kafka_broker.bootstrap, topic))
+        await rt.apply(OWNER, [*workloads, logged])
+
+        async def reloaded() -> None:
+            assert (await router_status(rt, logged)).reloads == 1
+
+        await eventually_async(reloaded, WITHIN_S, 0.1)
+
+        # Keyed requests with and without a client's id, one with an id too long to keep, and
+        # requests without a key.
+        sent: list[tuple[str | None, str | None]] = [
+            (f"user-{i}", f"client-{i}" if i % 2 else None) for i in range(90)
+        ]
+        sent += [("user-long", "x" * 200)] + [(None, f"anonymous-{i}") for i in range(5)] + [(None, None)] * 5
+        gate = asyncio.Semaphore(CONCURRENCY)
+
+        async def one(key: str | None, request_id: str | None) -> Answer:
+            async with gate:
+                return await send(
+                    session, url, key, headers={"X-Request-Id": request_id} if request_id else {}
+                )
+
+        arrived = time.time()
+        answers = await asyncio.gather(*(one(k, r) for k, r in sent))
+        done = time.time()
+
+        for (_, given), a in zip(sent, answers, strict=True):
+            assert a.request_id is not None, a
+            if given is not None and len(given) <= 128:
+                assert a.request_id == given, a
+            else:
+                assert len(a.request_id) == 32, a
+        answered = {a.request_id: (k, a) for (k, _), a in zip(sent, answers, strict=True) if a.status == 200}
+        failed = [a for a in answers if a.status != 200]
+        assert {a.backend for _, a in answered.values()} == {"stable", "canary"}
+        assert failed, "no key reached the backend that is down"
+        assert all((a.status, a.backend) == (502, "down") for a in failed), failed
+
+        async def all_delivered() -> RouterStatus:
+            status = await router_status(rt, logged)
+            assert status.assignments_logged >= len(answered), status
+            return status
+
+        status = await eventually_async(all_delivered, WITHIN_S, 0.1)
+        assert (status.assignments_logged, status.assignments_dropped, status.assignments_failed) == (
+            len(answered),
+            0,
+            0,
+        )
+        messages = await asyncio.to_thread(consume, kafka_broker, topic, len(answered))
+
+    records = {}
+    for m in messages:
+        record = json.loads(m.value())
+        assert record["request_id"] not in records, f"two records of one request: {record}"
+        records[record["request_id"]] = (m.key(), record)
+    assert set(records) == set(answered), "one record per answered request, none for a 502 or before the log"
+    for request_id, (message_key, record) in records.items():
+        key, answer = answered[request_id]
+        assert answer.doc is not None
+        assert message_key == (key or request_id).encode()
+        assert (record["key"], record["variant"], record["route"], record["code"]) == (
+            key,
+            answer.backend,
+            ROUTER,
+            200,
+        ), record
+        assert record["prediction"] == answer.doc, record  # the backend's answer, parsed
+        assert record["prediction"]["headers"]["x-request-id"] == request_id  # forwarded
+        assert arrived <= record["time"] <= done, record

@@ -9,7 +9,7 @@ import pytest
 from gyre.builders.route import Route, RouteBackend, RouteShadow, build_route
 from gyre.core.workload import Owner, Port, Workload, WorkloadKind
 from gyre.pipelines._common.env import CONFIG_FILE_NAME, ConfigError
-from gyre.pipelines.router.config import Backend, RouterConfig
+from gyre.pipelines.router.config import AssignmentLog, Backend, RouterConfig
 from gyre.runtimes import k8s_render as r
 
 OWNER = Owner(kind="InferenceService", namespace="ml", name="churn", uid="1234-abcd")
@@ -127,6 +127,9 @@ def test_a_url_that_refers_to_an_unset_variable_is_an_error() -> None:
     assert config.resolved({"GYRE_BACKEND_A": "127.0.0.1:1"}).backends[0].url == "http://127.0.0.1:1"
 
 
+ONE_BACKEND: dict[str, Any] = {"route": "r", "backends": [{"name": "a", "url": "http://h"}]}
+
+
 @pytest.mark.parametrize(
     ("data", "error"),
     [
@@ -137,8 +140,39 @@ def test_a_url_that_refers_to_an_unset_variable_is_an_error() -> None:
         ({"route": "r", "backends": [{"name": "a", "url": "http://h", "wieght": 1}]}, "unknown fields"),
         ({"route": "r", "backends": [{"name": "a", "url": "ftp://h"}]}, "must be http"),
         ({"route": "r", "backends": ["a"]}, "must be an object"),
+        (
+            {**ONE_BACKEND, "assignment_log": {"bootstrap_servers": "", "topic": "t"}},
+            r"assignment_log\.bootstrap_servers must be a non-empty string",
+        ),
+        (
+            {**ONE_BACKEND, "assignment_log": {"bootstrap_servers": "k:9092", "topic": 7}},
+            r"assignment_log\.topic must be a non-empty string",
+        ),
+        (
+            {**ONE_BACKEND, "assignment_log": {"bootstrap_servers": "k:9092"}},
+            "missing required field 'topic'",
+        ),
+        ({**ONE_BACKEND, "assignment_log": "k:9092/t"}, "assignment_log must be an object"),
+        (
+            {**ONE_BACKEND, "assignment_log": {"bootstrap_servers": "k:9092", "topic": "t", "acks": 1}},
+            r"assignment_log: unknown fields \['acks'\]",
+        ),
     ],
 )
 def test_invalid_router_configs_are_errors_naming_the_field(data: dict[str, Any], error: str) -> None:
     with pytest.raises(ConfigError, match=error):
         RouterConfig.from_dict(data).resolved({})
+
+
+@pytest.mark.parametrize(
+    "assignment_log", [None, AssignmentLog(bootstrap_servers="kafka-0:9092,kafka-1:9092", topic="churn-a")]
+)
+def test_the_assignment_log_round_trips_through_the_config_file(assignment_log: AssignmentLog | None) -> None:
+    config = RouterConfig(route="r", backends=(Backend("a", "http://h"),), assignment_log=assignment_log)
+    assert RouterConfig.from_json(config.to_json()) == config
+    assert config.to_dict()["assignment_log"] == (
+        None
+        if assignment_log is None
+        else {"bootstrap_servers": "kafka-0:9092,kafka-1:9092", "topic": "churn-a"}
+    )
+    assert RouterConfig.from_dict(ONE_BACKEND).assignment_log is None  # off unless configured
