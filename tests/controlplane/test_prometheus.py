@@ -3,8 +3,10 @@
 A running system on the local runtime: the operator, a Stream (broker, collector, lake sink)
 receiving valid and invalid events all along, a two-worker TrainingJob, and an InferenceService
 (model server and router, with drift monitoring) serving a shorter TrainingJob's model and
-answering prediction requests all along, and a FeatureJob (Spark) over the Stream's lake with an
-online store (whose figures the operator exports). A Prometheus
+answering prediction requests all along, a FeatureJob (Spark) over the Stream's lake with an
+online store (whose figures the operator exports), a one-trial search Experiment, and an A/A
+online Experiment over the InferenceService (its router and analysis; requests through it and
+their outcomes on the Stream all along). A Prometheus
 (Debian's package) scrapes the operator and every workload's metrics port each second; each
 dashboard query, with Grafana's variables expanded as Grafana would ("All", a rate interval),
 must return at least one series with a finite value (`/api/v1/query`), and each variable's
@@ -74,7 +76,9 @@ def has_data(prometheus: Prometheus, expr: str) -> tuple[bool, object]:
 
 @pytest.fixture
 def operator(cluster: Cluster, tmp_path: Path) -> Iterator[OperatorProcess]:
-    yield from running_operator(cluster, tmp_path, "prom", "local", show="gst,gtj,ginf,gfj", log_lines=150)
+    yield from running_operator(
+        cluster, tmp_path, "prom", "local", show="gst,gtj,ginf,gfj,gexp", log_lines=150
+    )
 
 
 @pytest.fixture
@@ -161,6 +165,64 @@ def predict(url: str) -> Callable[[int], None]:
 
 
 SERVED = "churn-serving"
+AA = "churn-aa"
+
+
+def online_experiment() -> str:
+    """A/A over the one InferenceService, outcomes (``views``) by user key on the Stream."""
+    return f"""
+apiVersion: gyre.dev/v1alpha1
+kind: Experiment
+metadata: {{name: {AA}}}
+spec:
+  online:
+    variants:
+      - {{name: a, inferenceService: {SERVED}}}
+      - {{name: b, inferenceService: {SERVED}}}
+    allocation: {{policy: thompson, intervalSeconds: 2}}
+    analysis: {{method: bayesian, metric: views, reward: continuous, minSamples: 1000}}
+    feedbackStream: clicks
+    keyField: user_id
+    aa: true
+"""
+
+
+def search_experiment(data: Path, out: Path) -> str:
+    template = job("unused", data, out, epochs=1, workers=1, every=1000).split("spec:", 1)[1]
+    body = "\n".join("    " + line for line in template.strip("\n").splitlines())
+    return f"""
+apiVersion: gyre.dev/v1alpha1
+kind: Experiment
+metadata: {{name: churn-search}}
+spec:
+  search:
+    maxTrials: 1
+    parameters:
+      - {{name: hyperparameters.learningRate, type: double, min: 0.001, max: 0.01}}
+    trialTemplate:
+{body}
+"""
+
+
+def through_experiment(url: str, collector: str) -> Callable[[int], None]:
+    """Four keyed prediction requests through the online Experiment, then an outcome for each
+    user on the Stream."""
+
+    def send(n: int) -> None:
+        users = [f"aa-{4 * n + k}" for k in range(4)]
+        for i, user in enumerate(users):
+            row = {"plan": "free", "page_views": (n + i) % 17, "session_seconds": 60.0}
+            req = urllib.request.Request(
+                f"{url}/v1/models/{SERVED}:predict",
+                data=json.dumps({"instances": [row]}).encode(),
+                headers={"Content-Type": "application/json", "X-Gyre-Key": user},
+            )
+            with urllib.request.urlopen(req, timeout=10) as r:
+                assert r.status == 200
+        now = int(time.time() * 1000)
+        post(collector, [{"user_id": u, "ts": now, "views": (n + i) % 5} for i, u in enumerate(users)])
+
+    return send
 
 
 def feature_job(offline: Path) -> str:
@@ -209,6 +271,8 @@ def test_every_dashboard_query_returns_data(
     op.apply(job("churn-small", data, tmp_path / "models-small", epochs=1, every=1000, workers=1))
     op.apply(inference_service("churn-small"))
     op.apply(feature_job(tmp_path / "features"))
+    op.apply(search_experiment(data, tmp_path / "models-search"))
+    op.apply(online_experiment())
 
     def stream_ready() -> dict[str, Any]:
         st = dict(op.get("stream", "clicks").get("status") or {})
@@ -230,15 +294,26 @@ def test_every_dashboard_query_returns_data(
         assert op.condition("inferenceservice", SERVED, "Ready")["status"] == "True"
         return str(op.status("inferenceservice", SERVED)["url"])
 
+    def experimenting() -> str:
+        assert op.condition("experiment", AA, "Ready")["status"] == "True", op.status("experiment", AA)
+        return str(op.status("experiment", AA)["url"])
+
+    def searched() -> None:
+        assert op.status("experiment", "churn-search").get("best"), op.status("experiment", "churn-search")
+
     with contextlib.ExitStack() as senders:
         poster = senders.enter_context(Sender("posting events", post_events(collector_url)))
         eventually(training, timeout=240, interval=1)
         serving_url = eventually(serving, timeout=300, interval=1)
         eventually(features_published, timeout=300, interval=1)
         predictor = senders.enter_context(Sender("predicting", predict(serving_url), interval_s=0.2))
+        experiment_url = eventually(experimenting, timeout=180, interval=1)
+        senders.enter_context(Sender("experimenting", through_experiment(experiment_url, collector_url)))
+        eventually(searched, timeout=300, interval=1)
         # What runs all along: the short TrainingJob and the FeatureJob's Spark run have ended
         # (the operator reports the FeatureJob's figures).
         ended = {("churn-small", "launcher"), ("churn-small", "worker"), ("clicks-features", "spark")}
+        ended |= {("churn-search-0", "launcher"), ("churn-search-0", "worker")}
         targets = [
             Target("gyre-operator", f"127.0.0.1:{op.metrics_port}"),
             *[
@@ -251,7 +326,7 @@ def test_every_dashboard_query_returns_data(
             (t.labels["gyre_dev_owner_name"], t.labels["gyre_dev_workload"]) for t in targets if t.labels
         }
         expected = {("clicks", "collector"), ("clicks", "sink-lake"), ("churn", "worker")}
-        expected |= {(SERVED, "predictor"), (SERVED, "router")}
+        expected |= {(SERVED, "predictor"), (SERVED, "router"), (AA, "router"), (AA, "analysis")}
         assert expected <= workloads, targets
         assert sum(t.labels.get("gyre_dev_owner_name") == "churn" for t in targets) == 2
         prometheus.scrape(targets)
@@ -263,7 +338,7 @@ def test_every_dashboard_query_returns_data(
             for dashboard in [json.loads(path.read_text())]
             for expr in generator.queries(dashboard)
         ]
-        assert len({name for name, _, _ in queries}) == 5
+        assert len({name for name, _, _ in queries}) == 6
         pending = {q[2] for q in queries}
         last: dict[str, object] = {}
         started = time.monotonic()

@@ -68,15 +68,30 @@ def exported_metrics() -> dict[str, set[str]]:
         "gyre.pipelines.router.server",
     ):
         importlib.import_module(module)
+    from gyre.pipelines.abtest import server as abtest
+
+    analysis = {
+        name
+        for metric in (
+            abtest.REQUESTS,
+            abtest.OUTCOMES,
+            abtest.REWARD,
+            abtest.ALLOCATION,
+            abtest.P_BEST,
+            abtest.DECIDED,
+        )
+        for name in (metric.describe()[0].name,)
+    }
     if importlib.util.find_spec("kserve") is not None:
         importlib.import_module("gyre.pipelines.modelserver.model")  # the serve extra
     from gyre.pipelines.trainer.progress import Metrics
 
-    # The operator, collector, sink, router and model server use the default registry.
+    # The operator, collector, sink, router, analysis and model server use the default registry.
     default = series_names(REGISTRY)
     workloads = ("gyre_collector_", "gyre_lakesink_", "gyre_router_", "gyre_model_")
     return {
-        "operator": {n for n in default if not n.startswith(workloads)},
+        "operator": {n for n in default if not n.startswith(workloads) and n not in analysis},
+        "analysis": analysis,
         "collector": {n for n in default if n.startswith("gyre_collector_")},
         "lakesink": {n for n in default if n.startswith("gyre_lakesink_")},
         "router": {n for n in default if n.startswith("gyre_router_")},

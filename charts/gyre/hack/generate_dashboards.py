@@ -69,6 +69,13 @@ TOTAL_STEPS = "gyre_trainer_total_steps"
 LOSS = "gyre_trainer_train_loss"
 
 # Per FeatureJob, from the statuses the operator computes (`gyre.operator.metrics`).
+EXPERIMENT_TRIALS = "gyre_experiment_trials"
+EXPERIMENT_BEST = "gyre_experiment_best_value"
+EXPERIMENT_TRAFFIC = "gyre_experiment_traffic_share"
+EXPERIMENT_REQUESTS = "gyre_experiment_requests"
+EXPERIMENT_REWARD = "gyre_experiment_reward_sum"
+EXPERIMENT_P_BEST = "gyre_experiment_p_best"
+
 FEATURE_ROWS = "gyre_featurejob_last_run_rows"
 FEATURE_ENTITIES = "gyre_featurejob_last_run_entities"
 FEATURE_SECONDS = "gyre_featurejob_last_run_duration_seconds"
@@ -489,6 +496,92 @@ def featurejobs_dashboard() -> Dashboard:
     )
 
 
+# -- Experiments --------------------------------------------------------------------------------
+
+EXP = 'namespace=~"$namespace", experiment=~"$experiment"'
+
+
+def experiments_dashboard() -> Dashboard:
+    panels = (
+        stat_panel(
+            "Running trials",
+            "Trials of the selected searches whose TrainingJob runs now.",
+            "short",
+            Target(f'sum ({EXPERIMENT_TRIALS}{{{EXP}, state="running"}})', "running"),
+        ),
+        stat_panel(
+            "Completed trials",
+            "Trials that finished and reported the objective.",
+            "short",
+            Target(f'sum ({EXPERIMENT_TRIALS}{{{EXP}, state="completed"}})', "completed"),
+        ),
+        stat_panel(
+            "Pruned and failed trials",
+            "Trials stopped early by the pruner, and trials that failed with their retries spent.",
+            "short",
+            Target(f'sum ({EXPERIMENT_TRIALS}{{{EXP}, state=~"pruned|failed"}})', "pruned + failed"),
+        ),
+        stat_panel(
+            "Online requests",
+            "Requests the variants of the selected online experiments answered.",
+            "short",
+            Target(f"sum ({EXPERIMENT_REQUESTS}{{{EXP}}})", "requests"),
+        ),
+        series(
+            "Trials by state",
+            "Each search's trials by state over time.",
+            "short",
+            Target(f"max by (experiment, state) ({EXPERIMENT_TRIALS}{{{EXP}}})", "{{experiment}} {{state}}"),
+        ),
+        series(
+            "Best value over time",
+            "Each search's best objective value so far (one objective).",
+            "short",
+            Target(f"max by (experiment) ({EXPERIMENT_BEST}{{{EXP}}})", "{{experiment}}"),
+        ),
+        series(
+            "Traffic share by variant",
+            "Each online experiment's traffic share per variant (the policy's allocation, or 1 for a promoted winner).",
+            "percentunit",
+            Target(
+                f"max by (experiment, variant) ({EXPERIMENT_TRAFFIC}{{{EXP}}})", "{{experiment}} {{variant}}"
+            ),
+        ),
+        series(
+            "P(best) by variant",
+            "Posterior probability that each variant is the best one.",
+            "percentunit",
+            Target(
+                f"max by (experiment, variant) ({EXPERIMENT_P_BEST}{{{EXP}}})", "{{experiment}} {{variant}}"
+            ),
+        ),
+        series(
+            "Reward rate by variant",
+            "Mean reward per request (the conversion rate) of each variant.",
+            "short",
+            Target(
+                f"max by (experiment, variant) ({EXPERIMENT_REWARD}{{{EXP}}}) / "
+                f"max by (experiment, variant) ({EXPERIMENT_REQUESTS}{{{EXP}}} > 0)",
+                "{{experiment}} {{variant}}",
+            ),
+            width=24,
+        ),
+    )
+    return Dashboard(
+        "gyre-experiments.json",
+        "gyre-experiments",
+        "Gyre / Experiments",
+        ("gyre", "experiment"),
+        (
+            Variable("namespace", "Namespace", EXPERIMENT_TRIALS, "namespace"),
+            Variable(
+                "experiment", "Experiment", f'{EXPERIMENT_TRIALS}{{namespace=~"$namespace"}}', "experiment"
+            ),
+        ),
+        panels,
+    )
+
+
 # -- InferenceServices --------------------------------------------------------------------------
 
 ISVC = 'namespace=~"$namespace", gyre_dev_owner_name=~"$inferenceservice"'
@@ -697,6 +790,7 @@ def dashboards() -> dict[str, dict[str, Any]]:
         featurejobs_dashboard(),
         trainingjobs_dashboard(),
         inferenceservices_dashboard(),
+        experiments_dashboard(),
     )
     return {spec.file: build_dashboard(spec) for spec in specs}
 

@@ -225,20 +225,37 @@ class Allocation(ApiModel):
     probability epsilon; thompson (the default): Thompson sampling; ucb: upper confidence bound."""
     epsilon: Annotated[float, Field(ge=0, le=1)] = 0.1
     """For epsilonGreedy: share of traffic sent to a random variant, between 0 and 1; default 0.1."""
+    interval_seconds: Annotated[float, Field(ge=1, le=3600)] = 10.0
+    """How often the allocation is recomputed from the outcomes and written into the router,
+    in seconds (1 to 3600); default 10."""
+    sticky_header: Annotated[str, Field(pattern=r"^[A-Za-z0-9-]+$", max_length=64)] = "X-Gyre-Key"
+    """The request header that names the user: a user keeps their variant (a hash of the
+    experiment and the key) while the allocation holds; default X-Gyre-Key."""
 
 
 class Analysis(ApiModel):
     """How the winner is decided."""
 
     method: Literal["ttest", "bayesian", "sequential"] = "bayesian"
-    """ttest (Welch's t-test), bayesian (probability to be best, the default) or sequential
-    (a sequential test that may stop early)."""
+    """ttest (two-proportion z-test for conversions, Welch's t-test for continuous rewards),
+    bayesian (posterior probability to be best and expected loss, the default) or sequential
+    (always-valid p-values, mSPRT: looking continuously does not inflate false positives)."""
     metric: Annotated[str, Field(max_length=128)] = "conversion"
-    """A reward the feedback Stream carries per prediction."""
+    """The field of the feedback Stream's events that carries the reward; default conversion."""
+    reward: Literal["conversion", "continuous"] = "conversion"
+    """conversion: a request converts (reward 1) when any of its outcomes has the metric above
+    0 (Beta-Bernoulli); continuous: the reward is the sum of its outcomes' metric (Normal)."""
     min_samples: Annotated[int, Field(ge=1)] = 1000
-    """Rewards each variant needs before any decision; default 1000."""
+    """Requests each variant needs before any decision; default 1000."""
     significance: Annotated[float, Field(gt=0, lt=1)] = 0.05
-    """Error rate the decision accepts (p-value, or 1 - probability to be best); default 0.05."""
+    """Error rate the decision accepts (the p-value's threshold); default 0.05."""
+    minimum_detectable_effect: Annotated[float, Field(gt=0)] = 0.01
+    """The smallest absolute lift worth detecting, in the metric's units: what the sample size
+    is computed for, and the sequential test's mixing scale; default 0.01."""
+    power: Annotated[float, Field(gt=0, lt=1)] = 0.8
+    """Probability of detecting a lift of minimumDetectableEffect (for the sample size); 0.8."""
+    loss_threshold: Annotated[float, Field(gt=0)] = 0.001
+    """bayesian: stop when the leader's expected loss is below this, in the metric's units."""
 
 
 class Promotion(ApiModel):
@@ -246,6 +263,11 @@ class Promotion(ApiModel):
 
     auto: bool = False
     """Promote the winner to 100% traffic once the analysis decides."""
+    max_latency_p99_ms: Annotated[float, Field(gt=0)] | None = None
+    """Guard: the winner is not promoted while its p99 prediction latency is above this."""
+    max_error_rate: Annotated[float, Field(ge=0, le=1)] = 0.05
+    """Guard: the winner is not promoted while the share of its requests that failed or were
+    answered by the fallback is above this (0 to 1); default 0.05."""
 
 
 class OnlineSpec(ApiModel):
@@ -263,15 +285,30 @@ class OnlineSpec(ApiModel):
                 "allocation.policy fixed needs a weight on every variant",
                 ".variants",
             ),
+            cel(
+                "self.allocation.policy != 'fixed' || self.variants.exists(v, v.weight > 0)",
+                "allocation.policy fixed needs a weight above 0 on at least one variant",
+                ".variants",
+            ),
         )
     )
 
     variants: Annotated[list[Variant], Field(min_length=2, max_length=16)]
-    """The InferenceServices compared, 2 to 16 (names unique)."""
+    """The InferenceServices compared, 2 to 16 (names unique); the first is the control."""
     allocation: Allocation = Allocation()
     analysis: Analysis = Analysis()
-    feedback_stream: DnsName | None = None
-    """The Stream that carries outcomes (rewards) back."""
+    feedback_stream: DnsName
+    """The Stream that carries outcomes back: events with the metric and the request's id
+    (the X-Request-Id the experiment's URL answered with) or the user's key."""
+    request_id_field: Annotated[str, Field(max_length=128)] = "request_id"
+    """The feedback events' field holding the request id; default request_id."""
+    key_field: Annotated[str, Field(max_length=128)] = "key"
+    """The feedback events' field holding the user key (used when no request id is given)."""
+    attribution_window_seconds: Annotated[float, Field(gt=0)] = 600.0
+    """Outcomes up to this long after their request count for it; default 600."""
+    aa: bool = False
+    """A/A mode: the variants serve the same model; the whole path is checked for a difference
+    it must not find, and no winner is declared."""
     promotion: Promotion = Promotion()
 
 
@@ -335,6 +372,73 @@ class BestTrial(ApiModel):
     """Where its model artifact is."""
 
 
+HISTORY_POINTS = 240
+
+
+class OnlineVariantStatus(ApiModel):
+    """One variant's figures in an online experiment."""
+
+    model_config = ConfigDict(frozen=False)
+
+    name: str
+    """The variant's name (spec.online.variants)."""
+    inference_service: str | None = None
+    """The InferenceService that serves it."""
+    requests: int = 0
+    """Requests it answered (assignments logged)."""
+    outcomes: int = 0
+    """Requests with at least one outcome joined."""
+    rate: float | None = None
+    """Mean reward per request (the conversion rate)."""
+    interval: list[float] | None = None
+    """95% interval of the rate, [low, high]."""
+    p_best: float | None = None
+    """Probability that it is the best variant."""
+    expected_loss: float | None = None
+    """What choosing it costs if it is not best, in the metric's units."""
+    lift: float | None = None
+    """Its rate minus the control's."""
+    lift_interval: list[float] | None = None
+    """The interval of the lift, [low, high]."""
+    p_value: float | None = None
+    """Versus the control (ttest or sequential)."""
+    allocation: float | None = None
+    """Its current traffic share, between 0 and 1."""
+
+
+class OnlineDecision(ApiModel):
+    """The online analysis' state and the promotion."""
+
+    model_config = ConfigDict(frozen=False)
+
+    decided: bool = False
+    """True once the analysis decided (a winner, or no difference)."""
+    reason: str | None = None
+    """Why (CamelCase): CollectingSamples, Significant, ExpectedLossBelowThreshold,
+    ValueRemainingBelowThreshold, AAPassed, AAFailed, ..."""
+    message: str | None = None
+    """The evidence, with its figures."""
+    sample_size: int | None = None
+    """Requests per variant needed to detect minimumDetectableEffect at the declared power."""
+    sample_ratio_mismatch: bool | None = None
+    """True when the observed split differs from the configured one (fixed weights)."""
+    promoted: str | None = None
+    """The variant promoted to 100% of the traffic."""
+    promotion_blocked: str | None = None
+    """Why the decided winner is not promoted yet (a guard, or promotion.auto unset)."""
+    time: Annotated[str, Field(json_schema_extra={"format": "date-time"})] | None = None
+    """When the decision (or the promotion) was made."""
+
+
+class AllocationPoint(ApiModel):
+    """The allocation at one time."""
+
+    time: float
+    """When the allocation was computed, in seconds since the Unix epoch."""
+    allocation: dict[str, float] = {}
+    """The traffic share per variant then, between 0 and 1."""
+
+
 class ExperimentStatus(BaseStatus):
     """The experiment's conditions, trials or traffic allocation, and the result."""
 
@@ -356,6 +460,15 @@ class ExperimentStatus(BaseStatus):
     """Online: the current traffic share per variant, between 0 and 1."""
     winner: str | None = None
     """The winning trial or variant, once decided."""
+    url: str | None = None
+    """Online: where clients send prediction requests (the experiment's router; add the model
+    path, e.g. /v1/models/<name>:predict); answers carry X-Request-Id and X-Gyre-Backend."""
+    variants: Annotated[list[OnlineVariantStatus], Field(max_length=16)] = []
+    """Online: figures per variant."""
+    decision: OnlineDecision | None = None
+    """Online: where the analysis stands, and the promotion once made."""
+    history: Annotated[list[AllocationPoint], Field(max_length=HISTORY_POINTS)] = []
+    """Online: the allocation over time (the latest points)."""
 
 
 ExperimentSpec.STATUS = ExperimentStatus

@@ -193,6 +193,9 @@ class InferenceServiceSpec(Kind):
     )
 
     model: ModelSource
+    model_name: DnsName | None = None
+    """The model's name in the prediction paths (/v1/models/<modelName>:predict); default the
+    InferenceService's name. The variants of an online Experiment serve one name."""
     protocol: Literal["v1", "v2"] = "v2"
     """Inference protocol: v2 (the Open Inference Protocol, the default) or v1 (KServe's
     :predict)."""

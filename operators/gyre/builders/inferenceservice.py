@@ -8,7 +8,7 @@ mirrors ``traffic.shadow.percent`` of the requests to the shadow, whose answers 
 The router is the service's address even without a canary, so adding one, changing its share
 or promoting it changes weights in place (the router rereads them) instead of the address.
 
-Every model server is named after the service, so clients use the same paths
+Every model server is named after the service (or its ``modelName``), so clients use the same paths
 (``/v1/models/<name>:predict``, ``/v2/models/<name>/infer``) whichever model answers.
 """
 
@@ -97,7 +97,7 @@ def build_server_config(
             key_prefix=online_store.key_prefix,
         )
     return ModelServerConfig(
-        name=name,
+        name=spec.model_name or name,
         artifact=uri,
         variant=variant,
         batching=BatchingConfig(

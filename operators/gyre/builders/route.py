@@ -6,11 +6,13 @@ SERVICE-shaped router (a Deployment and a ClusterIP Service on Kubernetes, a pro
 that forwards each request to one backend by weight, keeps sticky keys on one backend and
 mirrors to a shadow.
 
-Backends are workloads of the same owner. Their addresses are `EndpointRef`s in the router's
-environment, which each runtime resolves as it resolves any other (a loopback port locally,
-``<owner>-<workload>.<namespace>.svc:<port>`` on Kubernetes); the config file's backend URLs
-refer to those variables. Weights live in the config file and the router rereads it
-(``reloads_config``): changing them neither restarts nor rolls the router.
+Backends are workloads of the same owner, or addresses other objects published (an online
+Experiment routes across InferenceServices by their ``status.url``). Workload backends'
+addresses are `EndpointRef`s in the router's environment, which each runtime resolves as it
+resolves any other (a loopback port locally, ``<owner>-<workload>.<namespace>.svc:<port>`` on
+Kubernetes); the config file's backend URLs refer to those variables. Weights live in the
+config file and the router rereads it (``reloads_config``): changing them neither restarts nor
+rolls the router.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from gyre.core.workload import (
     WorkloadKind,
 )
 from gyre.pipelines._common.env import CONFIG_ENV, CONFIG_FILE_NAME
-from gyre.pipelines.router.config import Backend, RouterConfig, Shadow
+from gyre.pipelines.router.config import AssignmentLog, Backend, RouterConfig, Shadow
 
 ROLE = "router"
 HTTP_PORT = 8080
@@ -37,11 +39,14 @@ METRICS_PORT = 9090
 
 @dataclass(frozen=True)
 class RouteBackend:
-    """A port of a workload of the route's owner, answering ``weight``'s share (relative)."""
+    """A port of a workload of the route's owner, answering ``weight``'s share (relative); or,
+    with ``url``, an address outside the owner (another object's published URL), which
+    ``workload`` then only names."""
 
     workload: str
     port: str
     weight: float
+    url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,9 @@ class RouteShadow:
 class Route:
     """``name``: the router workload's name, and what sticky keys are hashed with.
     ``sticky_header``: the request header whose value keeps a client on one backend.
-    ``policy``: the allocation policy's name (`gyre.pipelines.router.policy.POLICIES`)."""
+    ``policy``: the allocation policy's name (`gyre.pipelines.router.policy.POLICIES`).
+    ``route_key``: what sticky keys are hashed with instead of ``name`` (an experiment's name).
+    ``assignment_log``: (bootstrap servers, topic) the router logs every assignment to."""
 
     name: str
     backends: tuple[RouteBackend, ...]
@@ -67,6 +74,8 @@ class Route:
     replicas: int = 1
     resources: Resources = field(default_factory=Resources)
     timeout_s: float = 30.0
+    route_key: str | None = None
+    assignment_log: tuple[str, str] | None = None
 
 
 def address_env(workload: str) -> str:
@@ -78,9 +87,9 @@ def build_router_config(route: Route) -> RouterConfig:
     """The router's configuration; backend URLs refer to `address_env` variables."""
     shadow = route.shadow
     return RouterConfig(
-        route=route.name,
+        route=route.route_key or route.name,
         backends=tuple(
-            Backend(name=b.workload, url=f"http://$({address_env(b.workload)})", weight=b.weight)
+            Backend(name=b.workload, url=b.url or f"http://$({address_env(b.workload)})", weight=b.weight)
             for b in route.backends
         ),
         policy=route.policy,
@@ -91,6 +100,7 @@ def build_router_config(route: Route) -> RouterConfig:
             name=shadow.workload, url=f"http://$({address_env(shadow.workload)})", percent=shadow.percent
         ),
         timeout_s=route.timeout_s,
+        assignment_log=None if route.assignment_log is None else AssignmentLog(*route.assignment_log),
         port=HTTP_PORT,
         metrics_port=METRICS_PORT,
     )
@@ -111,7 +121,8 @@ def build_route(route: Route) -> Workload:
     config = build_router_config(route)  # validates names and weights (a ConfigError)
     env: dict[str, EnvValue] = {CONFIG_ENV: ConfigDirRef(CONFIG_FILE_NAME)}
     for b in route.backends:
-        env[address_env(b.workload)] = EndpointRef(b.port, b.workload)
+        if b.url is None:
+            env[address_env(b.workload)] = EndpointRef(b.port, b.workload)
     if route.shadow is not None:
         env[address_env(route.shadow.workload)] = EndpointRef(route.shadow.port, route.shadow.workload)
     return Workload(

@@ -6,7 +6,7 @@ Each pass reads the trials from the API server, rebuilds the Optuna study from t
 trials while fewer than `parallelTrials` run and fewer than `maxTrials` exist. The search's
 state — running, ended and why — is a small pure decision (`decide_search`) of the trials and
 the clock, made the same way when building and when computing status. The online form
-(traffic across InferenceServices) is resolved and checked but not run yet.
+(traffic across InferenceServices, analysed and promoted) is `gyre.controllers.online`.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from gyre.builders.experiment import (
     parameter_value,
     trial_name,
 )
+from gyre.controllers import online as online_form
 from gyre.controllers.base import Controller, ObjectMeta, Ref, Resolved, StatusInput, StatusOutput
-from gyre.controllers.pending import PendingDataPlane
 from gyre.controllers.search import (
     COMPLETED,
     FAILED,
@@ -47,6 +47,8 @@ from gyre.controllers.trainingjob import dataset_refs
 from gyre.core import conditions as cnd
 from gyre.core.children import ChildKind, ChildObject, ChildState
 from gyre.core.durations import seconds_since
+from gyre.core.workload import Workload
+from gyre.runtimes.base import Runtime
 
 POLL_S = 5.0  # trials' status changes bring the next pass sooner; this is the backstop
 
@@ -156,40 +158,24 @@ def plan_trials(
     return plans
 
 
-class OnlineExperiment(PendingDataPlane):
-    """The online form's status until it runs: resolved and checked, not allocated."""
-
-    kind = "Experiment"
-    spec_model = ExperimentSpec
-    data_plane = "online allocation and analysis across InferenceServices"
-
-
 class ExperimentController(Controller[ExperimentSpec]):
     kind = "Experiment"
     spec_model = ExperimentSpec
     child_kinds: ClassVar[tuple[ChildKind, ...]] = (TRAINING_JOB,)
     reads_children = True
-    online = OnlineExperiment()
 
     def references(self, spec: ExperimentSpec) -> list[Ref]:
         refs: list[Ref] = []
         if spec.search:
             refs += dataset_refs(spec.search.trial_template, "spec.search.trialTemplate")
         if spec.online:
-            for i, v in enumerate(spec.online.variants):
-                refs.append(
-                    Ref(
-                        "InferenceService", v.inference_service, f"spec.online.variants[{i}].inferenceService"
-                    )
-                )
-            if spec.online.feedback_stream:
-                refs.append(Ref("Stream", spec.online.feedback_stream, "spec.online.feedbackStream"))
+            refs += online_form.references(spec.online)
         return refs
 
     def check(self, meta: ObjectMeta, spec: ExperimentSpec, deps: Mapping[str, Resolved]) -> list[str]:
         search = spec.search
         if search is None:
-            return []
+            return online_form.check(spec.online, deps) if spec.online else []
         problems: list[str] = []
         for i, p in enumerate(search.parameters):
             tried = list(p.values or []) if p.type == "categorical" else [p.min, p.max]
@@ -206,6 +192,31 @@ class ExperimentController(Controller[ExperimentSpec]):
         if search.algorithm.name == "grid" and grid_size(search) > 100_000:
             problems.append(f"the grid has {grid_size(search)} points, more than 100000: use fewer values")
         return problems
+
+    def build(
+        self,
+        meta: ObjectMeta,
+        spec: ExperimentSpec,
+        deps: Mapping[str, Resolved],
+        status: Mapping[str, Any],
+        prepared: Any,
+        *,
+        served: frozenset[ChildKind] = frozenset(),
+    ) -> list[Workload]:
+        return online_form.build(spec.online, meta, deps, status) if spec.online else []
+
+    async def converge(
+        self,
+        meta: ObjectMeta,
+        spec: ExperimentSpec,
+        deps: Mapping[str, Resolved],
+        runtime: Runtime,
+        prepared: Any,
+        workloads: Sequence[Workload],
+    ) -> Any:
+        if spec.online is None:
+            return prepared
+        return await online_form.converge(spec.online, meta, deps, runtime, workloads)
 
     def build_children(
         self,
@@ -228,7 +239,8 @@ class ExperimentController(Controller[ExperimentSpec]):
     def compute_status(self, spec: ExperimentSpec, inp: StatusInput) -> StatusOutput:
         search = spec.search
         if search is None:
-            return self.online.compute_status(spec, inp)
+            assert spec.online is not None  # exactly one of search and online (the CRD's rule)
+            return online_form.compute_status(spec.online, inp)
         meta, old = inp.meta, inp.old_status
         trials = trials_from_children(inp.children, search)
         elapsed = seconds_since(meta.created)

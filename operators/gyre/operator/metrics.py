@@ -1,6 +1,7 @@
 """Prometheus metrics of the operator: reconciles, errors and durations per kind, and the
-figures of objects the operator computes (an Experiment's trials by state, its best value; a
-FeatureJob's last run, online store and validation failures)."""
+figures of objects the operator computes (an Experiment's trials by state, its best value, an
+online Experiment's traffic share per variant; a FeatureJob's last run,
+online store and validation failures)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,12 @@ EXPERIMENT_BEST = Gauge(
     ["namespace", "experiment"],
 )
 TRIAL_STATES = ("running", "completed", "pruned", "failed", "stopped")
+EXPERIMENT_TRAFFIC = Gauge(
+    "gyre_experiment_traffic_share",
+    "Share of each online Experiment's traffic its variant gets now (the policy's allocation, or 1 "
+    "for a promoted winner), 0 to 1",
+    ["namespace", "experiment", "variant"],
+)
 
 _FJ = ["namespace", "featurejob"]
 FEATURE_RUN_ROWS = Gauge("gyre_featurejob_last_run_rows", "Rows of each FeatureJob's last finished run", _FJ)
@@ -83,6 +90,7 @@ FEATURE_DRIFT = Gauge(
     [*_FJ, "feature"],
 )
 _drift_features: dict[tuple[str, str], set[str]] = {}  # the feature labels set, per FeatureJob
+_variants: dict[tuple[str, str], set[str]] = {}  # the variant labels set, per online Experiment
 FEATURE_GAUGES = (
     FEATURE_RUN_ROWS, FEATURE_RUN_ENTITIES, FEATURE_RUN_SECONDS, FEATURE_RUN_SUCCEEDED,
     FEATURE_RUN_TIME, FEATURE_ONLINE_KEYS, FEATURE_NEWEST, FEATURE_VIOLATIONS,
@@ -110,6 +118,16 @@ def _experiment(namespace: str, name: str, status: Mapping[str, Any]) -> None:
     for state, count in (status.get("trials") or {}).items():
         EXPERIMENT_TRIALS.labels(namespace, name, state).set(count)
     _set(EXPERIMENT_BEST, (namespace, name), (status.get("best") or {}).get("value"))
+    variants = [v for v in status.get("variants") or [] if isinstance(v, Mapping) and v.get("name")]
+    known = _variants.setdefault((namespace, name), set())
+    for gone in known - {str(v["name"]) for v in variants}:
+        with contextlib.suppress(KeyError):
+            EXPERIMENT_TRAFFIC.remove(namespace, name, gone)
+    known.clear()
+    for v in variants:
+        labels = (namespace, name, str(v["name"]))
+        known.add(labels[2])
+        _set(EXPERIMENT_TRAFFIC, labels, v.get("allocation"))
 
 
 def _featurejob(namespace: str, name: str, status: Mapping[str, Any]) -> None:
@@ -141,6 +159,9 @@ def _forget_experiment(namespace: str, name: str) -> None:
             EXPERIMENT_TRIALS.remove(namespace, name, state)
     with contextlib.suppress(KeyError):
         EXPERIMENT_BEST.remove(namespace, name)
+    for variant in _variants.pop((namespace, name), set()):
+        with contextlib.suppress(KeyError):
+            EXPERIMENT_TRAFFIC.remove(namespace, name, variant)
 
 
 def _forget_featurejob(namespace: str, name: str) -> None:
