@@ -8,8 +8,10 @@ every look) and the decision, sticky once made.
 Decision rules (`decide`), in order:
 
 * a decision already made stays;
-* fewer than ``min_samples`` requests on any variant: ``CollectingSamples``. This holds for
-  ``sequential`` as well, and the mSPRT is not even looked at before then: its variance is
+* fewer than ``min_samples`` requests on any variant: ``CollectingSamples``. A bandit policy
+  (anything but ``fixed``) starves a losing variant by design, so it would never get there:
+  there ``min_samples`` counts the requests of all variants together, and the posteriors carry
+  each variant's remaining uncertainty. The per-variant rule holds for ``sequential`` as well, and the mSPRT is not even looked at before then: its variance is
   plugged in from the data, and on a few dozen requests (say ten non-converting ones, a
   variance of 0) any lift looks infinitely significant, and its running minimum would keep
   that forever. From ``min_samples`` on it may stop at any look, which a t-test may not;
@@ -321,7 +323,12 @@ def decide(cfg: AbTestConfig, lk: Look) -> DecisionStatus:
     names = cfg.variants
     requests = ", ".join(f"{v} {a.trials}" for v, a in zip(names, lk.arms, strict=True))
     rates = ", ".join(f"{v} {a.mean:.4g}" for v, a in zip(names, lk.arms, strict=True))
-    if any(a.trials < cfg.min_samples for a in lk.arms):
+    if cfg.policy != "fixed" and sum(a.trials for a in lk.arms) < cfg.min_samples:
+        return DecisionStatus(
+            reason=COLLECTING_SAMPLES,
+            message=f"Requests of all variants ({requests}) below min_samples {cfg.min_samples}",
+        )
+    if cfg.policy == "fixed" and any(a.trials < cfg.min_samples for a in lk.arms):
         return DecisionStatus(
             reason=COLLECTING_SAMPLES,
             message=f"Requests per variant ({requests}) below min_samples {cfg.min_samples}",

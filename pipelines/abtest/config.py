@@ -66,7 +66,8 @@ class AbTestConfig(JsonConfig):
     * ``method``: ``ttest`` (two-proportion z-test for bernoulli, Welch for normal),
       ``bayesian`` (expected loss) or ``sequential`` (the always-valid mSPRT).
     * ``significance``: the false-positive rate of ttest and sequential.
-    * ``min_samples``: requests per variant before any decision, for every method.
+    * ``min_samples``: requests per variant before any decision, for every method (a bandit
+      policy: the requests of all variants together; see `gyre.pipelines.abtest.analysis`).
     * ``mde``: the minimum detectable effect (absolute lift): the sample size's target and
       the mSPRT's mixing scale (tau = mde).
     * ``power``: the sample size's power.

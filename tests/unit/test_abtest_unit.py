@@ -388,3 +388,14 @@ def test_every_combination_looks_at_degenerate_totals_without_nan_or_error(
         st = _look(analyst, totals)
         json.dumps(st.to_body(), allow_nan=False)
         assert sum(v.allocation for v in st.variants) == pytest.approx(1)
+
+
+def test_a_bandit_counts_min_samples_over_all_variants_since_it_starves_the_loser() -> None:
+    # Thompson gave b nearly everything: a will never reach min_samples on its own
+    starved = _totals(60, 3, 900, 180)
+    st = _look(Analyst(_cfg(policy="thompson", min_samples=1000)), starved)
+    assert (st.decision.decided, st.decision.reason) == (False, "CollectingSamples")
+    st = _look(Analyst(_cfg(policy="thompson", min_samples=900)), starved)
+    assert (st.decision.winner, st.decision.reason) == ("b", "ValueRemainingBelowThreshold")
+    fixed = _look(Analyst(_cfg(policy="fixed", min_samples=900)), starved)
+    assert (fixed.decision.decided, fixed.decision.reason) == (False, "CollectingSamples")

@@ -246,7 +246,9 @@ class Analysis(ApiModel):
     """conversion: a request converts (reward 1) when any of its outcomes has the metric above
     0 (Beta-Bernoulli); continuous: the reward is the sum of its outcomes' metric (Normal)."""
     min_samples: Annotated[int, Field(ge=1)] = 1000
-    """Requests each variant needs before any decision; default 1000."""
+    """Requests each variant needs before any decision (fixed allocation); with a bandit
+    policy, which starves losing variants by design, the requests of all variants together;
+    default 1000."""
     significance: Annotated[float, Field(gt=0, lt=1)] = 0.05
     """Error rate the decision accepts (the p-value's threshold); default 0.05."""
     minimum_detectable_effect: Annotated[float, Field(gt=0)] = 0.01
