@@ -11,10 +11,11 @@ Decision rules (`decide`), in order:
 * fewer than ``min_samples`` requests on any variant: ``CollectingSamples``. A bandit policy
   (anything but ``fixed``) starves a losing variant by design, so it would never get there:
   there ``min_samples`` counts the requests of all variants together, and the posteriors carry
-  each variant's remaining uncertainty. The per-variant rule holds for ``sequential`` as well, and the mSPRT is not even looked at before then: its variance is
-  plugged in from the data, and on a few dozen requests (say ten non-converting ones, a
-  variance of 0) any lift looks infinitely significant, and its running minimum would keep
-  that forever. From ``min_samples`` on it may stop at any look, which a t-test may not;
+  each variant's remaining uncertainty. The per-variant rule holds for ``sequential`` as well,
+  and the mSPRT is not even looked at before then: its variance is plugged in from the data,
+  and on a few dozen requests (say ten non-converting ones, a variance of 0) any lift looks
+  infinitely significant, and its running minimum would keep that forever. From
+  ``min_samples`` on it may stop at any look, which a t-test may not;
 * fixed policy and the requests' split is off the weights (chi-square p < 0.001):
   ``SampleRatioMismatch``, no winner. Bandit policies move the allocation, so the check is
   skipped for them;
