@@ -197,6 +197,7 @@ metadata: {{name: churn-search}}
 spec:
   search:
     maxTrials: 1
+    parallelTrials: 1
     parameters:
       - {{name: hyperparameters.learningRate, type: double, min: 0.001, max: 0.01}}
     trialTemplate:
@@ -266,7 +267,7 @@ def test_every_dashboard_query_returns_data(
     op.apply(stream(tmp_path / "lake"))
     # Long enough to outlast the queries: it is stopped with the operator, not awaited.
     data = make_data(tmp_path / "data", rows=20000)
-    op.apply(job("churn", data, tmp_path / "models", epochs=50, every=1000))
+    op.apply(job("churn", data, tmp_path / "models", epochs=500, every=1000))
     # A short one, whose model an InferenceService serves.
     op.apply(job("churn-small", data, tmp_path / "models-small", epochs=1, every=1000, workers=1))
     op.apply(inference_service("churn-small"))
