@@ -359,3 +359,13 @@ def test_every_dashboard_query_returns_data(
         )
         assert poster.sent > 0
         assert predictor.sent > 0
+        # What an online Experiment's promotion guards read from this Prometheus
+        from gyre.controllers.online import prometheus_guard
+
+        guard = prometheus_guard(prometheus.url, op.namespace, SERVED, "5m")
+        assert guard.error is None, guard
+        assert guard.latency_p99_ms is not None, guard
+        assert 0 < guard.latency_p99_ms < 10_000, guard
+        assert guard.error_rate is not None, guard
+        assert 0 <= guard.error_rate <= 1, guard
+        assert prometheus_guard(prometheus.url, op.namespace, "no-such-service", "5m").latency_p99_ms is None

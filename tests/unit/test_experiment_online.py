@@ -128,6 +128,7 @@ def test_should_start_fixed_weights_or_an_even_split_and_keep_a_complete_allocat
             "not known",
         ),
         ({"promotion": {"auto": True, "maxLatencyP99Ms": 50}}, "b", True, Guard(20.0, 0.0), True, None),
+        ({}, "b", True, Guard(None, None, "prometheus", "Prometheus at http://p: refused"), False, "refused"),
     ],
 )
 def test_should_promote_only_a_decided_winner_within_the_guards(
@@ -266,3 +267,16 @@ def test_should_reject_variants_that_serve_different_model_names() -> None:
     assert problems
     assert "spec.modelName" in problems[0]
     assert ExperimentController().check(META, _spec(), _deps()) == []
+
+
+def test_should_read_the_guards_from_prometheus_when_the_spec_names_one() -> None:
+    spec = _spec(promotion={"auto": True, "prometheusUrl": "http://prometheus:9090", "maxLatencyP99Ms": 50})
+    slow = Guard(80.0, 0.0, "prometheus")
+    out = _status(spec, OnlineFacts(url="http://x", analysis=_analysis(True, "b"), prometheus_guard=slow))
+    assert out.status.decision.promoted is None
+    assert "80.0 ms (prometheus)" in (out.status.decision.promotion_blocked or "")
+    unread = _status(spec, OnlineFacts(url="http://x", analysis=_analysis(True, "b")))
+    assert "not read" in (unread.status.decision.promotion_blocked or "")
+    fast = Guard(12.0, 0.001, "prometheus")
+    ok = _status(spec, OnlineFacts(url="http://x", analysis=_analysis(True, "b"), prometheus_guard=fast))
+    assert ok.status.decision.promoted == "b"

@@ -270,6 +270,12 @@ class Promotion(ApiModel):
     max_error_rate: Annotated[float, Field(ge=0, le=1)] = 0.05
     """Guard: the winner is not promoted while the share of its requests that failed or were
     answered by the fallback is above this (0 to 1); default 0.05."""
+    prometheus_url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/\S*)?$", max_length=512)] | None = None
+    """Where the guards' figures are read: a Prometheus that scrapes the variants' model servers
+    (their namespace and gyre_dev_owner_name labels), over guardWindow. Without it they are
+    read from the winner's InferenceService status."""
+    guard_window: Annotated[str, Field(pattern=r"^[0-9]+[smh]$", max_length=16)] = "5m"
+    """The range of the guards' Prometheus queries (e.g. 5m); default 5m."""
 
 
 class OnlineSpec(ApiModel):

@@ -8,7 +8,8 @@ figures, the policy's allocation and the decision. The allocation becomes the Ex
 the router's configuration. Once the analysis decides and ``promotion.auto`` is set, the winner
 gets all the traffic — unless a guard holds it back: its InferenceService's p99 latency above
 ``promotion.maxLatencyP99Ms``, or its failed and fallback answers above
-``promotion.maxErrorRate`` (from its status and the router's counts). A promotion is final:
+``promotion.maxErrorRate`` (from its status and the router's counts, or, with
+``promotion.prometheusUrl``, from Prometheus over ``guardWindow``). A promotion is final:
 later passes keep it, whatever the analysis says afterwards. A/A mode never promotes.
 
 The decision itself is `decide_promotion`, a pure function table-tested on its own.
@@ -17,7 +18,11 @@ The decision itself is `decide_promotion`, a pure function table-tested on its o
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -136,13 +141,67 @@ def build(
 
 
 @dataclass(frozen=True)
+class Guard:
+    """The winner's serving figures the promotion guards look at."""
+
+    latency_p99_ms: float | None
+    error_rate: float | None
+    source: str = "status"  # where they were read: status | prometheus
+    error: str | None = None  # why they could not be read
+
+
+@dataclass(frozen=True)
 class OnlineFacts:
-    """What a pass read: the router's address, the analysis' and the router's ``/status``."""
+    """What a pass read: the router's address, the analysis' and the router's ``/status``, and
+    the winner's figures from Prometheus when the spec names one."""
 
     url: str | None = None
     analysis: AbTestStatus | None = None
     router: RouterStatus | None = None
     topic_error: str | None = None
+    prometheus_guard: Guard | None = None
+
+
+MODEL_LATENCY = "gyre_model_request_latency_seconds"
+MODEL_REQUESTS = "gyre_model_requests_total"
+FAILED_OUTCOMES = "fallback|error|rejected"  # of gyre_model_requests_total (invalid: the client's)
+
+
+def guard_queries(namespace: str, isvc: str, window: str) -> tuple[str, str]:
+    """PromQL for an InferenceService's p99 latency (seconds) and failed share of its answered
+    requests (the shadow excluded), over ``window``; selected as the dashboards select."""
+    sel = f'namespace="{namespace}", gyre_dev_owner_name="{isvc}", variant!="shadow"'
+    p99 = f"histogram_quantile(0.99, sum by (le) (rate({MODEL_LATENCY}_bucket{{{sel}}}[{window}])))"
+    failed = (
+        f'sum(rate({MODEL_REQUESTS}{{{sel}, outcome=~"{FAILED_OUTCOMES}"}}[{window}])) / '
+        f'sum(rate({MODEL_REQUESTS}{{{sel}, outcome!="invalid"}}[{window}]))'
+    )
+    return p99, failed
+
+
+def _instant(url: str, query: str, timeout_s: float) -> float | None:
+    """An instant query's single value (None: no series or not finite)."""
+    req = f"{url.rstrip('/')}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
+    with urllib.request.urlopen(req, timeout=timeout_s) as r:
+        body = json.loads(r.read())
+    if body.get("status") != "success":
+        raise RuntimeError(f"Prometheus refused the query {query!r}: {body.get('error')}")
+    result = body["data"]["result"]
+    if not result:
+        return None
+    value = float(result[0]["value"][1])
+    return value if math.isfinite(value) else None
+
+
+def prometheus_guard(url: str, namespace: str, isvc: str, window: str, timeout_s: float = 5.0) -> Guard:
+    """The InferenceService's p99 latency and error rate as the Prometheus at ``url`` sees them."""
+    p99_q, failed_q = guard_queries(namespace, isvc, window)
+    try:
+        p99 = _instant(url, p99_q, timeout_s)
+        failed = _instant(url, failed_q, timeout_s)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        return Guard(None, None, "prometheus", f"Prometheus at {url}: {exc}")
+    return Guard(None if p99 is None else p99 * 1000.0, failed, "prometheus")
 
 
 async def converge(
@@ -168,15 +227,17 @@ async def converge(
     analysis = AbTestStatus.parse(next(iter(await runtime.read_status(meta.owner, by_name[ANALYSIS])), None))
     router = RouterStatus.parse(next(iter(await runtime.read_status(meta.owner, by_name[ROUTER])), None))
     address = runtime.endpoint(meta.owner, ROUTER, "http")
-    return OnlineFacts(url=f"http://{address}" if address else None, analysis=analysis, router=router)
-
-
-@dataclass(frozen=True)
-class Guard:
-    """The winner's serving figures the promotion guards look at."""
-
-    latency_p99_ms: float | None
-    error_rate: float | None
+    guard = None
+    promotion = online.promotion
+    if promotion.prometheus_url and analysis is not None and analysis.decision.winner:
+        winner = next(v for v in online.variants if v.name == analysis.decision.winner)
+        guard = await asyncio.to_thread(
+            prometheus_guard, promotion.prometheus_url, meta.namespace, winner.inference_service,
+            promotion.guard_window,
+        )  # fmt: skip
+    return OnlineFacts(
+        url=f"http://{address}" if address else None, analysis=analysis, router=router, prometheus_guard=guard
+    )
 
 
 def guard_of(
@@ -203,15 +264,19 @@ def decide_promotion(
     if not online.promotion.auto:
         return False, "promotion.auto is not set: promote by setting the winner's weight"
     g = guard or Guard(None, None)
+    if g.error:
+        return False, f"the guards' figures cannot be read: {g.error}"
     limit = online.promotion.max_latency_p99_ms
     if limit is not None:
         if g.latency_p99_ms is None:
-            return False, f"the winner's p99 latency is not known yet (limit {limit:g} ms)"
+            return False, f"the winner's p99 latency is not known yet (limit {limit:g} ms, from {g.source})"
         if g.latency_p99_ms > limit:
-            return False, f"the winner's p99 latency {g.latency_p99_ms:.1f} ms is above {limit:g} ms"
+            return False, (
+                f"the winner's p99 latency {g.latency_p99_ms:.1f} ms ({g.source}) is above {limit:g} ms"
+            )
     if g.error_rate is not None and g.error_rate > online.promotion.max_error_rate:
         return False, (
-            f"the winner's error rate {g.error_rate:.3f} is above maxErrorRate "
+            f"the winner's error rate {g.error_rate:.3f} ({g.source}) is above maxErrorRate "
             f"{online.promotion.max_error_rate:g}"
         )
     return True, None
@@ -283,7 +348,11 @@ def compute_status(online: OnlineSpec, inp: StatusInput) -> StatusOutput:
         if not decision.promoted and analysis.ready:
             allocation = router_allocation(online, policy)
     if decision.promoted is None and verdict is not None and verdict.decided:
-        guard = guard_of(online, verdict.winner, inp.deps, facts.router) if verdict.winner else None
+        guard = None
+        if verdict.winner and online.promotion.prometheus_url:
+            guard = facts.prometheus_guard or Guard(None, None, "prometheus", "not read in this pass")
+        elif verdict.winner:
+            guard = guard_of(online, verdict.winner, inp.deps, facts.router)
         promote, blocked = decide_promotion(online, verdict.winner, True, guard)
         decision.promotion_blocked = blocked
         if promote and verdict.winner:
