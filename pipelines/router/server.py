@@ -5,8 +5,10 @@ it arrived, and forwarded with its method, raw path and query, headers (less the
 ones, plus ``X-Forwarded-*``) and body; the backend's answer goes back as it came, with
 ``X-Gyre-Backend`` naming who answered (what an online experiment attributes outcomes by). A
 backend that does not answer (refused, reset, timed out) becomes a 502 whose JSON body names
-the route, the backend and the failure. A mirror to the shadow is sent beside the request and
-its answer dropped.
+the route, the backend and the failure. A mirror to the shadow is sent beside the request; its
+answer never reaches the client, but once both are in it is compared with the client's
+(`gyre.pipelines.router.compare`: the largest absolute difference of their predictions),
+counted in ``/status`` and ``gyre_router_shadow_compared_total``/``_difference``.
 
 Every request has an id: the client's ``X-Request-Id`` when it sent a printable one of at most
 128 characters, else a new one (a uuid4 in hex). The backend (and the shadow) get it in
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -53,6 +56,7 @@ from aiohttp import web
 from gyre.pipelines._common.env import config_path
 from gyre.pipelines._common.recordlog import RecordCounts, RecordLog
 from gyre.pipelines._common.status import STATUS_PATH
+from gyre.pipelines.router.compare import difference
 from gyre.pipelines.router.config import AssignmentLog, Backend, RouterConfig, Shadow
 from gyre.pipelines.router.policy import POLICIES, AllocationPolicy
 from gyre.pipelines.router.status import BackendStatus, RouterStatus, ShadowStatus
@@ -86,6 +90,19 @@ ASSIGNMENTS = Counter(
     "Assignment records by outcome (delivered, dropped: the queue was full, failed: Kafka refused).",
     ["outcome"],
 )
+SHADOW_COMPARED = Counter(
+    "gyre_router_shadow_compared_total",
+    "Shadow answers compared with the answer the client got, by outcome (same, different, "
+    "incomparable: not predictions, or a fallback on either side).",
+    ["backend", "outcome"],
+)
+SHADOW_DIFFERENCE = Histogram(
+    "gyre_router_shadow_difference",
+    "Largest absolute difference between a shadow's predictions and the client's answer.",
+    ["backend"],
+    buckets=(1e-6, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.25, 0.5, 1),
+)
+SAME_WITHIN = 1e-6  # predictions closer than this are the same (float32 round trips)
 WEIGHT = Gauge("gyre_router_backend_weight", "The configured weight of each backend.", ["backend"])
 
 BACKEND_HEADER = "X-Gyre-Backend"
@@ -113,6 +130,12 @@ class _Counts:
     requests: int = 0
     errors: int = 0
     dropped: int = 0
+    # a shadow's answers compared with the client's
+    compared: int = 0
+    different: int = 0
+    incomparable: int = 0
+    difference_sum: float = 0.0
+    max_difference: float = 0.0
 
 
 def build_table(config: RouterConfig) -> _Table:
@@ -131,7 +154,7 @@ class Router:
         self.config_error: str | None = None
         self._raw: bytes | None = None  # the file's content last read
         self._counts: dict[str, _Counts] = {}
-        self._mirrors: set[asyncio.Task[None]] = set()
+        self._mirrors: set[asyncio.Task[bytes | None]] = set()
         self._rng = random.Random()
         self._session: aiohttp.ClientSession | None = None
         self._export_weights(None, config)
@@ -172,8 +195,7 @@ class Router:
         request_id = request_id_of(request)
         headers = forward_headers(request)
         headers[REQUEST_ID_HEADER] = request_id
-        if cfg.shadow is not None:
-            self._mirror(cfg, cfg.shadow, request, headers, body)
+        mirror = self._mirror(cfg, cfg.shadow, request, headers, body) if cfg.shadow is not None else None
         counts = self._count(backend.name)
         counts.requests += 1
         try:
@@ -214,6 +236,9 @@ class Router:
                 }
                 encoded = "Content-Encoding" in upstream.headers
                 asyncio.get_running_loop().call_soon(self._log_assignment, record, content, encoded)
+            plain = 200 <= upstream.status < 300 and "Content-Encoding" not in upstream.headers
+            if mirror is not None and cfg.shadow is not None and plain:
+                mirror.add_done_callback(functools.partial(self._compare, cfg.shadow.name, content))
         REQUESTS.labels(backend.name, str(response.status)).inc()
         LATENCY.labels(backend.name).observe(time.perf_counter() - started)
         return response
@@ -238,14 +263,16 @@ class Router:
 
     def _mirror(
         self, cfg: RouterConfig, shadow: Shadow, request: web.Request, headers: CIMultiDict[str], body: bytes
-    ) -> None:
+    ) -> asyncio.Task[bytes | None] | None:
+        """The mirror's task (its result: the shadow's answer when it answered 2xx), or None
+        when this request is not mirrored."""
         if shadow.percent < 100 and self._rng.random() * 100 >= shadow.percent:
-            return
+            return None
         counts = self._count(shadow.name)
         if len(self._mirrors) >= cfg.shadow_max_in_flight:
             counts.dropped += 1
             SHADOW_REQUESTS.labels(shadow.name, "dropped").inc()
-            return
+            return None
         counts.requests += 1
         task = asyncio.create_task(
             self._send_mirror(
@@ -254,10 +281,12 @@ class Router:
         )
         self._mirrors.add(task)
         task.add_done_callback(self._mirrors.discard)
+        return task
 
     async def _send_mirror(
         self, shadow: Shadow, method: str, url: URL, headers: CIMultiDict[str], body: bytes, timeout_s: float
-    ) -> None:
+    ) -> bytes | None:
+        content = None
         try:
             async with self._client().request(
                 method,
@@ -267,12 +296,36 @@ class Router:
                 allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=timeout_s),
             ) as answer:
-                await answer.read()  # and dropped: a shadow's answer never reaches a client
+                # kept only to compare: a shadow's answer never reaches a client
+                data = await answer.read()
+                if 200 <= answer.status < 300 and "Content-Encoding" not in answer.headers:
+                    content = data
             outcome = "answered"
         except (aiohttp.ClientError, TimeoutError):
             self._count(shadow.name).errors += 1
             outcome = "failed"
         SHADOW_REQUESTS.labels(shadow.name, outcome).inc()
+        return content
+
+    def _compare(self, shadow: str, primary: bytes, task: asyncio.Task[bytes | None]) -> None:
+        """Compare the shadow's answer with the one the client got, once both are in."""
+        if task.cancelled() or task.exception() is not None or task.result() is None:
+            return
+        result = task.result()
+        assert result is not None
+        diff = difference(primary, result)
+        counts = self._count(shadow)
+        if diff is None:
+            counts.incomparable += 1
+            SHADOW_COMPARED.labels(shadow, "incomparable").inc()
+            return
+        counts.compared += 1
+        counts.difference_sum += diff
+        counts.max_difference = max(counts.max_difference, diff)
+        same = diff <= SAME_WITHIN
+        counts.different += 0 if same else 1
+        SHADOW_COMPARED.labels(shadow, "same" if same else "different").inc()
+        SHADOW_DIFFERENCE.labels(shadow).observe(diff)
 
     def _client(self) -> aiohttp.ClientSession:
         assert self._session is not None, "Router.start() was not awaited"
@@ -358,6 +411,11 @@ class Router:
                 requests=c.requests,
                 errors=c.errors,
                 dropped=c.dropped,
+                compared=c.compared,
+                different=c.different,
+                incomparable=c.incomparable,
+                mean_difference=c.difference_sum / c.compared if c.compared else None,
+                max_difference=c.max_difference if c.compared else None,
             )
         return RouterStatus(
             route=cfg.route,

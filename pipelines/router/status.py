@@ -24,6 +24,11 @@ class ShadowStatus(StatusDoc):
     requests: int = 0  # mirrored requests sent to it
     errors: int = 0  # mirrored requests it did not answer
     dropped: int = 0  # mirrors not sent: too many were in flight
+    compared: int = 0  # its answers compared with the answer the client got (both predictions)
+    different: int = 0  # of those, predictions that differ (by more than 1e-6)
+    incomparable: int = 0  # answered, but not comparable (not predictions, or a fallback)
+    mean_difference: float | None = None  # mean of the largest absolute difference per answer
+    max_difference: float | None = None  # the largest absolute difference seen
 
 
 class RouterStatus(StatusDoc):

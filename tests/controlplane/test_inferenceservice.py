@@ -143,9 +143,14 @@ def test_canary_and_shadow_split_as_configured(
         shadow_variant = next(v for v in st["variants"] if v["name"] == "shadow")
         assert shadow_variant["requests"] + shadow_variant["dropped"] == REQUESTS, shadow_variant
         assert shadow_variant["requests"] > 0, shadow_variant
+        # the shadow serves the same model: each of its answers equals the client's
+        assert shadow_variant["compared"] == shadow_variant["requests"], shadow_variant
         return st
 
     st = eventually(measured, timeout=30, interval=1)
+    shadow_variant = next(v for v in st["variants"] if v["name"] == "shadow")
+    assert shadow_variant["different"] == 0, shadow_variant
+    assert shadow_variant["maxDifference"] < 1e-6, shadow_variant  # float32 rounding across batches
     assert st["measuredTraffic"]["canary"] == pytest.approx(100 * share, abs=0.01)
     assert st["latencyP99Ms"] > 0
     assert (st["breaker"], st["fallbackRate"]) == ("closed", 0.0)

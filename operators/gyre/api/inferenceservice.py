@@ -227,6 +227,13 @@ class VariantStatus(ApiModel):
     dropped: Annotated[int, Field(ge=0)] = 0
     """Shadow only: mirrors the router did not send because too many were in flight (a slow
     shadow never slows the service down)."""
+    compared: Annotated[int, Field(ge=0)] | None = None
+    """Shadow only: its answers compared with the answer the client got (both predictions,
+    neither a fallback)."""
+    different: Annotated[int, Field(ge=0)] | None = None
+    """Shadow only: compared answers whose predictions differ (by more than 1e-6)."""
+    max_difference: float | None = None
+    """Shadow only: the largest absolute difference between its predictions and the client's."""
     latency_p50_ms: float | None = None
     """Median prediction latency of its recent requests, in milliseconds."""
     latency_p99_ms: float | None = None

@@ -279,9 +279,16 @@ class InferenceServiceController(Controller[InferenceServiceSpec]):
         docs = facts.servers.get(variant, [])
         first = docs[0] if docs else None
         requests = dropped = 0
+        compared: dict[str, Any] = {}
         if facts.router is not None:
             if variant == "shadow" and facts.router.shadow is not None:
-                requests, dropped = facts.router.shadow.requests, facts.router.shadow.dropped
+                sh = facts.router.shadow
+                requests, dropped = sh.requests, sh.dropped
+                compared = {
+                    "compared": sh.compared,
+                    "different": sh.different,
+                    "max_difference": sh.max_difference,
+                }
             else:
                 requests = next(
                     (b.requests for b in facts.router.backends if b.name == WORKLOAD_OF[variant]), 0
@@ -304,6 +311,7 @@ class InferenceServiceController(Controller[InferenceServiceSpec]):
                 "fallback_rate": round(max(rates), 4) if rates else None,
                 "breaker": worst,
                 "drift": next((d.drift for d in docs if d.drift is not None), None),
+                **compared,
             }
         )
 
