@@ -278,7 +278,7 @@ class GyreModel(Model):  # type: ignore[misc]  # kserve ships no type informatio
         key = self.config.features.entity_key if self.config.features else None
         latency_ms = round((time.monotonic() - started) * 1000.0, 3)
         default = dict(self.config.fallback.default_response or {})
-        now = time.time()
+        now_ms = int(time.time() * 1000)
         for i, row in enumerate(rows):
             entity = row.get(key) if key else None
             self.predlog.log(
@@ -292,7 +292,7 @@ class GyreModel(Model):  # type: ignore[misc]  # kserve ships no type informatio
                     "output": default if preds is None else preds[i],
                     "latency_ms": latency_ms,
                     "fallback": preds is None,
-                    "ts": now,
+                    "ts": now_ms,  # epoch milliseconds: a Stream's timestamp, as its collector writes it
                 },
                 None if entity is None else str(entity),
             )

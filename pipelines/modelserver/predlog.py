@@ -1,9 +1,11 @@
 """Prediction logging: every prediction, sampled, produced to the logging Stream's topic.
 
 A record per predicted row (request id, entity key, model, version, variant, inputs, output,
-latency, fallback flag, time) as JSON, keyed by the entity key when there is one, so outcomes
-can later be joined to predictions. It never adds to a request's latency: the log is a
-`gyre.pipelines._common.recordlog.RecordLog`, which queues and never waits.
+latency, fallback flag, ``ts``: the time in epoch milliseconds, as a Stream's collector writes a
+timestamp) as JSON, keyed by the entity key when there is one, so outcomes can later be joined
+to predictions and the Stream's lake sink writes them to Parquet like any other event. It never
+adds to a request's latency: the log is a `gyre.pipelines._common.recordlog.RecordLog`, which
+queues and never waits.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import datetime as dt
 import json
 import shutil
 from collections.abc import Iterator
@@ -173,3 +174,90 @@ def test_canary_and_shadow_split_as_configured(
         assert {body["variant"] for _, _, body in after} == {"canary"}
 
     eventually(all_canary, timeout=30, interval=1)
+
+
+PREDICTIONS = """
+apiVersion: gyre.dev/v1alpha1
+kind: Stream
+metadata: {name: predictions}
+spec:
+  kafka: {managed: {replicas: 1}}
+  topic: {partitions: 1, retention: 7d}
+  schema:
+    key: request_id
+    timestampField: ts
+    fields:
+      - {name: request_id, type: string, required: true}
+      - {name: ts, type: timestamp, required: true}
+      - {name: model_version, type: string}
+      - {name: variant, type: string}
+      - {name: output, type: double}
+      - {name: latency_ms, type: double}
+      - {name: fallback, type: boolean}
+  sinks:
+    - name: lake
+      lake: {uri: "file://LAKE", flushInterval: 1s}
+"""
+
+
+def test_predictions_reach_the_logging_streams_lake(
+    operator: OperatorProcess, trained: Trained, tmp_path: Path
+) -> None:
+    import pyarrow.dataset as pads
+
+    lake = tmp_path / "lake"
+    operator.apply(PREDICTIONS.replace("LAKE", str(lake)))
+    operator.apply(
+        f"""
+apiVersion: gyre.dev/v1alpha1
+kind: InferenceService
+metadata: {{name: {NAME}}}
+spec:
+  model: {{uri: "file://{trained.artifact}"}}
+  protocol: v1
+  fallback: {{deadlineMs: 5000, defaultResponse: {{probability: 0.25}}}}
+  logging: {{stream: predictions, sampleRate: 1.0}}
+"""
+    )
+
+    def serving() -> str:
+        assert operator.condition("inferenceservice", NAME, "Ready")["status"] == "True"
+        return str(status(operator)["url"])
+
+    url = f"{eventually(serving, timeout=240, interval=1)}/v1/models/{NAME}:predict"
+    n = 200
+
+    async def predict() -> list[tuple[str, float]]:
+        gate = asyncio.Semaphore(CONCURRENCY)
+        async with aiohttp.ClientSession() as session:
+
+            async def one(i: int) -> tuple[str, float]:
+                body = {"instances": [trained.rows[i % len(trained.rows)]]}
+                async with gate, session.post(url, json=body) as r:
+                    assert r.status == 200
+                    answer = await r.json(content_type=None)
+                    return r.headers["X-Request-Id"], float(answer["predictions"][0])
+
+            return await asyncio.gather(*(one(i) for i in range(n)))
+
+    day_before = dt.datetime.now(dt.UTC).date().isoformat()
+    answered = dict(asyncio.run(predict()))
+    day_after = dt.datetime.now(dt.UTC).date().isoformat()
+    assert len(answered) == n  # one id per request
+
+    def landed() -> Any:
+        files = list(lake.rglob("*.parquet"))
+        assert files, "no Parquet in the lake yet"
+        table = pads.dataset(str(lake), format="parquet", partitioning="hive").to_table()
+        assert table.num_rows >= n, table.num_rows
+        return table
+
+    table = eventually(landed, timeout=90, interval=1)
+    rows = table.to_pylist()
+    assert table.num_rows == n, "each prediction once"
+    assert {r["request_id"]: r["output"] for r in rows} == pytest.approx(answered, abs=1e-6)
+    assert {r["variant"] for r in rows} == {"stable"}
+    assert {r["model_version"] for r in rows} == {trained.metadata["model_version"]}
+    assert not any(r["fallback"] for r in rows)
+    # placed by the prediction's time (epoch milliseconds), not in 1970
+    assert {str(r["date"]) for r in rows} <= {day_before, day_after}, {str(r["date"]) for r in rows}
