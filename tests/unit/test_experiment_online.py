@@ -280,3 +280,24 @@ def test_should_read_the_guards_from_prometheus_when_the_spec_names_one() -> Non
     fast = Guard(12.0, 0.001, "prometheus")
     ok = _status(spec, OnlineFacts(url="http://x", analysis=_analysis(True, "b"), prometheus_guard=fast))
     assert ok.status.decision.promoted == "b"
+
+
+def test_should_render_for_kubernetes_with_the_variants_urls_in_the_routers_config() -> None:
+    from gyre.core.workload import Owner
+    from gyre.runtimes import k8s_render as r
+
+    targets = OnlineTargets(
+        urls={"a": "http://model-a-router.ns.svc:8080", "b": "http://model-b-router.ns.svc:8080"},
+        feedback=TARGETS.feedback,
+        assignments=TARGETS.assignments,
+    )
+    owner = Owner(kind="Experiment", namespace="ns", name="ab", uid="uid-1")
+    manifests = r.render(owner, build_online(online(), "ab", targets, {"a": 0.5, "b": 0.5}), "ns")
+    kinds = sorted((m["kind"], m["metadata"]["name"]) for m in manifests)
+    assert ("Deployment", "ab-router") in kinds
+    assert ("Deployment", "ab-analysis") in kinds
+    config = next(
+        m for m in manifests if m["kind"] == "ConfigMap" and m["metadata"]["name"] == "ab-router-config"
+    )
+    router = RouterConfig.from_dict(json.loads(config["data"][CONFIG_FILE_NAME]))
+    assert [b.url for b in router.backends] == list(targets.urls.values())
