@@ -257,3 +257,61 @@ def test_a_new_generation_removes_the_old_runs_figures() -> None:
     out = status_of({LAUNCHER: P.RUNNING, WORKER: P.RUNNING}, None, old)
     assert {"metrics", "model", "progress", "start_time"} <= set(out.remove)
     assert out.phase == "Running", "generation 3 is a new run, not the finished one of generation 2"
+
+
+def _feature_job(offline: dict[str, Any] | None) -> Any:
+    from gyre.controllers.base import Ref, Resolved
+
+    status: dict[str, Any] = {"features": ["sessions_1d"]}
+    if offline is not None:
+        status["offline"] = offline
+    return Resolved(Ref("FeatureJob", "clicks-features", "spec.dataset.featureJob"), {"status": status})
+
+
+FJ_SPEC = TrainingJobSpec.model_validate(
+    {
+        "dataset": {"featureJob": "clicks-features", "label": "churned"},
+        "model": {"architecture": "mlp", "task": "binary"},
+        "output": {"uri": "file:///models/churn"},
+    }
+)
+
+
+@pytest.mark.parametrize(
+    ("offline", "says"),
+    [
+        (None, "has published no offline version yet"),
+        (
+            {"uri": "file:///f", "latestVersion": "v1", "latestUri": "file:///f/v1", "rows": 0,
+             "versions": [{"version": "v1", "uri": "file:///f/v1", "rows": 0}]},
+            "offline version v1 has no training rows",
+        ),
+    ],
+)  # fmt: skip
+def test_no_dataset_to_train_on_is_a_waiting_condition_not_a_failed_run(
+    offline: dict[str, Any] | None, says: str
+) -> None:
+    from gyre.controllers.trainingjob import (
+        build_trainingjob,  # noqa: F401 - the builder is not reached
+        dataset_source,
+    )
+
+    deps = {"spec.dataset.featureJob": _feature_job(offline)}
+    assert dataset_source(FJ_SPEC, deps, {}, 3) is None  # so build() applies no workloads
+    out = TrainingJobController().compute_status(
+        FJ_SPEC,
+        StatusInput(meta=META, old_status={}, deps=deps, workloads=[], observed={}, facts=TrainingFacts()),
+    )
+    ready = next(c for c in out.conditions if c.type == "Ready")
+    assert (out.phase, ready.status, ready.reason) == ("Waiting", False, "DatasetNotAvailable")
+    assert says in ready.message
+    assert out.requeue_after is not None
+
+
+def test_a_version_with_rows_is_trained_on() -> None:
+    from gyre.controllers.trainingjob import dataset_source
+
+    offline = {"uri": "file:///f", "latestVersion": "v2", "latestUri": "file:///f/v2", "rows": 40}
+    source = dataset_source(FJ_SPEC, {"spec.dataset.featureJob": _feature_job(offline)}, {}, 3)
+    assert source is not None
+    assert (source.uri, source.version) == ("file:///f/v2", "v2")

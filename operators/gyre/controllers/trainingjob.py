@@ -72,35 +72,70 @@ def dataset_refs(spec: TrainingJobSpec, path: str = "spec") -> list[Ref]:
     return []
 
 
+DATASET_NOT_AVAILABLE = "DatasetNotAvailable"
+
+
 def dataset_source(
     spec: TrainingJobSpec, deps: Mapping[str, Resolved], status: Mapping[str, Any], generation: int
 ) -> DatasetSource | None:
     """Where the training data is: a path, a Stream's lake, or a FeatureJob's offline version
-    (the one this generation's run started with, else the pinned or newest one)."""
+    (the one this generation's run started with, else the pinned or newest one); None while
+    there is none to train on (`dataset_missing` says why)."""
+    source, _ = _dataset(spec, deps, status, generation)
+    return source
+
+
+def dataset_missing(spec: TrainingJobSpec, deps: Mapping[str, Resolved]) -> str | None:
+    """Why there is no dataset to train on yet (None: there is one)."""
+    return _dataset(spec, deps, {}, 0)[1]
+
+
+def _dataset(
+    spec: TrainingJobSpec, deps: Mapping[str, Resolved], status: Mapping[str, Any], generation: int
+) -> tuple[DatasetSource | None, str | None]:
     if spec.dataset.path:
-        return DatasetSource(spec.dataset.path)
+        return DatasetSource(spec.dataset.path), None
     for dep in deps.values():
         if dep.ref.kind == "Stream":
             uri = dep.status_as(StreamStatus).lake_uri  # what the Stream published
-            return DatasetSource(uri) if uri else None
+            if uri:
+                return DatasetSource(uri), None
+            return (
+                None,
+                f"Stream {dep.ref.name!r} has published no lake (status.lakeUri: it needs a lake sink)",
+            )
         if dep.ref.kind == "FeatureJob":
             published = dep.status_as(FeatureJobStatus)
             features = tuple(published.features)
             recorded = status.get("dataset") if status.get("observedGeneration") == generation else None
             if recorded and recorded.get("uri"):
-                return DatasetSource(recorded["uri"], recorded.get("version"), dep.ref.name, features)
+                return DatasetSource(recorded["uri"], recorded.get("version"), dep.ref.name, features), None
             offline = published.offline
+            name = dep.ref.name
             if offline is None or not offline.latest_uri:
-                return None
+                return None, f"FeatureJob {name!r} has published no offline version yet"
             if spec.dataset.feature_version:
                 pinned = next(
                     (v for v in offline.versions if v.version == spec.dataset.feature_version), None
                 )
                 if pinned is None:
-                    return None
-                return DatasetSource(pinned.uri, pinned.version, dep.ref.name, features)
-            return DatasetSource(offline.latest_uri, offline.latest_version, dep.ref.name, features)
-    return None
+                    kept = ", ".join(v.version for v in offline.versions)
+                    return None, (
+                        f"FeatureJob {name!r} keeps no offline version {spec.dataset.feature_version!r} "
+                        f"(spec.dataset.featureVersion; kept: {kept})"
+                    )
+                version: str | None = pinned.version
+                location: str = pinned.uri
+                rows: int | None = pinned.rows
+            else:
+                version, location, rows = offline.latest_version, offline.latest_uri, offline.rows
+            if rows == 0:
+                return None, (
+                    f"FeatureJob {name!r}'s offline version {version} has no training rows (its spine "
+                    "found no observation whose label horizon has elapsed): waiting for a version with rows"
+                )
+            return DatasetSource(location, version, name, features), None
+    return None, "spec.dataset names no data"
 
 
 def dataset_uri(spec: TrainingJobSpec, deps: Mapping[str, Resolved]) -> str | None:
@@ -196,6 +231,23 @@ class TrainingJobController(Controller[TrainingJobSpec]):
     def compute_status(self, spec: TrainingJobSpec, inp: StatusInput) -> StatusOutput:
         meta, old = inp.meta, inp.old_status
         same_run = old.get("observedGeneration") == meta.generation
+        if (
+            not spec.run_policy.suspend
+            and not inp.workloads
+            and not (same_run and old.get("phase") in TERMINAL)
+        ):
+            missing = dataset_missing(spec, inp.deps)
+            if missing is not None and dataset_source(spec, inp.deps, old, meta.generation) is None:
+                return StatusOutput(
+                    status=TrainingJobStatus(),
+                    remove=() if same_run else FIGURES_OF_A_RUN,
+                    conditions=[
+                        cnd.Cond(cnd.READY, False, DATASET_NOT_AVAILABLE, missing),
+                        cnd.Cond(cnd.PROGRESSING, True, DATASET_NOT_AVAILABLE, missing),
+                    ],
+                    phase="Waiting",
+                    requeue_after=POLL_S,
+                )
         launcher = inp.observed.get(LAUNCHER)
         workers = inp.observed.get(WORKER)
         facts: TrainingFacts = inp.facts or TrainingFacts()
