@@ -89,8 +89,14 @@ def runtime_built(podman: Podman) -> Built:
 
 
 # What the torch-less stream image leaves out, and the library it would need: the model server
-# is tested in the full runtime image (opt-in below); no image holds PySpark yet.
-NOT_IN_STREAM_IMAGE = {"gyre.pipelines.features": "pyspark", "gyre.pipelines.modelserver": "kserve"}
+# and the online Experiment's analysis (the experiment extra) are tested in the full runtime
+# image (opt-in below); no image holds PySpark yet.
+NOT_IN_STREAM_IMAGE = {
+    "gyre.pipelines.features": "pyspark",
+    "gyre.pipelines.modelserver": "kserve",
+    "gyre.pipelines.abtest": "scipy",
+}
+IN_FULL_RUNTIME_ONLY = ("gyre.pipelines.modelserver", "gyre.pipelines.abtest")
 STREAM_ENTRYPOINTS = [m for m in ENTRYPOINTS if m not in NOT_IN_STREAM_IMAGE]
 
 
@@ -107,8 +113,10 @@ def test_runtime_image_runs_each_workload_help(
     assert out.startswith(f"usage: python -m {module}"), out
 
 
-def test_full_runtime_image_runs_the_model_server_help(podman: Podman, runtime_built: Built) -> None:
-    module = "gyre.pipelines.modelserver"
+@pytest.mark.parametrize("module", IN_FULL_RUNTIME_ONLY)
+def test_full_runtime_image_runs_the_model_server_and_analysis_help(
+    podman: Podman, runtime_built: Built, module: str
+) -> None:
     out = podman("run", "--rm", "--network=none", runtime_built.image.name, "python", "-m", module, "--help")
     assert out.startswith(f"usage: python -m {module}"), out
 
