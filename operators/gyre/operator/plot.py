@@ -43,14 +43,13 @@ def load_experiment(api_client: Any, namespace: str, name: str) -> tuple[dict[st
     return dict(body), ExperimentSpec.model_validate(body.get("spec") or {})
 
 
-def load_search(api_client: Any, namespace: str, name: str) -> Search:
-    """The Experiment's study, rebuilt from what the API server holds."""
+def load_search(api_client: Any, body: dict[str, Any], spec: ExperimentSpec) -> Search:
+    """The study of the Experiment ``body`` (a search), rebuilt from its trials in the API server."""
     from gyre.runtimes.kube_api import KubeApi
 
+    assert spec.search is not None
     kube = KubeApi(api_client)
-    body, spec = load_experiment(api_client, namespace, name)
-    if spec.search is None:
-        raise SystemExit(f"gyre experiment plot: Experiment {name!r} is not a search (spec.search)")
+    namespace, name = str(body["metadata"]["namespace"]), str(body["metadata"]["name"])
     owner = Owner(kind="Experiment", namespace=namespace, name=name, uid=str(body["metadata"]["uid"]))
     children = {}
     for obj in kube.list(TRIALS, namespace, r.owner_selector(owner)):
@@ -68,7 +67,6 @@ def plot(search: Search, out: Path) -> tuple[list[Path], list[str]]:
 
     matplotlib.use("Agg")
     warnings.filterwarnings("ignore", category=ExperimentalWarning)
-    import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as vis
 
     goals = search.spec.goals
@@ -100,11 +98,17 @@ def plot(search: Search, out: Path) -> tuple[list[Path], list[str]]:
             skipped.append(f"{key}: {exc}")
             continue
         fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
-        path = out / f"{key}.png"
-        fig.savefig(path, dpi=100, bbox_inches="tight")
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, out / f"{key}.png"))
     return written, skipped
+
+
+def _save(fig: Any, path: Path) -> Path:
+    """Write the figure as a PNG and free it."""
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
 def _density(v: OnlineVariantStatus, reward: str, x: Any) -> Any:
@@ -164,10 +168,7 @@ def plot_online(spec: ExperimentSpec, status: ExperimentStatus, out: Path) -> tu
             title += f" (winner: {status.winner})"
         ax.set_title(title)
         ax.legend(loc="best", fontsize="small")
-        path = out / "posteriors.png"
-        fig.savefig(path, dpi=100, bbox_inches="tight")
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, out / "posteriors.png"))
     else:
         skipped.append("posteriors: no variant has answered a request yet")
     if len(status.history) >= 2:
@@ -182,10 +183,7 @@ def plot_online(spec: ExperimentSpec, status: ExperimentStatus, out: Path) -> tu
         ax.set_ylabel("share of the traffic")
         ax.set_title(f"Allocation over time ({spec.online.allocation.policy})")
         ax.legend(loc="upper left", fontsize="small")
-        path = out / "allocation.png"
-        fig.savefig(path, dpi=100, bbox_inches="tight")
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, out / "allocation.png"))
     else:
         skipped.append("allocation: fewer than two points of history yet")
     return written, skipped
@@ -205,8 +203,10 @@ def main(argv: list[str]) -> int:
     if spec.online is not None:
         status = ExperimentStatus.model_validate(body.get("status") or {})
         written, skipped = plot_online(spec, status, out)
+    elif spec.search is not None:
+        written, skipped = plot(load_search(client, body, spec), out)
     else:
-        written, skipped = plot(load_search(client, args.namespace, args.name), out)
+        raise SystemExit(f"gyre experiment plot: Experiment {args.name!r} has neither search nor online")
     for path in written:
         print(path)
     for why in skipped:

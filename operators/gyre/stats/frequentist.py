@@ -165,12 +165,7 @@ def sample_size_proportions(
         )
     if minimum_detectable_effect == 0:
         raise ValueError("minimumDetectableEffect must not be 0")
-    h = abs(proportion_effectsize(target, baseline))
-    n = NormalIndPower().solve_power(
-        effect_size=h, alpha=alpha, power=power, ratio=1.0,
-        alternative="two-sided" if alternative == "two-sided" else "larger",
-    )  # fmt: skip
-    return math.ceil(float(n))
+    return _per_arm(abs(proportion_effectsize(target, baseline)), alpha, power, alternative)
 
 
 def sample_size_means(
@@ -187,8 +182,13 @@ def sample_size_means(
         raise ValueError(
             f"need sd > 0 and a non-zero effect, got sd={sd}, effect={minimum_detectable_effect}"
         )
+    return _per_arm(abs(minimum_detectable_effect) / sd, alpha, power, alternative)
+
+
+def _per_arm(effect_size: float, alpha: float, power: float, alternative: Alternative) -> int:
+    """Observations per arm (equal arms) for a standardised effect, by the normal power analysis."""
     n = NormalIndPower().solve_power(
-        effect_size=abs(minimum_detectable_effect) / sd, alpha=alpha, power=power, ratio=1.0,
+        effect_size=effect_size, alpha=alpha, power=power, ratio=1.0,
         alternative="two-sided" if alternative == "two-sided" else "larger",
     )  # fmt: skip
     return math.ceil(float(n))
