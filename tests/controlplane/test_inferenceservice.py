@@ -16,7 +16,7 @@ import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import pytest
@@ -77,14 +77,23 @@ def status(op: OperatorProcess) -> dict[str, Any]:
     return dict(op.get("inferenceservice", NAME).get("status") or {})
 
 
-async def send_all(url: str, bodies: list[tuple[str, Any]]) -> list[tuple[int, str, dict[str, Any]]]:
-    """(status, X-Gyre-Backend, body) per request, ``CONCURRENCY`` in flight."""
+class Answer(NamedTuple):
+    code: int
+    backend: str  # X-Gyre-Backend
+    body: dict[str, Any]
+    request_id: str  # X-Request-Id
+
+
+async def send_all(url: str, bodies: list[tuple[str, Any]]) -> list[Answer]:
+    """An answer per (key, body), ``CONCURRENCY`` in flight."""
     sem = asyncio.Semaphore(CONCURRENCY)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
 
-        async def one(key: str, body: Any) -> tuple[int, str, dict[str, Any]]:
+        async def one(key: str, body: Any) -> Answer:
             async with sem, session.post(url, json=body, headers={"X-Gyre-Key": key}) as r:
-                return r.status, r.headers.get("X-Gyre-Backend", ""), await r.json(content_type=None)
+                h = r.headers
+                body = await r.json(content_type=None)
+                return Answer(r.status, h.get("X-Gyre-Backend", ""), body, h.get("X-Request-Id", ""))
 
         return await asyncio.gather(*(one(k, b) for k, b in bodies))
 
@@ -121,11 +130,11 @@ def test_canary_and_shadow_split_as_configured(
         (f"user-{i % KEYS}", {"instances": [trained.rows[i % len(trained.rows)]]}) for i in range(REQUESTS)
     ]
     answers = asyncio.run(send_all(url, bodies))
-    assert all(code == 200 for code, _, _ in answers), [a for a in answers if a[0] != 200][:3]
-    variants = [body["variant"] for _, _, body in answers]
+    assert all(a.code == 200 for a in answers), [a for a in answers if a.code != 200][:3]
+    variants = [a.body["variant"] for a in answers]
     assert set(variants) == {"stable", "canary"}, "the shadow never answers"
-    assert all(not body["fallback"] for _, _, body in answers)
-    assert [b for _, b, _ in answers] == [{"stable": "predictor", "canary": "canary"}[v] for v in variants]
+    assert all(not a.body["fallback"] for a in answers)
+    assert [a.backend for a in answers] == [{"stable": "predictor", "canary": "canary"}[v] for v in variants]
     share = variants.count("canary") / REQUESTS
     assert abs(share - CANARY_SHARE) <= TOLERANCE, f"canary answered {share:.1%} of {REQUESTS}"
     by_key: dict[str, set[str]] = collections.defaultdict(set)
@@ -133,8 +142,8 @@ def test_canary_and_shadow_split_as_configured(
         by_key[key].add(v)
     assert all(len(v) == 1 for v in by_key.values()), "a key moved between models"
     # the same model answers whichever variant serves it
-    for (_, body), (_, _, answer) in list(zip(bodies, answers, strict=True))[:50]:
-        assert answer["predictions"][0] == pytest.approx(
+    for (_, body), a in list(zip(bodies, answers, strict=True))[:50]:
+        assert a.body["predictions"][0] == pytest.approx(
             trained.predictions[trained.rows.index(body["instances"][0])], abs=1e-5
         )
 
@@ -159,19 +168,19 @@ def test_canary_and_shadow_split_as_configured(
     assert all(word in row for word in (st["url"], v1, " 20 ")), row
 
     # Promotion: the canary takes everything, and no request fails on the way.
-    async def promote() -> list[tuple[int, str, dict[str, Any]]]:
+    async def promote() -> list[Answer]:
         load = asyncio.create_task(send_all(url, bodies[:1500]))
         await asyncio.sleep(0.5)
         operator.apply(manifest(trained.artifact, canary, shadow, 100))
         return await load
 
     during = asyncio.run(promote())
-    assert all(code == 200 for code, _, _ in during), [a for a in during if a[0] != 200][:3]
+    assert all(a.code == 200 for a in during), [a for a in during if a.code != 200][:3]
     eventually(lambda: status(operator)["traffic"] == {"stable": 0, "canary": 100}, timeout=60)
 
     def all_canary() -> None:
         after = asyncio.run(send_all(url, bodies[:200]))
-        assert {body["variant"] for _, _, body in after} == {"canary"}
+        assert {a.body["variant"] for a in after} == {"canary"}
 
     eventually(all_canary, timeout=30, interval=1)
 
@@ -227,21 +236,11 @@ spec:
     url = f"{eventually(serving, timeout=240, interval=1)}/v1/models/{NAME}:predict"
     n = 200
 
-    async def predict() -> list[tuple[str, float]]:
-        gate = asyncio.Semaphore(CONCURRENCY)
-        async with aiohttp.ClientSession() as session:
-
-            async def one(i: int) -> tuple[str, float]:
-                body = {"instances": [trained.rows[i % len(trained.rows)]]}
-                async with gate, session.post(url, json=body) as r:
-                    assert r.status == 200
-                    answer = await r.json(content_type=None)
-                    return r.headers["X-Request-Id"], float(answer["predictions"][0])
-
-            return await asyncio.gather(*(one(i) for i in range(n)))
-
     day_before = dt.datetime.now(dt.UTC).date().isoformat()
-    answered = dict(asyncio.run(predict()))
+    bodies = [(f"user-{i}", {"instances": [trained.rows[i % len(trained.rows)]]}) for i in range(n)]
+    answers = asyncio.run(send_all(url, bodies))
+    assert all(a.code == 200 for a in answers), [a for a in answers if a.code != 200][:3]
+    answered = {a.request_id: float(a.body["predictions"][0]) for a in answers}
     day_after = dt.datetime.now(dt.UTC).date().isoformat()
     assert len(answered) == n  # one id per request
 
