@@ -19,9 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from operator_harness import OperatorProcess, running_operator
+from test_inferenceservice import send_all
 from test_stream import post
 
 from tests.controlplane.cluster import Cluster
@@ -101,20 +101,9 @@ spec:
 """
 
 
-async def send_round(
-    url: str, users: list[str], rows: list[dict[str, Any]]
-) -> list[tuple[str, str, str, int]]:
-    """(user, variant, request id, status) per request."""
-    sem = asyncio.Semaphore(16)
-    async with aiohttp.ClientSession() as session:
-
-        async def one(i: int, user: str) -> tuple[str, str, str, int]:
-            body = {"instances": [rows[i % len(rows)]]}
-            async with sem, session.post(url, json=body, headers={"X-Gyre-Key": user}) as r:
-                await r.read()
-                return user, r.headers.get("X-Gyre-Backend", ""), r.headers.get("X-Request-Id", ""), r.status
-
-        return await asyncio.gather(*(one(i, u) for i, u in enumerate(users)))
+def keyed(users: list[str], rows: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+    """A prediction request per user (its sticky key), for `send_all`."""
+    return [(user, {"instances": [rows[i % len(rows)]]}) for i, user in enumerate(users)]
 
 
 def send_events(url: str, events: list[dict[str, Any]]) -> None:
@@ -158,13 +147,13 @@ def test_thompson_moves_traffic_to_the_better_model_and_promotes_it(
     converted = 0
     for _round in range(40):
         users = [f"user-{rng.randrange(USERS)}" for _ in range(ROUND)]
-        answers = asyncio.run(send_round(url, users, trained.rows))
-        assert all(code == 200 for *_, code in answers), [a for a in answers if a[3] != 200][:3]
+        answers = asyncio.run(send_all(url, keyed(users, trained.rows)))
+        assert all(a.code == 200 for a in answers), [a for a in answers if a.code != 200][:3]
         send_events(collector, owed)  # the previous round's conversions, by request id: late
         owed = []
         by_key: list[dict[str, Any]] = []  # sent now: the user's latest request is this one
-        last = {user: i for i, (user, *_) in enumerate(answers)}
-        for i, (user, variant, request_id, _) in enumerate(answers):
+        last = {user: i for i, user in enumerate(users)}
+        for i, (user, (_, variant, _, request_id)) in enumerate(zip(users, answers, strict=True)):
             assert variant in RATES, variant
             assert request_id, "every answer names its request"
             seen["requests"][variant] += 1
@@ -213,8 +202,8 @@ def test_thompson_moves_traffic_to_the_better_model_and_promotes_it(
     assert " b " in row + " ", row
 
     # After the promotion every request goes to b.
-    answers = asyncio.run(send_round(url, [f"user-{i}" for i in range(100)], trained.rows))
-    assert {variant for _, variant, _, _ in answers} == {"b"}
+    answers = asyncio.run(send_all(url, keyed([f"user-{i}" for i in range(100)], trained.rows)))
+    assert {a.backend for a in answers} == {"b"}
 
     import yaml
     from gyre.api.experiment import ExperimentSpec, ExperimentStatus
