@@ -12,7 +12,7 @@ commands:
   cluster up|down|status
                       a real local control plane (etcd, kube-apiserver, controller-manager,
                       scheduler, kwok nodes) on loopback
-  images [operator|runtime] [--load]
+  images [operator|runtime|runtime-stream|kafka] [--load]
                       build the images with podman from a local base (no registry, no
                       Docker) and load them into the local plane's real node
   manifests [--check] generate the CRDs from the API models

@@ -17,21 +17,9 @@ from pathlib import Path
 from gyre.pipelines.kafka.config import BrokerConfig
 from gyre.pipelines.kafka.fetch import ensure_kafka_libs
 
-_LOG4J2 = """\
-status = warn
-appender.console.type = Console
-appender.console.name = STDOUT
-appender.console.layout.type = PatternLayout
-appender.console.layout.pattern = [%d] %p %m (%c)%n
-# WARN by default: at INFO the broker logs its whole config and every partition change, which
-# buries what matters in a workload's log. The start/stop lines stay visible.
-rootLogger.level = warn
-rootLogger.appenderRef.stdout.ref = STDOUT
-logger.server.name = kafka.server.KafkaRaftServer
-logger.server.level = info
-logger.shared.name = kafka.server.SharedServer
-logger.shared.level = info
-"""
+# One logging configuration for every node: the local runtime writes it beside the node's
+# config, the Kafka image (images/kafka) copies it to /opt/kafka/config.
+LOG4J2_PROPERTIES = Path(__file__).with_name("log4j2.properties")
 
 
 def build_server_properties(cfg: BrokerConfig) -> dict[str, str]:
@@ -118,7 +106,7 @@ def prepare(cfg: BrokerConfig) -> tuple[Path, Path, Path]:
     props_path = conf / "server.properties"
     props_path.write_text(render_properties(build_server_properties(cfg)))
     log4j_path = conf / "log4j2.properties"
-    log4j_path.write_text(_LOG4J2)
+    log4j_path.write_text(LOG4J2_PROPERTIES.read_text())
     if not (data / "kraft" / "meta.properties").exists():
         cmd = [
             _java(), "-Xmx256m", "-XX:TieredStopAtLevel=1", "-Xshare:auto",

@@ -9,10 +9,12 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.controlplane.cluster import Cluster
+from tests.support import free_port
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "gyre"
 
@@ -99,6 +101,38 @@ def install(cluster: Cluster, *values: str, strings: Sequence[str] = ()) -> Rele
         *sets,
     )
     return release
+
+
+def install_on_node(cluster: Cluster, node: str, *values: str) -> Release:
+    """A release whose operator runs on ``node`` (a real node of the local plane) from the
+    image loaded there, on the host's network: pods of this plane cannot reach the API server's
+    Service (it listens on loopback, and there is no kube-proxy)."""
+    plane = cluster.plane
+    assert plane is not None, "a local plane's cluster"
+    assert plane.port is not None, "a running plane"
+    return install(
+        cluster,
+        "operator.image.pullPolicy=Never",
+        f"operator.nodeSelector.kubernetes\\.io/hostname={node}",
+        "operator.hostNetwork=true",
+        f"operator.metrics.port={free_port()}",
+        f"operator.health.port={free_port()}",
+        *values,
+        strings=(
+            "operator.extraEnv[0].name=KUBERNETES_SERVICE_HOST",
+            "operator.extraEnv[0].value=127.0.0.1",
+            "operator.extraEnv[1].name=KUBERNETES_SERVICE_PORT",
+            f"operator.extraEnv[1].value={plane.port}",
+        ),
+    )
+
+
+def values_of(release: Release) -> dict[str, Any]:
+    """The values the release was installed with (``--set`` ones)."""
+    out: dict[str, Any] = json.loads(
+        helm(release.cluster, "get", "values", release.name, "-n", release.namespace, "-o", "json")
+    )
+    return out
 
 
 def uninstall(release: Release) -> None:

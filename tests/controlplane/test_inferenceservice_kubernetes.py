@@ -54,8 +54,9 @@ def operator(cluster: Cluster, tmp_path: Path) -> Iterator[OperatorProcess]:
 def rendered(op: OperatorProcess, names: set[str]) -> dict[tuple[str, str], dict[str, Any]]:
     def check() -> dict[tuple[str, str], dict[str, Any]]:
         children = op.children("InferenceService", NAME)
-        deployments = {n for kind, n in children if kind == "Deployment"}
-        assert deployments == {f"{NAME}-{n}" for n in names}, sorted(children)
+        want = {f"{NAME}-{n}" for n in names}
+        for kind in ("Deployment", "Service"):  # a prune deletes them one by one
+            assert {n for k, n in children if k == kind} == want, sorted(children)
         return children
 
     return eventually(check, timeout=60)

@@ -30,7 +30,7 @@ from gyre.manifests import repo_root
 from operator_harness import owner_selector, stream_manifest
 
 from tests.controlplane.cluster import Cluster
-from tests.controlplane.helm import install, uninstall
+from tests.controlplane.helm import install_on_node, uninstall, values_of
 from tests.support import eventually, free_port
 
 ROOT = repo_root()
@@ -232,25 +232,15 @@ def test_helm_installed_operator_runs_on_the_real_node_and_reconciles(real: Real
     reaching the API server (host network: this plane has no kube-proxy) and reconciling;
     the chart's runtime image, pull policy and Kafka values reach what it renders."""
     real.plane.load_image(ensure_built(operator_image(ROOT), ROOT).archive)
-    metrics, health = free_port(), free_port()
-    release = install(
+    release = install_on_node(
         real.cluster,
-        "operator.image.pullPolicy=Never",
-        f"operator.nodeSelector.kubernetes\\.io/hostname={real.name}",
-        "operator.hostNetwork=true",
-        f"operator.metrics.port={metrics}",
-        f"operator.health.port={health}",
+        real.name,
         "runtime.image.repository=gyre.local/runtime-probe",
         "runtime.image.tag=probe",
         "runtime.image.pullPolicy=Never",
         "integrations.kafka.enabled=false",
-        strings=(
-            "operator.extraEnv[0].name=KUBERNETES_SERVICE_HOST",
-            "operator.extraEnv[0].value=127.0.0.1",
-            "operator.extraEnv[1].name=KUBERNETES_SERVICE_PORT",
-            f"operator.extraEnv[1].value={real.plane.port}",
-        ),
     )
+    metrics = values_of(release)["operator"]["metrics"]["port"]
     namespace = f"real-helm-{uuid.uuid4().hex[:6]}"
     try:
         selector = f"app.kubernetes.io/instance={release.name},app.kubernetes.io/component=operator"

@@ -75,3 +75,30 @@ def test_kubelet_serves_loopback_to_the_plane_ca_only() -> None:
     assert cfg["authentication"]["x509"] == {"clientCAFile": "/ca"}
     assert (cfg["cgroupDriver"], cfg["cgroupRoot"]) == ("cgroupfs", "/gyre-0123abcd")
     assert cfg["imageGCHighThresholdPercent"] == 100
+
+
+def test_pods_resolve_through_the_nodes_coredns_on_the_host_address() -> None:
+    cfg = node.build_kubelet_config(SETTINGS, ca=Path("/ca"), cert=Path("/c"), key=Path("/k"))
+    assert (cfg["clusterDNS"], cfg["clusterDomain"]) == (["192.0.2.10"], "cluster.local")
+    corefile = node.build_corefile(SETTINGS, kubeconfig=Path("/state/kubeconfig"))
+    cluster_block, rest_block = corefile.split("\n.:53 {")
+    assert cluster_block.startswith("cluster.local:53 in-addr.arpa:53 ip6.arpa:53 {")
+    for block in (cluster_block, rest_block):
+        assert "bind 192.0.2.10\n" in block  # never loopback or every address: only the node's
+        assert "forward . /etc/resolv.conf" in block
+    assert "kubeconfig /state/kubeconfig\n" in cluster_block
+    assert "kubernetes" not in rest_block
+
+
+def test_local_volumes_are_directories_of_the_node_bound_to_it() -> None:
+    pvs = node.local_volume_manifests(SETTINGS, "standard")
+    assert len(pvs) == node.LOCAL_VOLUMES
+    assert len({pv["spec"]["local"]["path"] for pv in pvs}) == len(pvs)
+    for pv in pvs:
+        spec = pv["spec"]
+        assert spec["local"]["path"].startswith("/state/node/volumes/")
+        assert (spec["storageClassName"], spec["persistentVolumeReclaimPolicy"]) == ("standard", "Retain")
+        (term,) = spec["nodeAffinity"]["required"]["nodeSelectorTerms"]
+        assert term["matchExpressions"] == [
+            {"key": "kubernetes.io/hostname", "operator": "In", "values": ["host-a"]}
+        ]

@@ -2,7 +2,8 @@
 # Builds the local control plane's binaries from the Go module proxy and caches them
 # outside the checkout, keyed by version: kube-apiserver, kube-controller-manager,
 # kube-scheduler, kubectl and the kubelet of the real node (a wrapper module that requires k8s.io/kubernetes and pins
-# each k8s.io staging module to its matching v0.x release), etcd, kwok and helm.
+# each k8s.io staging module to its matching v0.x release), etcd, kwok, helm and the real node's
+# cluster DNS (CoreDNS with only the plugins it uses, on the plane's client-go).
 # A second run finds the binaries and returns at once.
 set -euo pipefail
 
@@ -10,6 +11,7 @@ K8S_VERSION="${GYRE_K8S_VERSION:-v1.34.4}"
 ETCD_VERSION="${GYRE_ETCD_VERSION:-v3.6.16}"
 KWOK_VERSION="${GYRE_KWOK_VERSION:-v0.7.0}"
 HELM_VERSION="${GYRE_HELM_VERSION:-v3.19.0}"
+COREDNS_VERSION="${GYRE_COREDNS_VERSION:-v1.14.0}"
 CACHE="${GYRE_CACHE:-$HOME/.cache/gyre}"
 BIN="$CACHE/bin/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION-helm-$HELM_VERSION"
 SRC="$CACHE/src"
@@ -88,6 +90,43 @@ build_etcd() {
   )
 }
 
+build_coredns() {
+  [[ -x "$BIN/coredns" ]] && return 0
+  log "building coredns $COREDNS_VERSION (kubernetes, forward, cache, errors, health, bind)"
+  local dir="$SRC/coredns-$COREDNS_VERSION" minor="${K8S_VERSION#v1.}"
+  mkdir -p "$dir"
+  (
+    cd "$dir"
+    # The plane's client-go (k8s.io staging modules at v0.<minor>): its packages are compiled once.
+    {
+      printf 'module gyre.dev/coredns\n\ngo 1.24.0\n\nrequire (\n'
+      printf '\tgithub.com/coredns/coredns %s\n' "$COREDNS_VERSION"
+      for m in api apimachinery client-go; do printf '\tk8s.io/%s v0.%s\n' "$m" "$minor"; done
+      printf ')\n'
+    } > go.mod
+    cat > main.go <<'GO'
+// CoreDNS with the plugins the real node's Corefile uses, and no others.
+package main
+
+import (
+	_ "github.com/coredns/coredns/plugin/bind"
+	_ "github.com/coredns/coredns/plugin/cache"
+	_ "github.com/coredns/coredns/plugin/errors"
+	_ "github.com/coredns/coredns/plugin/forward"
+	_ "github.com/coredns/coredns/plugin/health"
+	_ "github.com/coredns/coredns/plugin/kubernetes"
+
+	"github.com/coredns/coredns/coremain"
+)
+
+func main() { coremain.Run() }
+GO
+    go mod tidy >/dev/null 2>&1 || go mod tidy
+    go build -ldflags "-s -w" -o "$BIN/coredns.tmp" .
+    mv "$BIN/coredns.tmp" "$BIN/coredns"
+  )
+}
+
 build_go_install() {  # name module version
   local name="$1" mod="$2" ver="$3"
   [[ -x "$BIN/$name" ]] && return 0
@@ -102,4 +141,5 @@ build_etcd
 build_go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION" "-X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION"
 build_go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
 build_k8s
+build_coredns
 echo "$BIN"

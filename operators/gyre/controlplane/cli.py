@@ -105,8 +105,11 @@ def cli_images(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "names",
         nargs="*",
-        metavar="operator|runtime|runtime-stream",
-        help="which images (default: operator and runtime; runtime-stream has no torch or Horovod)",
+        metavar="operator|runtime|runtime-stream|kafka",
+        help=(
+            "which images (default: operator and runtime; runtime-stream has no torch or Horovod;"
+            " kafka is a broker in apache/kafka's layout)"
+        ),
     )
     p.add_argument("--load", action="store_true", help="import them into the plane's real node")
     args = p.parse_args(argv)

@@ -46,7 +46,8 @@ HOST_DIRS = (
     Path("/var/log/containers"),
     Path("/var/log/pods"),
 )
-NODE_COMPONENTS = ("containerd", "kubelet")
+NODE_COMPONENTS = ("containerd", "kubelet", "coredns")
+DNS_PORT = 53  # a pod's resolv.conf names a server, not a port
 # The portmap plugin's chains, shared by every CNI network on the host (DNAT first).
 PORTMAP_CHAINS = ("CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-SNAT", "CNI-HOSTPORT-MASQ", "CNI-HOSTPORT-SETMARK")
 
@@ -63,6 +64,7 @@ class NodeSettings:
     cgroup_root: str
     kubelet_port: int
     healthz_port: int
+    dns_health_port: int = 0  # CoreDNS's /health, on loopback
     created_host_dirs: tuple[str, ...] = ()
     created_portmap_chains: bool = False  # portmap's shared chains did not exist before
 
@@ -105,7 +107,9 @@ def host_address() -> str:
     raise RuntimeError("this host has no global IPv4 address for the node")
 
 
-def build_settings(state_dir: Path, kubelet_port: int, healthz_port: int) -> NodeSettings:
+def build_settings(
+    state_dir: Path, kubelet_port: int, healthz_port: int, dns_health_port: int = 0
+) -> NodeSettings:
     """Names derived from the state directory, so two planes' nodes never share one."""
     tag = hashlib.sha256(str(state_dir).encode()).hexdigest()[:8]
     return NodeSettings(
@@ -117,6 +121,7 @@ def build_settings(state_dir: Path, kubelet_port: int, healthz_port: int) -> Nod
         cgroup_root=f"/gyre-{tag}",
         kubelet_port=kubelet_port,
         healthz_port=healthz_port,
+        dns_health_port=dns_health_port,
         created_host_dirs=tuple(str(d) for d in (*HOST_DIRS, NETNS_DIR) if not d.exists()),
         created_portmap_chains=not any(
             ln.startswith(f":{PORTMAP_CHAINS[0]} ") for ln in _iptables_save("nat")
@@ -220,8 +225,82 @@ def build_kubelet_config(s: NodeSettings, *, ca: Path, cert: Path, key: Path) ->
         },
         "maxPods": 30,
         "resolvConf": "/etc/resolv.conf",
-        "clusterDomain": "cluster.local",
+        "clusterDomain": CLUSTER_DOMAIN,
+        # The node's CoreDNS (`build_corefile`) on the host's address: pods resolve Services
+        # and a StatefulSet's pods by name, as on any cluster.
+        "clusterDNS": [s.ip],
     }
+
+
+CLUSTER_DOMAIN = "cluster.local"
+
+
+def build_corefile(s: NodeSettings, *, kubeconfig: Path) -> str:
+    """The cluster DNS of the node's pods: Services, headless Services' pods and pod names
+    of the plane (the kubernetes plugin watches the API server), every other name forwarded
+    to this host's resolvers. It listens on the host's address only, where pods reach it
+    through their bridge's gateway and host-network pods directly."""
+    return f"""{CLUSTER_DOMAIN}:{DNS_PORT} in-addr.arpa:{DNS_PORT} ip6.arpa:{DNS_PORT} {{
+    bind {s.ip}
+    errors
+    health 127.0.0.1:{s.dns_health_port}
+    kubernetes {CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{
+        kubeconfig {kubeconfig}
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+        ttl 5
+    }}
+    forward . /etc/resolv.conf
+    cache 5
+}}
+.:{DNS_PORT} {{
+    bind {s.ip}
+    errors
+    forward . /etc/resolv.conf
+    cache 30
+}}
+"""
+
+
+LOCAL_VOLUMES = 12  # the node's PersistentVolumes, one per claim (a Stream's broker has one)
+LOCAL_VOLUME_CAPACITY = "100Gi"  # what a claim may ask for; the host's disk is what it gets
+
+
+def local_volume_manifests(s: NodeSettings, storage_class: str) -> list[dict[str, Any]]:
+    """Local PersistentVolumes on the node, directories under its root, as a static local
+    provisioner publishes them. The kubelet gives their files the pod's fsGroup (the pods run
+    as a non-root user), which it does not for hostPath volumes."""
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": f"{s.network}-local-{i}"},
+            "spec": {
+                "capacity": {"storage": LOCAL_VOLUME_CAPACITY},
+                "accessModes": ["ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": storage_class,
+                "volumeMode": "Filesystem",
+                "local": {"path": str(s.path("volumes", str(i)))},
+                "nodeAffinity": {
+                    "required": {
+                        "nodeSelectorTerms": [
+                            {
+                                "matchExpressions": [
+                                    {"key": "kubernetes.io/hostname", "operator": "In", "values": [s.name]}
+                                ]
+                            }
+                        ]
+                    }
+                },
+            },
+        }
+        for i in range(LOCAL_VOLUMES)
+    ]
+
+
+def coredns_args(s: NodeSettings, *, binary: Path, corefile: Path) -> list[str]:
+    return [str(binary), "-conf", str(corefile), "-quiet"]
 
 
 def kubelet_args(s: NodeSettings, *, binary: Path, config: Path, kubeconfig: Path) -> list[str]:
@@ -240,6 +319,8 @@ def prepare(s: NodeSettings) -> None:
     """Directories and the cgroup root the kubelet expects to exist before it starts."""
     for d in ("containerd", "kubelet", "pod-logs", "runc", "cni/net.d", "cni/ipam"):
         s.path(d).mkdir(parents=True, exist_ok=True)
+    for i in range(LOCAL_VOLUMES):
+        s.path("volumes", str(i)).mkdir(parents=True, exist_ok=True)
     for hierarchy in _cgroup_v1_hierarchies():
         root = hierarchy / s.cgroup_root.lstrip("/")
         root.mkdir(exist_ok=True)

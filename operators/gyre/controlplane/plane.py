@@ -78,6 +78,7 @@ DEFAULT_STORAGE_CLASS = "standard"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 NODE_COMPONENTS = nodemod.NODE_COMPONENTS  # the real node's, started after the plane's
 KUBELET_BINARY = "kubelet"
+COREDNS_BINARY = "coredns"
 
 T = TypeVar("T")
 
@@ -299,7 +300,7 @@ class ApiServer:
         self,
         method: str,
         path: str,
-        body: Mapping[str, Any] | None = None,
+        body: Mapping[str, Any] | Sequence[Any] | None = None,
         content_type: str = "application/json",
         timeout: float = 10.0,
     ) -> Response:
@@ -687,9 +688,10 @@ class ControlPlane:
 
         node.json is written first: a start that fails halfway is cleaned up by `down`.
         """
-        kubelet_bin = ensure_binaries((KUBELET_BINARY,)) / KUBELET_BINARY
+        bin_dir = ensure_binaries((KUBELET_BINARY, COREDNS_BINARY))
+        kubelet_bin = bin_dir / KUBELET_BINARY
         pause = ensure_image(PAUSE)
-        s = nodemod.build_settings(self.state_dir, free_port(), free_port())
+        s = nodemod.build_settings(self.state_dir, free_port(), free_port(), free_port())
         self._node_file.write_text(s.dump())
         nodemod.prepare(s)
         pkimod.ensure_node_pki(self.pki, s.name, ("127.0.0.1", s.ip))
@@ -733,7 +735,20 @@ class ControlPlane:
             "kubelet",
             nodemod.kubelet_args(s, binary=kubelet_bin, config=config, kubeconfig=kubeconfig),
         )
-        log.info("Started containerd and a kubelet for node %s (%s)", s.name, s.ip)
+        corefile = s.path("Corefile")
+        # The kubernetes plugin lists and watches Services, EndpointSlices and Namespaces
+        # cluster-wide; the plane's admin is the one identity here that may (as kubeadm's
+        # CoreDNS has its ClusterRole).
+        corefile.write_text(nodemod.build_corefile(s, kubeconfig=self.kubeconfig))
+        self._spawn("coredns", nodemod.coredns_args(s, binary=bin_dir / COREDNS_BINARY, corefile=corefile))
+        eventually(
+            lambda: (
+                _guard_alive(self, "coredns") and _http_ok(f"http://127.0.0.1:{s.dns_health_port}/health")
+            ),
+            timeout=timeout,
+            what="the node's CoreDNS to answer on /health",
+        )
+        log.info("Started containerd, a kubelet and CoreDNS (%s:53) for node %s", s.ip, s.name)
 
     def _require_port(self) -> int:
         port = self.port
@@ -844,9 +859,13 @@ class ControlPlane:
         api = self.api()
         for node in self.nodes:
             api.create("/api/v1/nodes", fake_node_manifest(node))
-        api.create("/apis/storage.k8s.io/v1/storageclasses", storage_class_manifest())
-        names = {n.name for n in self.nodes}
         settings = self.node_settings() if self.kubelet else None
+        storage_class = storage_class_manifest(local=settings is not None)
+        api.create("/apis/storage.k8s.io/v1/storageclasses", storage_class)
+        if settings is not None:
+            for pv in nodemod.local_volume_manifests(settings, DEFAULT_STORAGE_CLASS):
+                api.create("/api/v1/persistentvolumes", pv)
+        names = {n.name for n in self.nodes}
         if settings is not None:
             names.add(settings.name)
 
@@ -922,7 +941,7 @@ class ControlPlane:
         settings = self.node_settings()
         if settings is None:
             return
-        for c in ("kubelet", "containerd"):
+        for c in ("kubelet", "containerd", "coredns"):
             pid = self.pid(c)
             if pid is not None:
                 with contextlib.suppress(ProcessLookupError):
@@ -1008,7 +1027,22 @@ def fake_node_manifest(node: FakeNode) -> dict[str, Any]:
     }
 
 
-def storage_class_manifest() -> dict[str, Any]:
+def storage_class_manifest(*, local: bool = False) -> dict[str, Any]:
+    """The default StorageClass: directories under /tmp made by the controller manager's
+    hostpath provisioner; with a real node (``local``), that node's local volumes, which a
+    claim binds once its pod is scheduled there (`gyre.controlplane.node.local_volume_manifests`)."""
+    if local:
+        return {
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "StorageClass",
+            "metadata": {
+                "name": DEFAULT_STORAGE_CLASS,
+                "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
+            },
+            "provisioner": "kubernetes.io/no-provisioner",
+            "reclaimPolicy": "Retain",
+            "volumeBindingMode": "WaitForFirstConsumer",
+        }
     return {
         "apiVersion": "storage.k8s.io/v1",
         "kind": "StorageClass",

@@ -9,7 +9,7 @@ containerd imports (`gyre.controlplane.ControlPlane.load_image`).
 Everything is cached under ``$GYRE_CACHE/images``, keyed by a hash of its inputs: the base by
 its suite and packages, an image by its Dockerfile, build arguments, the base's key, the
 files of the build context (those the repository's ``.dockerignore`` lets through) and the
-names and sizes of the prebuilt wheels mounted into the build. An unchanged image is not
+names and sizes of the prebuilt wheels or jars mounted into the build. An unchanged image is not
 rebuilt, and its archive is reused as it is.
 
 podman runs with a private configuration and storage under ``$GYRE_CACHE/podman``: runc
@@ -39,6 +39,7 @@ from pathlib import Path
 import yaml
 
 from gyre.controlplane.images import images_cache
+from gyre.pipelines.kafka.fetch import KAFKA_VERSION, ensure_kafka_libs
 
 log = logging.getLogger("gyre.images")
 
@@ -52,7 +53,7 @@ BLOB_CACHE = Path("cache/blob-info-cache-v1.boltdb")
 RUNC_STATE = Path("/run/runc")
 KEY_LENGTH = 16  # hex digits of an image's key
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
-# Where a build step finds the prebuilt wheels (images/runtime/Dockerfile reads it).
+# Where a build step finds the prebuilt wheels or jars (images/runtime and images/kafka read it).
 PREBUILT_MOUNT = "/prebuilt"
 # Higher nproc limits are refused on this host; podman's defaults fail here.
 ULIMITS = ("nofile=20000:20000", "nproc=32768:32768")
@@ -276,7 +277,7 @@ class DockerfileImage:
     name: str
     dockerfile: str  # relative to the repository root
     build_args: Mapping[str, str] = field(default_factory=dict)
-    prebuilt: Path | None = None  # a directory of wheels mounted at PREBUILT_MOUNT
+    prebuilt: Path | None = None  # a directory of wheels or jars mounted at PREBUILT_MOUNT
 
     @property
     def slug(self) -> str:
@@ -290,8 +291,8 @@ class DockerfileImage:
         h.update(f"\0base {base_key()}".encode())
         h.update(f"\0context {context_digest(root)}".encode())
         if self.prebuilt is not None:
-            for w in sorted(self.prebuilt.glob("*.whl")):
-                h.update(f"\0wheel {w.name} {w.stat().st_size}".encode())
+            for w in sorted(p for p in self.prebuilt.iterdir() if p.is_file()):
+                h.update(f"\0prebuilt {w.name} {w.stat().st_size}".encode())
         return h.hexdigest()[:KEY_LENGTH]
 
 
@@ -425,7 +426,23 @@ def stream_runtime_image(root: Path) -> DockerfileImage:
     )
 
 
-IMAGES = {"operator": operator_image, "runtime": runtime_image, "runtime-stream": stream_runtime_image}
+KAFKA_IMAGE_REPOSITORY = "gyre.local/kafka"  # the chart's integrations.kafka.image.repository for it
+
+
+def kafka_image(root: Path) -> DockerfileImage:
+    """A Kafka node image in ``apache/kafka``'s layout (what a Stream's managed brokers run on
+    Kubernetes), from the jars the local runtime runs, tagged with their version."""
+    return DockerfileImage(
+        f"{KAFKA_IMAGE_REPOSITORY}:{KAFKA_VERSION}", "images/kafka/Dockerfile", prebuilt=ensure_kafka_libs()
+    )
+
+
+IMAGES = {
+    "operator": operator_image,
+    "runtime": runtime_image,
+    "runtime-stream": stream_runtime_image,
+    "kafka": kafka_image,
+}
 DEFAULT_IMAGES = ("operator", "runtime")
 
 
