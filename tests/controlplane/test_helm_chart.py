@@ -122,12 +122,15 @@ def test_operator_may_do_its_job_everywhere(release: Release) -> None:
     assert release.can("watch", "namespaces")
     assert release.can("create", "events", "default")
     assert release.can("get", "secrets", "default")
+    # Workloads' /status through the API server (a regression: on real pods no figure came).
+    assert release.can("get", "pods", "default", subresource="proxy")
 
 
 def test_operator_may_not_do_more(release: Release) -> None:
     assert not release.can("list", "secrets", "default")
     assert not release.can("create", "pods", "default")
     assert not release.can("create", "pods", "default", subresource="exec")
+    assert not release.can("create", "pods", "default", subresource="proxy")
     assert not release.can("delete", "namespaces")
     assert not release.can("create", "clusterroles.rbac.authorization.k8s.io")
     assert not release.can("create", "streams.gyre.dev", "default")

@@ -127,10 +127,11 @@ def test_stream_runs_on_real_pods_end_to_end(installed: Installed) -> None:
     cluster, ns = installed.cluster, installed.namespace
     manifest = stream_manifest(
         "clicks",
-        managed="replicas: 1, storage: 1Gi",
+        # What fits beside the operator on a 2-CPU node (the sink asks for its default 500m).
+        managed="replicas: 1, storage: 1Gi, resources: {cpu: 500m, memory: 1Gi}",
         topic="partitions: 2, replicationFactor: 1",
         sink_lake=f'uri: "file://{LAKE}", flushInterval: 1s',
-        collector="replicas: 1",
+        collector="replicas: 1, resources: {cpu: 200m, memory: 512Mi}",
     )
     cluster.kubectl("apply", "-n", ns, "-f", "-", input=manifest)
     try:
@@ -139,7 +140,7 @@ def test_stream_runs_on_real_pods_end_to_end(installed: Installed) -> None:
         pods = {p["metadata"]["name"]: p["status"].get("containerStatuses") for p in _pods(cluster, ns)}
         raise AssertionError(f"{e}\npods: {json.dumps(pods)[:3000]}\n{_operator_log(installed)}") from e
     assert status["topic"]["name"] == f"{ns}.clicks"
-    assert status["bootstrapServers"] == f"clicks-kafka-0.clicks-kafka.{ns}.svc:9092"
+    assert status["bootstrapServers"] == f"clicks-kafka.{ns}.svc:9092"  # the headless Service
     node = installed.plane.node_settings()
     assert node is not None
     pods = _pods(cluster, ns)
