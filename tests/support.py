@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
+import shutil
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
+import pytest
 from gyre.controlplane.procs import free_port
 
 __all__ = ["eventually", "eventually_async", "free_port"]
@@ -65,6 +68,11 @@ class _Poll:
         raise AssertionError(f"timed out after {self.timeout:g}s waiting for {self.what}; {last}") from (
             self.last_error
         )
+
+
+def needs_root_and(*tools: str, reason: str) -> pytest.MarkDecorator:
+    """Skip unless this process is root and every one of ``tools`` is on PATH."""
+    return pytest.mark.skipif(os.geteuid() != 0 or any(shutil.which(t) is None for t in tools), reason=reason)
 
 
 def eventually(

@@ -36,13 +36,14 @@ from gyre.manifests import repo_root
 from operator_harness import install_crds
 
 from tests.controlplane.cluster import Cluster
-from tests.support import eventually, free_port
+from tests.support import eventually, free_port, needs_root_and
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.controlplane,
-    pytest.mark.skipif(
-        os.geteuid() != 0 or shutil.which("podman") is None or shutil.which("debootstrap") is None,
+    needs_root_and(
+        "podman",
+        "debootstrap",
         reason="the image builds need root, podman and debootstrap (make setup installs them)",
     ),
 ]

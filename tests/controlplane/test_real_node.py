@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import urllib.request
 import uuid
@@ -31,17 +30,14 @@ from operator_harness import owner_selector, stream_manifest
 
 from tests.controlplane.cluster import Cluster
 from tests.controlplane.helm import install_on_node, uninstall, values_of
-from tests.support import eventually, free_port
+from tests.support import eventually, free_port, needs_root_and
 
 ROOT = repo_root()
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.controlplane,
-    pytest.mark.skipif(
-        os.geteuid() != 0 or shutil.which("containerd") is None,
-        reason="a real node needs root and containerd (make setup installs it)",
-    ),
+    needs_root_and("containerd", reason="a real node needs root and containerd (make setup installs it)"),
 ]
 
 

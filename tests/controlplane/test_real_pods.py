@@ -14,8 +14,6 @@ in the dead-letter topic; deleting the Stream removes every pod and object by th
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import textwrap
 import uuid
 from collections.abc import Iterator
@@ -36,7 +34,7 @@ from operator_harness import owner_selector, stream_manifest
 
 from tests.controlplane.cluster import Cluster
 from tests.controlplane.helm import Release, install_on_node, uninstall
-from tests.support import eventually
+from tests.support import eventually, needs_root_and
 
 ROOT = repo_root()
 LAKE = "/tmp/lake/clicks"  # in the sink pod (its /tmp is an emptyDir)
@@ -44,9 +42,8 @@ LAKE = "/tmp/lake/clicks"  # in the sink pod (its /tmp is an emptyDir)
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.controlplane,
-    pytest.mark.skipif(
-        os.geteuid() != 0 or shutil.which("containerd") is None or shutil.which("podman") is None,
-        reason="real pods need root, containerd and podman (make setup installs them)",
+    needs_root_and(
+        "containerd", "podman", reason="real pods need root, containerd and podman (make setup installs them)"
     ),
 ]
 

@@ -266,6 +266,11 @@ LOCAL_VOLUMES = 12  # the node's PersistentVolumes, one per claim (a Stream's br
 LOCAL_VOLUME_CAPACITY = "100Gi"  # what a claim may ask for; the host's disk is what it gets
 
 
+def local_volume_dirs(s: NodeSettings) -> list[Path]:
+    """The directories behind the node's local PersistentVolumes, in volume order."""
+    return [s.path("volumes", str(i)) for i in range(LOCAL_VOLUMES)]
+
+
 def local_volume_manifests(s: NodeSettings, storage_class: str) -> list[dict[str, Any]]:
     """Local PersistentVolumes on the node, directories under its root, as a static local
     provisioner publishes them. The kubelet gives their files the pod's fsGroup (the pods run
@@ -281,7 +286,7 @@ def local_volume_manifests(s: NodeSettings, storage_class: str) -> list[dict[str
                 "persistentVolumeReclaimPolicy": "Retain",
                 "storageClassName": storage_class,
                 "volumeMode": "Filesystem",
-                "local": {"path": str(s.path("volumes", str(i)))},
+                "local": {"path": str(path)},
                 "nodeAffinity": {
                     "required": {
                         "nodeSelectorTerms": [
@@ -295,7 +300,7 @@ def local_volume_manifests(s: NodeSettings, storage_class: str) -> list[dict[str
                 },
             },
         }
-        for i in range(LOCAL_VOLUMES)
+        for i, path in enumerate(local_volume_dirs(s))
     ]
 
 
@@ -319,8 +324,8 @@ def prepare(s: NodeSettings) -> None:
     """Directories and the cgroup root the kubelet expects to exist before it starts."""
     for d in ("containerd", "kubelet", "pod-logs", "runc", "cni/net.d", "cni/ipam"):
         s.path(d).mkdir(parents=True, exist_ok=True)
-    for i in range(LOCAL_VOLUMES):
-        s.path("volumes", str(i)).mkdir(parents=True, exist_ok=True)
+    for volume in local_volume_dirs(s):
+        volume.mkdir(parents=True, exist_ok=True)
     for hierarchy in _cgroup_v1_hierarchies():
         root = hierarchy / s.cgroup_root.lstrip("/")
         root.mkdir(exist_ok=True)

@@ -862,11 +862,10 @@ class ControlPlane:
         settings = self.node_settings() if self.kubelet else None
         storage_class = storage_class_manifest(local=settings is not None)
         api.create("/apis/storage.k8s.io/v1/storageclasses", storage_class)
+        names = {n.name for n in self.nodes}
         if settings is not None:
             for pv in nodemod.local_volume_manifests(settings, DEFAULT_STORAGE_CLASS):
                 api.create("/api/v1/persistentvolumes", pv)
-        names = {n.name for n in self.nodes}
-        if settings is not None:
             names.add(settings.name)
 
         def nodes_ready() -> bool:
@@ -1031,18 +1030,11 @@ def storage_class_manifest(*, local: bool = False) -> dict[str, Any]:
     """The default StorageClass: directories under /tmp made by the controller manager's
     hostpath provisioner; with a real node (``local``), that node's local volumes, which a
     claim binds once its pod is scheduled there (`gyre.controlplane.node.local_volume_manifests`)."""
-    if local:
-        return {
-            "apiVersion": "storage.k8s.io/v1",
-            "kind": "StorageClass",
-            "metadata": {
-                "name": DEFAULT_STORAGE_CLASS,
-                "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
-            },
-            "provisioner": "kubernetes.io/no-provisioner",
-            "reclaimPolicy": "Retain",
-            "volumeBindingMode": "WaitForFirstConsumer",
-        }
+    provisioner, reclaim, binding = (
+        ("kubernetes.io/no-provisioner", "Retain", "WaitForFirstConsumer")
+        if local
+        else ("kubernetes.io/host-path", "Delete", "Immediate")
+    )
     return {
         "apiVersion": "storage.k8s.io/v1",
         "kind": "StorageClass",
@@ -1050,9 +1042,9 @@ def storage_class_manifest(*, local: bool = False) -> dict[str, Any]:
             "name": DEFAULT_STORAGE_CLASS,
             "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
         },
-        "provisioner": "kubernetes.io/host-path",
-        "reclaimPolicy": "Delete",
-        "volumeBindingMode": "Immediate",
+        "provisioner": provisioner,
+        "reclaimPolicy": reclaim,
+        "volumeBindingMode": binding,
     }
 
 
