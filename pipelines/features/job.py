@@ -24,12 +24,13 @@ from typing import Any
 
 from gyre.pipelines._common.httpserver import MetricsServer
 from gyre.pipelines._common.status import STATUS_PATH
-from gyre.pipelines.features import offline, online, status
+from gyre.pipelines.features import incremental, offline, online, status
 from gyre.pipelines.features.config import FeatureJobConfig, start_process
 from gyre.pipelines.features.status import FeatureRunStatus, OnlineResult
 
 log = logging.getLogger("gyre.features")
 PORT_ENV = "GYRE_PORT_STATUS"
+FIRST_STATE = "_gyre_first"  # in a version with a grid spine: each entity's first event time
 
 
 class RunState:
@@ -104,7 +105,12 @@ def run(cfg: FeatureJobConfig, state: RunState) -> int:
             )
             return 1
     state.update(phase="running", step="starting Spark", reason="", message="")
-    spark = SparkSession.builder.appName(f"gyre-features-{cfg.name}").getOrCreate()
+    # Observation days are UTC days, as the lake's are (an incremental run relies on it).
+    spark = (
+        SparkSession.builder.appName(f"gyre-features-{cfg.name}")
+        .config("spark.sql.session.timeZone", "UTC")
+        .getOrCreate()
+    )
     try:
         # A Stream's schema is known without reading anything; plain Parquet has its own.
         if cfg.source.fields:
@@ -118,17 +124,34 @@ def run(cfg: FeatureJobConfig, state: RunState) -> int:
             state.update(phase="failed", reason=status.INVALID_EXPRESSION, message=str(e))
             log.error("FeatureJob %s: %s", cfg.name, e)
             return 0
-        state.update(step="reading", partitions_read=list(snap.partitions), source_version=snap.version)
-        source = spark.read.parquet(cfg.source.uri)
-        events = pit.prepare_events(source, cfg).cache()
-        as_of_us = pit.as_of(events)
+        plan = plan_run(cfg, snap)
+        state.update(
+            step="reading",
+            partitions_read=list(plan.read),
+            partitions_changed=list(plan.changed),
+            incremental=plan.incremental,
+            recomputed_from=plan.recompute_from,
+            full_reason=plan.full_reason,
+            source_version=snap.version,
+        )
+        events = pit.prepare_events(read_source(spark, cfg.source.uri, plan), cfg).cache()
+        newest = pit.as_of(events)
+        as_of_us = max((t for t in (newest, plan.as_of_us) if t is not None), default=None)
         if as_of_us is None:
             state.update(
                 phase="waiting", reason=status.SOURCE_EMPTY, message="the source has no valid events"
             )
             return 1
         state.update(step="computing")
-        spine = pit.build_spine(spark, events, cfg, as_of_us)
+        first = pit.first_events(events, cfg) if cfg.spine.kind == "every" else None
+        if first is not None and plan.base is not None:
+            earlier = spark.read.parquet(str(offline.local_path(plan.base.uri) / FIRST_STATE))
+            first = (
+                first.unionByName(earlier).groupBy(pit.ENTITY).agg(F.min(pit.FIRST_US).alias(pit.FIRST_US))
+            )
+        spine = pit.build_spine(spark, events, cfg, as_of_us, first)
+        if plan.recompute_from_us is not None:
+            spine = spine.where(F.col(pit.T_US) >= F.lit(plan.recompute_from_us))
         rows = pit.compute(spark, events, spine, cfg, as_of_us).cache()
         if cfg.expectations:
             state.update(step="validating rows")
@@ -143,6 +166,9 @@ def run(cfg: FeatureJobConfig, state: RunState) -> int:
                     message=f"{sum(bad.values())} expectation violations ({detail}); no version written",
                 )
                 return 0
+        # Every row of the version: the recomputed ones and, incrementally, the kept days'.
+        old_rows = kept_rows(spark, cfg, plan)
+        every = rows if old_rows is None else rows.unionByName(old_rows).cache()
         version = offline.new_version_id()
         tmp = offline.begin_version(cfg.offline_uri, version)
         training = rows.where(F.col(pit.LABELED)).drop(pit.LABELED, pit.T_US)
@@ -151,19 +177,34 @@ def run(cfg: FeatureJobConfig, state: RunState) -> int:
         )
         state.update(step="writing")
         training.write.partitionBy(offline.PARTITION_COLUMN).parquet(str(tmp))
-        counts = rows.agg(
+        kept_days = offline.link_days(plan.base.uri, tmp, plan.recompute_from) if plan.base else []
+        if first is not None:
+            first.write.parquet(str(tmp / FIRST_STATE))
+        counts = every.agg(
             F.count(F.lit(1)).alias("all"),
             F.sum(F.col(pit.LABELED).cast("long")).alias("labeled"),
             F.count_distinct(F.col(cfg.entity)).alias("entities"),
         ).collect()[0]
         n_rows = int(counts["labeled"] or 0)
         schema_doc = {f.name: f.dataType.simpleString() for f in training.schema.fields}
-        written = offline.commit_version(cfg.offline_uri, version, tmp, n_rows, snap.version, schema_doc)
-        kept = offline.prune_versions(cfg.offline_uri, cfg.keep_versions)
+        extra = {
+            incremental.PIT_KEY: incremental.pit_key(cfg),
+            incremental.INPUTS: dict(snap.fingerprints),
+            incremental.AS_OF_US: as_of_us,
+            "base_version": plan.base.version if plan.base else None,
+            "kept_days": kept_days,
+        }
+        written = offline.commit_version(
+            cfg.offline_uri, version, tmp, n_rows, snap.version, schema_doc, extra
+        )
         if cfg.drift is not None:
             state.update(step="scoring drift")
             scores, where = drift.scores(
-                spark, training, [f.name for f in cfg.features], cfg.drift, cfg.offline_uri
+                spark,
+                every.where(F.col(pit.LABELED)),
+                [f.name for f in cfg.features],
+                cfg.drift,
+                cfg.offline_uri,
             )
             state.update(drift=scores, drift_baseline=where)
         state.update(
@@ -171,11 +212,12 @@ def run(cfg: FeatureJobConfig, state: RunState) -> int:
             unlabeled_rows=int(counts["all"]) - n_rows,
             entities=int(counts["entities"]),
             version=written,
-            versions=kept,
         )
         if client is not None and cfg.online is not None:
             state.update(step="materializing")
-            state.update(online=materialize(cfg, rows, client, redis_url or ""))
+            state.update(online=materialize(cfg, every, client, redis_url or ""))
+        # Pruned last: an incremental run reads the version it builds on until here.
+        state.update(versions=offline.prune_versions(cfg.offline_uri, cfg.keep_versions))
         state.update(
             phase="succeeded",
             step="",
@@ -187,6 +229,41 @@ def run(cfg: FeatureJobConfig, state: RunState) -> int:
         return 0
     finally:
         spark.stop()
+
+
+def plan_run(cfg: FeatureJobConfig, snap: offline.SourceSnapshot) -> incremental.Plan:
+    """What this run reads and recomputes, after the newest committed version."""
+    versions = offline.list_versions(cfg.offline_uri)
+    base = versions[0] if versions else None
+    manifest = offline.read_manifest(base) if base is not None else None
+    return incremental.plan(cfg, snap.partitions, snap.fingerprints, base, manifest)
+
+
+def read_source(spark: Any, uri: str, plan: incremental.Plan) -> Any:
+    """The source, or incrementally only the partitions the plan reads."""
+    if not plan.incremental:
+        return spark.read.parquet(uri)
+    root = uri.rstrip("/")
+    return spark.read.option("basePath", root).parquet(*[f"{root}/{p}" for p in plan.read])
+
+
+def kept_rows(spark: Any, cfg: FeatureJobConfig, plan: incremental.Plan) -> Any:
+    """The base version's rows of the days an incremental run keeps, shaped as `pit.compute`'s
+    (all of them are training rows: their label horizon had elapsed); None: no such days."""
+    from gyre.pipelines.features import pit
+    from pyspark.sql import functions as F  # noqa: N812
+
+    if plan.base is None:
+        return None
+    days = [d for day, d in offline.day_dirs(plan.base.uri).items() if day < plan.recompute_from]
+    if not days:
+        return None
+    names = [f.name for f in cfg.features] + [lab.name for lab in cfg.labels]
+    old = spark.read.option("basePath", str(offline.local_path(plan.base.uri))).parquet(*map(str, days))
+    ts = F.col(cfg.timestamp_field)
+    return old.select(
+        F.col(cfg.entity), ts, *names, F.lit(True).alias(pit.LABELED), F.unix_micros(ts).alias(pit.T_US)
+    )
 
 
 def _ping(client: Any, attempts: int = 10) -> None:

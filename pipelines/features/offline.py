@@ -3,7 +3,11 @@
 Layout under the FeatureJob's ``offline.uri``::
 
     versions/<version>/observation_date=<day>/part-*.parquet
-    versions/<version>/_gyre_version.json     rows, source version, schema, created
+    versions/<version>/_gyre_version.json     rows, source version, schema, created, and what
+                                              an incremental run needs (`gyre.pipelines.
+                                              features.incremental`): the inputs' fingerprints,
+                                              the newest event time, the point-in-time key
+    versions/<version>/_gyre_first.parquet    each entity's first event time (a grid spine's)
 
 A version is written under a hidden temporary name and renamed into place with its manifest
 already inside, so a reader (a TrainingJob) sees a whole version or none. Versions sort by
@@ -18,7 +22,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -56,6 +60,7 @@ class SourceSnapshot:
     partitions: tuple[str, ...]  # relative directories (lake days) or files
     version: str
     has_data: bool
+    fingerprints: Mapping[str, str] = field(default_factory=dict)  # partition → its files' hash
 
 
 def snapshot(uri: str, kind: str) -> SourceSnapshot:
@@ -73,11 +78,18 @@ def snapshot(uri: str, kind: str) -> SourceSnapshot:
         if root.is_dir()
         else [root]
     )
+
     # Partitions: the directories holding the files (a lake's days), or the files themselves
     # where they lie at the top.
-    parts = sorted(
-        {str(p.parent.relative_to(root)) if root.is_dir() and p.parent != root else p.name for p in files}
-    )
+    def partition(p: Path) -> str:
+        return str(p.parent.relative_to(root)) if root.is_dir() and p.parent != root else p.name
+
+    parts = sorted({partition(p) for p in files})
+    hashes = {name: hashlib.sha256() for name in parts}
+    for f in files:
+        st = f.stat()
+        hashes[partition(f)].update(f"{f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    fingerprints = {name: h.hexdigest()[:16] for name, h in hashes.items()}
     if kind == "lake" and (root / LAKE_COMMITS).is_dir():
         offsets = []
         for pdir in sorted((root / LAKE_COMMITS).iterdir()):
@@ -92,7 +104,7 @@ def snapshot(uri: str, kind: str) -> SourceSnapshot:
             name = f.relative_to(root) if root.is_dir() else f.name
             h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         version = h.hexdigest()[:16]
-    return SourceSnapshot(tuple(parts), version, bool(files))
+    return SourceSnapshot(tuple(parts), version, bool(files), fingerprints)
 
 
 def begin_version(offline_uri: str, version: str) -> Path:
@@ -105,9 +117,15 @@ def begin_version(offline_uri: str, version: str) -> Path:
 
 
 def commit_version(
-    offline_uri: str, version: str, tmp: Path, rows: int, source_version: str, schema: Mapping[str, Any]
+    offline_uri: str,
+    version: str,
+    tmp: Path,
+    rows: int,
+    source_version: str,
+    schema: Mapping[str, Any],
+    extra: Mapping[str, Any] | None = None,
 ) -> OfflineVersion:
-    """Write the manifest into ``tmp`` and rename it into place."""
+    """Write the manifest (with ``extra`` in it) into ``tmp`` and rename it into place."""
     created = rfc3339(datetime.now(UTC))
     final = local_path(offline_uri) / VERSIONS_DIR / version
     tmp.mkdir(parents=True, exist_ok=True)
@@ -118,6 +136,7 @@ def commit_version(
         "created": created,
         "schema": dict(schema),
         "partitioning": [PARTITION_COLUMN],
+        **(extra or {}),
     }
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
     os.replace(tmp, final)
@@ -160,3 +179,32 @@ def prune_versions(offline_uri: str, keep: int) -> list[OfflineVersion]:
     for v in versions[keep:]:
         shutil.rmtree(local_path(v.uri), ignore_errors=True)
     return versions[:keep]
+
+
+def read_manifest(version: OfflineVersion) -> dict[str, Any]:
+    """A committed version's manifest."""
+    return dict(json.loads((local_path(version.uri) / MANIFEST).read_text(encoding="utf-8")))
+
+
+def day_dirs(version_uri: str) -> dict[str, Path]:
+    """A version's observation days (``YYYY-MM-DD``) and their directories."""
+    root = local_path(version_uri)
+    prefix = f"{PARTITION_COLUMN}="
+    return {d.name.removeprefix(prefix): d for d in sorted(root.glob(f"{prefix}*")) if d.is_dir()}
+
+
+def link_days(version_uri: str, tmp: Path, before: str) -> list[str]:
+    """The observation days of a committed version before day ``before`` into the version
+    being written at ``tmp``, as hard links of its immutable files (copies across
+    filesystems); the days linked."""
+    days = {day: src for day, src in day_dirs(version_uri).items() if day < before}
+    for src in days.values():
+        dst = tmp / src.name
+        dst.mkdir(parents=True, exist_ok=False)
+        for f in sorted(src.iterdir()):
+            if f.is_file() and not f.name.startswith((".", "_")):
+                try:
+                    os.link(f, dst / f.name)
+                except OSError:
+                    shutil.copy2(f, dst / f.name)
+    return list(days)

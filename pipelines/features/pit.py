@@ -31,6 +31,7 @@ ENTITY = "__e"
 T_US = "__t"  # observation time, µs since the epoch
 EV_US = "__u"  # event time, µs
 LABELED = "__labeled"
+FIRST_US = "__first"  # an entity's first event time, µs (`first_events`)
 _MICROS = 1_000_000
 
 SPARK_TYPES: dict[str, T.DataType] = {
@@ -125,8 +126,20 @@ def validate(spark: SparkSession, schema: T.StructType, cfg: FeatureJobConfig) -
             raise InvalidExpression(f"label {lab.name!r}: {_first_line(e)}") from e
 
 
-def build_spine(spark: SparkSession, events: DataFrame, cfg: FeatureJobConfig, as_of_us: int) -> DataFrame:
-    """Distinct observation points (`ENTITY`, `T_US`)."""
+def first_events(events: DataFrame, cfg: FeatureJobConfig) -> DataFrame:
+    """Each entity's first event time (`ENTITY`, `FIRST_US`): where its grid spine starts."""
+    return events.groupBy(F.col(cfg.entity).alias(ENTITY)).agg(F.min(EV_US).alias(FIRST_US))
+
+
+def build_spine(
+    spark: SparkSession,
+    events: DataFrame,
+    cfg: FeatureJobConfig,
+    as_of_us: int,
+    first: DataFrame | None = None,
+) -> DataFrame:
+    """Distinct observation points (`ENTITY`, `T_US`). A grid starts at each entity's first
+    event, from ``first`` (`first_events`) where ``events`` are not all of them."""
     spine = cfg.spine
     if spine.kind == "path":
         assert spine.path is not None
@@ -142,8 +155,8 @@ def build_spine(spark: SparkSession, events: DataFrame, cfg: FeatureJobConfig, a
     if spine.kind == "every":
         assert spine.every_s is not None
         step = int(spine.every_s * _MICROS)
-        first = events.groupBy(F.col(cfg.entity).alias(ENTITY)).agg(F.min(EV_US).alias("__first"))
-        start = F.ceil(F.col("__first") / F.lit(step)).cast("long") * step
+        first = first_events(events, cfg) if first is None else first
+        start = F.ceil(F.col(FIRST_US) / F.lit(step)).cast("long") * step
         stop = F.lit((as_of_us // step) * step).cast("long")
         grid = F.when(start <= stop, F.sequence(start, stop, F.lit(step).cast("long"))).otherwise(
             F.array().cast("array<long>")

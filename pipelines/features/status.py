@@ -46,8 +46,12 @@ class FeatureRunStatus(StatusDoc):
     unlabeled_rows: int | None = None  # observation rows whose label horizon has not elapsed
     entities: int | None = None
     partitions_read: list[str] = []  # the source partitions (lake days) this run read
+    partitions_changed: list[str] = []  # those new or grown since the version it builds on
+    incremental: bool = False  # whether it kept the earlier days of the newest version
+    recomputed_from: str = ""  # incremental: the first observation day it recomputed
+    full_reason: str = ""  # a full run: why it could not be incremental
     source_version: str = ""  # what the source held when it was read
     version: OfflineVersion | None = None  # the version this run wrote
     versions: list[OfflineVersion] = []  # every version kept, newest first
     online: OnlineResult | None = None
-    violations: dict[str, int] = {}  # expectation violations per column (every observation row)
+    violations: dict[str, int] = {}  # expectation violations per column (every row it computed)

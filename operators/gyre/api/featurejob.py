@@ -261,6 +261,16 @@ class LastRun(ApiModel):
     """The offline version it wrote."""
     partitions_read: Annotated[list[str], Field(max_length=4096)] = []
     """The source partitions (lake days) it read."""
+    partitions_changed: Annotated[list[str], Field(max_length=4096)] = []
+    """Those new or grown since the version it built on (a full run: every partition)."""
+    incremental: bool | None = None
+    """Whether it kept the newest version's earlier observation days and recomputed only the
+    later ones (reading the changed lake days and the feature window before them)."""
+    recomputed_from: str | None = None
+    """An incremental run: the first observation day (UTC) it recomputed."""
+    full_run_reason: str | None = None
+    """A full run: why it could not be incremental (no earlier version, a changed definition, a
+    feature without a window, a file spine, a removed partition)."""
     source_version: str | None = None
     """What the source held when it was read (a Stream's lake: each Kafka partition's next offset)."""
     succeeded: bool | None = None
