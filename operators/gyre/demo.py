@@ -45,6 +45,7 @@ import yaml
 
 from gyre.controlplane.plane import ControlPlane, ControlPlaneError
 from gyre.controlplane.procs import Proc, log_tail, processes
+from gyre.core.durations import parse_duration
 from gyre.manifests import repo_root
 
 KINDS = ",".join(
@@ -485,6 +486,67 @@ class Demo:
             f" {min(probabilities, default=0):.2f}..{max(probabilities, default=0):.2f};"
             f" latency p50 {p50:.1f} ms, max {max(latencies, default=0):.1f} ms",
         )
+        self.verify_fallback(found, isvc, f"{url}/v1/models/{name}:predict", users)
+
+    def verify_fallback(
+        self, found: dict[tuple[str, str], dict[str, Any]], isvc: dict[str, Any], url: str, users: list[str]
+    ) -> None:
+        """The fallback case: with the FeatureJob's online store paused (its redis-server
+        stopped by SIGSTOP), every answer is the default response within the deadline and the
+        circuit breaker opens; once the store resumes, the breaker lets requests through to the
+        model again after its reset timeout."""
+        spec = isvc.get("spec") or {}
+        fallback = spec.get("fallback") or {}
+        deadline_ms = float(fallback.get("deadlineMs", 0))
+        breaker = fallback.get("circuitBreaker") or {}
+        threshold = int(breaker.get("failureThreshold", 5))
+        reset_s = parse_duration(str(breaker.get("resetTimeout", "30s")))
+        claim = "with its online store paused, the InferenceService answers its default response on time"
+        fj = found.get(("FeatureJob", (spec.get("features") or {}).get("featureJob", ""))) or {}
+        address = ((fj.get("status") or {}).get("online") or {}).get("address", "")
+        pids = redis_pids(address)
+        if len(pids) != 1:
+            self.claim(claim, False, f"the online store's redis-server at {address!r}: {len(pids)} processes")
+            return
+        print(f"\nPausing the online store (redis-server at {address}, SIGSTOP):")
+        answers: list[tuple[dict[str, Any], float]] = []
+        os.kill(pids[0], signal.SIGSTOP)
+        try:
+            for user in users[: threshold + 3]:
+                t0 = time.monotonic()
+                body = predict(url, [{"user_id": user}])
+                answers.append((body, 1000 * (time.monotonic() - t0)))
+                print(f"  {user}: {json.dumps(body, sort_keys=True)[:160]} ({answers[-1][1]:.1f} ms)")
+        except (OSError, ValueError) as e:
+            self.claim(claim, False, f"{url}: {e}")
+            return
+        finally:
+            os.kill(pids[0], signal.SIGCONT)
+        reasons = [str(body.get("fallback_reason")) for body, _ in answers]
+        slowest = max(ms for _, ms in answers)
+        # The deadline is the server's; the client's own HTTP round trip comes on top.
+        self.claim(
+            claim,
+            all(body.get("fallback") for body, _ in answers) and slowest <= deadline_ms + 250,
+            f"{sum(1 for b, _ in answers if b.get('fallback'))} of {len(answers)} answers were the default"
+            f" response, the slowest in {slowest:.1f} ms (deadline {deadline_ms:g} ms); reasons {reasons}",
+        )
+        recovered = "once the store resumed, the circuit breaker closed and the model answered again"
+        print(f"Resumed the online store; asking every 2 s until the breaker ({reset_s:g} s) closes:")
+        t0 = time.monotonic()
+        while True:
+            body = predict(url, [{"user_id": users[0]}])
+            waited = time.monotonic() - t0
+            if not body.get("fallback") or waited > reset_s + 30:
+                break
+            time.sleep(2.0)
+        print(f"  {users[0]}: {json.dumps(body, sort_keys=True)[:160]} (after {waited:.0f} s)")
+        self.claim(
+            recovered,
+            not body.get("fallback") and "breaker_open" in reasons,
+            f"the breaker opened after {reasons.index('breaker_open') if 'breaker_open' in reasons else '-'}"
+            f" deadline misses; the model answered again {waited:.0f} s after the store resumed",
+        )
 
     def claim(self, claim: str, ok: bool, detail: str) -> None:
         self.checks.append(Check(claim, ok, detail))
@@ -656,6 +718,24 @@ def clickstream(n: int, seed: int) -> list[dict[str, Any]]:
             event["plan"] = "enterprise"  # not in the schema's enum
         out.append(event)
     return out
+
+
+def redis_pids(address: str) -> list[int]:
+    """The redis-server processes listening at ``address`` (host:port), by their command line."""
+    port = address.rpartition(":")[2]
+    if not port.isdigit():
+        return []
+
+    def listening(p: Proc) -> bool:
+        cmd = p.cmdline()
+        # redis-server itself (which retitles itself "redis-server host:port"), not a parent
+        # whose arguments name it.
+        if not cmd or Path(cmd[0].split()[0]).name != "redis-server":
+            return False
+        line = " ".join(cmd)
+        return f":{port}" in line or f"--port {port}" in line
+
+    return processes(listening)
 
 
 def predict(url: str, instances: list[dict[str, Any]]) -> dict[str, Any]:
