@@ -42,10 +42,12 @@ pytestmark = [
 
 
 def _iptables_chains() -> set[str]:
+    """Every chain of IPv4 and IPv6 (kube-proxy writes both)."""
     chains = set()
-    for table in ("filter", "nat", "mangle", "raw"):
-        out = subprocess.run(["iptables-save", "-t", table], capture_output=True, text=True).stdout
-        chains |= {f"{table}/{ln[1:].split()[0]}" for ln in out.splitlines() if ln.startswith(":")}
+    for tool in ("iptables-save", "ip6tables-save"):
+        for table in ("filter", "nat", "mangle", "raw"):
+            out = subprocess.run([tool, "-t", table], capture_output=True, text=True).stdout
+            chains |= {f"{tool} {table}/{ln[1:].split()[0]}" for ln in out.splitlines() if ln.startswith(":")}
     return chains
 
 

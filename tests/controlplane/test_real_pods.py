@@ -7,8 +7,9 @@ kubernetes runtime renders for ``apache/kafka`` and forms its cluster under the 
 Service's names; the node's cluster DNS resolves those names for the pods and for the
 operator (host network); the operator creates the topics on that broker, reads each pod's
 ``/status`` through the API server and reports Ready; events posted through the collector's
-Service (the API server's service proxy) land as Parquet in the sink's lake and malformed ones
-in the dead-letter topic; deleting the Stream removes every pod and object by their owners.
+Service, from outside (the API server's service proxy) and from a pod (its ClusterIP, routed by
+the node's kube-proxy), land as Parquet in the sink's lake and malformed ones in the
+dead-letter topic; deleting the Stream removes every pod and object by their owners.
 """
 
 from __future__ import annotations
@@ -150,14 +151,37 @@ def test_stream_runs_on_real_pods_end_to_end(installed: Installed) -> None:
 
     good = [{"user_id": f"u{i}", "ts": 1_700_000_000_000 + i * 1000, "views": i} for i in range(120)]
     bad = [{"user_id": "x", "ts": "yesterday"}, {"user_id": "y", "ts": 1_700_000_000_000, "plan": "gold"}]
+    # From outside the cluster: through the API server's service proxy.
     api = installed.plane.api()
     path = f"/api/v1/namespaces/{ns}/services/http:clicks-collector:http/proxy/v1/events"
-    answer = api.request("POST", path, good + bad, timeout=30)
+    answer = api.request("POST", path, good[:60] + bad, timeout=30)
     assert answer.status == 200, answer.body[:500]
     results = answer.json()["results"]
-    assert [r["status"] for r in results] == ["accepted"] * 120 + ["rejected"] * 2
+    assert [r["status"] for r in results] == ["accepted"] * 60 + ["rejected"] * 2
 
+    # From a pod: the Service's name resolves (CoreDNS) to its ClusterIP, which kube-proxy's
+    # rules route to the collector's pod.
     (sink,) = [p["metadata"]["name"] for p in pods if p["metadata"]["labels"].get("gyre.dev/role") == "sink"]
+    service = cluster.get_json("service", "clicks-collector", "-n", ns)["spec"]
+    (port,) = [p["port"] for p in service["ports"] if p["name"] == "http"]
+    out = _in_pod(
+        cluster,
+        ns,
+        sink,
+        f"""
+        import json, socket, urllib.request
+        host = "clicks-collector.{ns}.svc"
+        body = {json.dumps(good[60:])!r}.encode()
+        req = urllib.request.Request(f"http://{{host}}:{port}/v1/events", data=body,
+                                     headers={{"Content-Type": "application/json"}})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            results = json.loads(r.read())["results"]
+        print(json.dumps({{"ip": socket.gethostbyname(host), "statuses": [x["status"] for x in results]}}))
+        """,
+    )
+    inside = json.loads(out)
+    assert inside["ip"] == service["clusterIP"], (inside, service)
+    assert inside["statuses"] == ["accepted"] * 60
 
     def in_lake() -> None:
         out = _in_pod(

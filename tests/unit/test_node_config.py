@@ -22,6 +22,8 @@ SETTINGS = node.NodeSettings(
     cgroup_root="/gyre-0123abcd",
     kubelet_port=40001,
     healthz_port=40002,
+    proxy_healthz_port=40003,
+    proxy_metrics_port=40004,
 )
 
 
@@ -102,3 +104,25 @@ def test_local_volumes_are_directories_of_the_node_bound_to_it() -> None:
         assert term["matchExpressions"] == [
             {"key": "kubernetes.io/hostname", "operator": "In", "values": ["host-a"]}
         ]
+
+
+def test_kube_proxy_routes_cluster_ips_without_touching_host_sysctls() -> None:
+    cfg = node.build_kube_proxy_config(SETTINGS, kubeconfig=Path("/state/kubeconfigs/kube-proxy.kubeconfig"))
+    assert cfg["kind"] == "KubeProxyConfiguration"
+    assert cfg["mode"] == "iptables"
+    assert cfg["hostnameOverride"] == "host-a"
+    assert cfg["clusterCIDR"] == SETTINGS.subnet
+    assert cfg["clientConnection"]["kubeconfig"] == "/state/kubeconfigs/kube-proxy.kubeconfig"
+    # Pod to pod through a ClusterIP on one bridge answers through the host only when masqueraded.
+    assert cfg["iptables"]["masqueradeAll"] is True
+    # No conntrack sysctl and no route_localnet: this session may not write them.
+    assert cfg["conntrack"] == {
+        "maxPerCore": 0,
+        "min": 0,
+        "tcpEstablishedTimeout": "0s",
+        "tcpCloseWaitTimeout": "0s",
+    }
+    assert cfg["iptables"]["localhostNodePorts"] is False
+    assert cfg["healthzBindAddress"] == "127.0.0.1:40003"
+    assert cfg["metricsBindAddress"] == "127.0.0.1:40004"
+    assert cfg["nodePortAddresses"] == ["192.0.2.10/32"]

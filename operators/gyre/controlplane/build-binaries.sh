@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the local control plane's binaries from the Go module proxy and caches them
 # outside the checkout, keyed by version: kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl and the kubelet of the real node (a wrapper module that requires k8s.io/kubernetes and pins
+# kube-scheduler, kubectl and the real node's kubelet and kube-proxy (a wrapper module that requires k8s.io/kubernetes and pins
 # each k8s.io staging module to its matching v0.x release), etcd, kwok, helm and the real node's
 # cluster DNS (CoreDNS with only the plugins it uses, on the plane's client-go).
 # A second run finds the binaries and returns at once.
@@ -22,7 +22,7 @@ mkdir -p "$BIN" "$SRC"
 log() { printf '[build-binaries] %s\n' "$*" >&2; }
 
 build_k8s() {
-  local want=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet) missing=()
+  local want=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy) missing=()
   for b in "${want[@]}"; do [[ -x "$BIN/$b" ]] || missing+=("$b"); done
   [[ ${#missing[@]} -eq 0 ]] && return 0
   local minor="${K8S_VERSION#v1.}" staging_version
@@ -57,6 +57,7 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
 	_ "k8s.io/kubernetes/cmd/kubelet"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
 )
 GO
     go mod tidy >/dev/null 2>&1 || go mod tidy

@@ -46,7 +46,7 @@ HOST_DIRS = (
     Path("/var/log/containers"),
     Path("/var/log/pods"),
 )
-NODE_COMPONENTS = ("containerd", "kubelet", "coredns")
+NODE_COMPONENTS = ("containerd", "kubelet", "coredns", "kube-proxy")
 DNS_PORT = 53  # a pod's resolv.conf names a server, not a port
 # The portmap plugin's chains, shared by every CNI network on the host (DNAT first).
 PORTMAP_CHAINS = ("CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-SNAT", "CNI-HOSTPORT-MASQ", "CNI-HOSTPORT-SETMARK")
@@ -65,8 +65,11 @@ class NodeSettings:
     kubelet_port: int
     healthz_port: int
     dns_health_port: int = 0  # CoreDNS's /health, on loopback
+    proxy_healthz_port: int = 0  # kube-proxy's /healthz and /metrics, on loopback
+    proxy_metrics_port: int = 0
     created_host_dirs: tuple[str, ...] = ()
     created_portmap_chains: bool = False  # portmap's shared chains did not exist before
+    created_kube_chains: bool = False  # no kube-proxy chains (KUBE-*) existed before
 
     @property
     def containerd_socket(self) -> str:
@@ -108,7 +111,11 @@ def host_address() -> str:
 
 
 def build_settings(
-    state_dir: Path, kubelet_port: int, healthz_port: int, dns_health_port: int = 0
+    state_dir: Path,
+    kubelet_port: int,
+    healthz_port: int,
+    dns_health_port: int = 0,
+    proxy_ports: tuple[int, int] = (0, 0),
 ) -> NodeSettings:
     """Names derived from the state directory, so two planes' nodes never share one."""
     tag = hashlib.sha256(str(state_dir).encode()).hexdigest()[:8]
@@ -122,10 +129,13 @@ def build_settings(
         kubelet_port=kubelet_port,
         healthz_port=healthz_port,
         dns_health_port=dns_health_port,
+        proxy_healthz_port=proxy_ports[0],
+        proxy_metrics_port=proxy_ports[1],
         created_host_dirs=tuple(str(d) for d in (*HOST_DIRS, NETNS_DIR) if not d.exists()),
         created_portmap_chains=not any(
             ln.startswith(f":{PORTMAP_CHAINS[0]} ") for ln in _iptables_save("nat")
         ),
+        created_kube_chains=not _kube_proxy_chains(),
     )
 
 
@@ -304,6 +314,40 @@ def local_volume_manifests(s: NodeSettings, storage_class: str) -> list[dict[str
     ]
 
 
+def build_kube_proxy_config(s: NodeSettings, *, kubeconfig: Path) -> dict[str, Any]:
+    """kube-proxy in iptables mode: Services' ClusterIPs route to their pods, from pods and
+    from the host.
+
+    Every packet to a ClusterIP is masqueraded (``masqueradeAll``): a pod's answer to another
+    pod on the same bridge would otherwise skip the host's conntrack (bridged frames are not
+    seen by iptables without br_netfilter, which this host cannot load). The settings that
+    would write host sysctls this session may not write are off: conntrack sizes and timeouts
+    (0: leave them as they are) and node ports on localhost (``route_localnet``).
+    """
+    return {
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+        "kind": "KubeProxyConfiguration",
+        "clientConnection": {"kubeconfig": str(kubeconfig)},
+        "hostnameOverride": s.name,
+        "mode": "iptables",
+        "clusterCIDR": s.subnet,
+        "healthzBindAddress": f"127.0.0.1:{s.proxy_healthz_port}",
+        "metricsBindAddress": f"127.0.0.1:{s.proxy_metrics_port}",
+        "nodePortAddresses": [f"{s.ip}/32"],
+        "iptables": {"masqueradeAll": True, "localhostNodePorts": False, "minSyncPeriod": "1s"},
+        "conntrack": {
+            "maxPerCore": 0,
+            "min": 0,
+            "tcpEstablishedTimeout": "0s",
+            "tcpCloseWaitTimeout": "0s",
+        },
+    }
+
+
+def kube_proxy_args(s: NodeSettings, *, binary: Path, config: Path) -> list[str]:
+    return [str(binary), f"--config={config}", "--v=1"]
+
+
 def coredns_args(s: NodeSettings, *, binary: Path, corefile: Path) -> list[str]:
     return [str(binary), "-conf", str(corefile), "-quiet"]
 
@@ -431,9 +475,33 @@ def _node_mounts(s: NodeSettings) -> list[str]:
     return sorted(set(mine), key=lambda m: m.count("/"), reverse=True)
 
 
-def _iptables_save(table: str) -> list[str]:
-    out = subprocess.run(["iptables-save", "-t", table], capture_output=True, text=True, check=False).stdout
+def _iptables_save(table: str, tool: str = "iptables") -> list[str]:
+    if shutil.which(f"{tool}-save") is None:
+        return []
+    out = subprocess.run([f"{tool}-save", "-t", table], capture_output=True, text=True, check=False).stdout
     return out.splitlines()
+
+
+KUBE_CHAIN = re.compile(r" -j (KUBE-\S+)")
+
+
+def _kube_proxy_chains() -> list[tuple[str, str, list[str], list[str]]]:
+    """(tool, table, chains, jumps): kube-proxy's chains (``KUBE-*``) in each table of IPv4 and
+    IPv6, and the rules of other chains that jump to them (kube-proxy writes both families
+    where the host has IPv6)."""
+    found = []
+    for tool in ("iptables", "ip6tables"):
+        for table in ("nat", "filter", "mangle"):
+            lines = _iptables_save(table, tool)
+            chains = sorted(ln[1:].split()[0] for ln in lines if ln.startswith(":KUBE-"))
+            jumps = [
+                ln
+                for ln in lines
+                if ln.startswith("-A ") and not ln.split()[1].startswith("KUBE-") and KUBE_CHAIN.search(ln)
+            ]
+            if chains or jumps:
+                found.append((tool, table, chains, jumps))
+    return found
 
 
 def _node_chains(s: NodeSettings, *, host_wide: bool) -> list[tuple[str, str, list[str]]]:
@@ -485,7 +553,16 @@ def leftovers(s: NodeSettings) -> Leftovers:
         processes=tuple(_node_processes(s)),
         mounts=tuple(_node_mounts(s)),
         bridge=Path(f"/sys/class/net/{s.bridge}").exists(),
-        chains=tuple((t, c) for t, c, _ in _node_chains(s, host_wide=host_wide)),
+        chains=(
+            *((t, c) for t, c, _ in _node_chains(s, host_wide=host_wide)),
+            *(
+                (table if tool == "iptables" else f"{tool} {table}", c)
+                for tool, table, chains, _ in (
+                    _kube_proxy_chains() if host_wide and s.created_kube_chains else ()
+                )
+                for c in chains
+            ),
+        ),
         cgroups=tuple(str(d) for d in _cgroup_dirs(s)),
         directories=tuple(
             d
@@ -527,6 +604,19 @@ def clean_up(s: NodeSettings, *, timeout: float = 10.0) -> Leftovers:
             )
         subprocess.run(["iptables", "-t", table, "-F", chain], capture_output=True, check=False)
         subprocess.run(["iptables", "-t", table, "-X", chain], capture_output=True, check=False)
+    if host_wide and s.created_kube_chains:
+        # All jumps into them first, then every rule of them, then the chains: they jump to
+        # each other.
+        found = _kube_proxy_chains()
+        for tool, table, _, jumps in found:
+            for rule in jumps:
+                subprocess.run(
+                    [tool, "-t", table, "-D", *shlex.split(rule[3:])], capture_output=True, check=False
+                )
+        for op in ("-F", "-X"):
+            for tool, table, chains, _ in found:
+                for chain in chains:
+                    subprocess.run([tool, "-t", table, op, chain], capture_output=True, check=False)
     for cgroup in _cgroup_dirs(s):
         with contextlib.suppress(OSError):
             cgroup.rmdir()

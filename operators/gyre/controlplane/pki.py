@@ -34,7 +34,9 @@ ADMIN = ClientIdentity("admin", "gyre-admin", ("system:masters",))
 CONTROLLER_MANAGER = ClientIdentity("controller-manager", "system:kube-controller-manager")
 SCHEDULER = ClientIdentity("scheduler", "system:kube-scheduler")
 KWOK = ClientIdentity("kwok", "kwok-controller", ("system:masters",))
-CLIENTS = (ADMIN, CONTROLLER_MANAGER, SCHEDULER, KWOK)
+# The real node's kube-proxy: the default binding system:node-proxier names this user.
+KUBE_PROXY = ClientIdentity("kube-proxy", "system:kube-proxy")
+CLIENTS = (ADMIN, CONTROLLER_MANAGER, SCHEDULER, KWOK, KUBE_PROXY)
 # The API server's identity towards kubelets (logs, exec, port-forward); no kubeconfig.
 APISERVER_KUBELET_CLIENT = ClientIdentity(
     "apiserver-kubelet-client", "kube-apiserver-kubelet-client", ("system:masters",)

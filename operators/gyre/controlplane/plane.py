@@ -79,6 +79,7 @@ COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-schedul
 NODE_COMPONENTS = nodemod.NODE_COMPONENTS  # the real node's, started after the plane's
 KUBELET_BINARY = "kubelet"
 COREDNS_BINARY = "coredns"
+KUBE_PROXY_BINARY = "kube-proxy"
 
 T = TypeVar("T")
 
@@ -688,10 +689,12 @@ class ControlPlane:
 
         node.json is written first: a start that fails halfway is cleaned up by `down`.
         """
-        bin_dir = ensure_binaries((KUBELET_BINARY, COREDNS_BINARY))
+        bin_dir = ensure_binaries((KUBELET_BINARY, COREDNS_BINARY, KUBE_PROXY_BINARY))
         kubelet_bin = bin_dir / KUBELET_BINARY
         pause = ensure_image(PAUSE)
-        s = nodemod.build_settings(self.state_dir, free_port(), free_port(), free_port())
+        s = nodemod.build_settings(
+            self.state_dir, free_port(), free_port(), free_port(), (free_port(), free_port())
+        )
         self._node_file.write_text(s.dump())
         nodemod.prepare(s)
         pkimod.ensure_node_pki(self.pki, s.name, ("127.0.0.1", s.ip))
@@ -748,7 +751,24 @@ class ControlPlane:
             timeout=timeout,
             what="the node's CoreDNS to answer on /health",
         )
-        log.info("Started containerd, a kubelet and CoreDNS (%s:53) for node %s", s.ip, s.name)
+        proxy_config = s.path("kube-proxy.yaml")
+        proxy_kubeconfig = self._component_kubeconfig(pkimod.KUBE_PROXY)
+        proxy_config.write_text(
+            json.dumps(nodemod.build_kube_proxy_config(s, kubeconfig=proxy_kubeconfig), indent=2) + "\n"
+        )
+        self._spawn(
+            "kube-proxy",
+            nodemod.kube_proxy_args(s, binary=bin_dir / KUBE_PROXY_BINARY, config=proxy_config),
+        )
+        eventually(
+            lambda: (
+                _guard_alive(self, "kube-proxy")
+                and _http_ok(f"http://127.0.0.1:{s.proxy_healthz_port}/healthz")
+            ),
+            timeout=timeout,
+            what="the node's kube-proxy to answer on /healthz",
+        )
+        log.info("Started containerd, a kubelet, CoreDNS (%s:53) and kube-proxy for node %s", s.ip, s.name)
 
     def _require_port(self) -> int:
         port = self.port
@@ -940,7 +960,7 @@ class ControlPlane:
         settings = self.node_settings()
         if settings is None:
             return
-        for c in ("kubelet", "containerd", "coredns"):
+        for c in ("kube-proxy", "kubelet", "containerd", "coredns"):
             pid = self.pid(c)
             if pid is not None:
                 with contextlib.suppress(ProcessLookupError):
