@@ -219,6 +219,36 @@ BAD = LastRun(generation=1, succeeded=False, reason="InvalidExpression", message
             ("True", "WorkloadsStarting"),
             None,
         ),
+        (
+            "the driver's pod cannot start, not for long yet",
+            _in(run_phase=P.PENDING, run_stuck="pod f-0: ErrImagePull", run_age_s=5, start_timeout_s=60),
+            "Running",
+            ("False", "DriverStarting"),
+            ("True", "DriverStarting"),
+            None,
+        ),
+        (
+            "the driver's pod cannot start past spark.startTimeout",
+            _in(run_phase=P.PENDING, run_stuck="pod f-0 unschedulable", run_age_s=61, start_timeout_s=60),
+            "Degraded",
+            ("False", "DriverNotStarting"),
+            ("True", "DriverNotStarting"),
+            ("True", "DriverNotStarting"),
+        ),
+        (
+            "a stuck driver keeps the previous version Ready",
+            _in(
+                run_phase=P.PENDING,
+                run_stuck="pod f-0: ErrImagePull",
+                run_age_s=61,
+                start_timeout_s=60,
+                has_version=True,
+            ),
+            "Degraded",
+            ("True", "FeaturesAvailable"),
+            ("True", "DriverNotStarting"),
+            ("True", "DriverNotStarting"),
+        ),
     ],
 )
 def test_decide(
@@ -439,3 +469,26 @@ def test_a_removed_schedule_clears_the_next_scheduled_time() -> None:
     out = FeatureJobController().compute_status(spec(schedule=None), inp).status
     assert "next_schedule_time" in out.model_fields_set
     assert out.next_schedule_time is None
+
+
+def test_a_stuck_driver_says_why_and_for_how_long() -> None:
+    d = decide(
+        _in(
+            run_phase=P.PENDING,
+            run_stuck="pod f-0: ErrImageNeverPull: image x not present",
+            run_age_s=130,
+            start_timeout_s=120,
+            has_version=True,
+        )
+    )
+    (degraded,) = [c for c in d.conditions if c.type == "Degraded"]
+    assert "ErrImageNeverPull: image x not present" in degraded.message
+    assert "for 130s (spark.startTimeout 120s)" in degraded.message
+    assert "the previous version stays published" in degraded.message
+    assert d.failure is not None
+    assert d.failure.startswith("DriverNotStarting")
+    early = decide(
+        _in(run_phase=P.PENDING, run_stuck="pod f-0 unschedulable", run_age_s=100, start_timeout_s=120)
+    )
+    assert early.requeue_after is not None
+    assert early.requeue_after <= 20, "looked at again by the time it is late"

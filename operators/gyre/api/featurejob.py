@@ -173,6 +173,11 @@ class SparkSpec(ApiModel):
     """Resources of each executor; default 1 CPU and 2Gi of memory."""
     conf: Annotated[dict[str, str], Field(max_length=128)] = {}
     """Extra spark.* settings, e.g. {"spark.sql.shuffle.partitions": "64"}."""
+    start_timeout: Duration = "2m"
+    """How long the driver's pod may be kept from starting (unschedulable, an image that cannot
+    be pulled, a container that cannot be created) before the FeatureJob is Degraded with the
+    cause (reason DriverNotStarting); the run keeps waiting and starts once the cause is gone,
+    and the previous version stays published. The cause shows in Progressing at once."""
 
 
 class FeatureJobSpec(Kind):

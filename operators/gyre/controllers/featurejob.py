@@ -47,6 +47,8 @@ WAITING_FOR_LAKE = "WaitingForLake"
 ONLINE_STALE = "OnlineStale"
 ONLINE_STORE_DOWN = "OnlineStoreDown"
 NO_VERSION = "NoVersionYet"
+DRIVER_STARTING = "DriverStarting"  # its pod is kept from starting, not for long yet
+DRIVER_NOT_STARTING = "DriverNotStarting"  # ... for longer than spec.spark.startTimeout
 HISTORY = 20  # finished runs kept in status.history
 FEATURES_DRIFTED = "FeaturesDrifted"
 NO_DRIFT = "NoDrift"
@@ -247,6 +249,9 @@ class FeatureJobController(Controller[FeatureJobSpec]):
                 source_known=facts.source is not None,
                 run_phase=run.phase if run else None,
                 run_message=(run.message if run else "") or "",
+                run_stuck=run.stuck if run and run.phase == WorkloadPhase.PENDING else "",
+                run_age_s=_age_s(plan.start_time),
+                start_timeout_s=parse_duration(spec.spark.start_timeout),
                 doc=doc,
                 last=last if last is not None and last.run == plan.number else None,
                 has_version=bool(offline and offline.latest_version),
@@ -353,6 +358,11 @@ def record_run(
         out.failure_message = f"{doc.reason or run_status.RUN_FAILED}: {doc.message}"
 
 
+def _age_s(start_time: str | None) -> float | None:
+    at = parse_time(start_time)
+    return None if at is None else (dt.datetime.now(dt.UTC) - at).total_seconds()
+
+
 def _expires_in(online: OnlineStatus | None) -> float | None:
     if online is None or not online.materialized_at or online.ttl_seconds is None:
         return None
@@ -374,6 +384,9 @@ class DecisionInput:
     online_wanted: bool
     online_expires_in_s: float | None  # until the materialized values expire (None: none)
     redis_down: bool  # the Redis this FeatureJob runs is not ready
+    run_stuck: str = ""  # why the run's pod cannot start (the runtime's words; "" : nothing blocks it)
+    run_age_s: float | None = None  # since the run was started
+    start_timeout_s: float = 120.0  # spec.spark.startTimeout
 
 
 @dataclass(frozen=True)
@@ -398,6 +411,22 @@ def decide(i: DecisionInput) -> Decision:
             POLL_S,
         )
     doc = i.doc
+    if i.run_stuck and doc is None:
+        # The driver's pod is kept from starting: said at once, Degraded past the timeout.
+        age = i.run_age_s or 0.0
+        late = age >= i.start_timeout_s
+        msg = f"the Spark driver cannot start: {i.run_stuck}"
+        reason = DRIVER_NOT_STARTING if late else DRIVER_STARTING
+        conds = [
+            ready or cnd.Cond(cnd.READY, False, reason, msg),
+            cnd.Cond(cnd.PROGRESSING, True, reason, msg),
+        ]
+        if not late:
+            return Decision("Running", conds, max(1.0, min(POLL_S * 5, i.start_timeout_s - age)))
+        kept = " (the previous version stays published)" if i.has_version else ""
+        detail = f"{msg}, for {age:.0f}s (spark.startTimeout {i.start_timeout_s:g}s){kept}"
+        conds.append(cnd.Cond(cnd.DEGRADED, True, DRIVER_NOT_STARTING, detail))
+        return Decision("Degraded", conds, POLL_S * 5, failure=f"{DRIVER_NOT_STARTING}: {msg}")
     if doc is not None and doc.phase == "waiting":
         return Decision(
             "Waiting",

@@ -4,6 +4,7 @@ the objects' JSON, used by the workload shapes (`gyre.runtimes.shapes`)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from gyre.core.workload import WorkloadPhase, WorkloadStatus
@@ -24,10 +25,34 @@ def replica_index(pod: Mapping[str, Any]) -> int | None:
         return None
 
 
-def pod_messages(pods: Sequence[dict[str, Any]]) -> tuple[bool, list[str]]:
-    """Whether some pod cannot be scheduled, and what is wrong with the pods, for humans."""
+# A waiting container's reasons that last until someone acts (an image made available, a
+# missing ConfigMap or Secret created): the pod is stuck, not starting.
+STUCK_REASONS = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "ErrImageNeverPull",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    }
+)
+
+
+@dataclass(frozen=True)
+class PodProblems:
+    unschedulable: bool  # some pod cannot be scheduled
+    messages: list[str]  # what is wrong with the pods, for humans
+    stuck: list[str]  # those of the messages that keep a pod from starting (`STUCK_REASONS`)
+
+
+def pod_messages(pods: Sequence[dict[str, Any]]) -> PodProblems:
+    """What is wrong with the pods: unschedulable, containers waiting for a reason other than
+    being created, containers killed for exceeding their memory limit."""
     unschedulable = False
     messages: list[str] = []
+    stuck: list[str] = []
     for pod in pods:
         name = pod["metadata"]["name"]
         status = pod.get("status", {})
@@ -38,7 +63,9 @@ def pod_messages(pods: Sequence[dict[str, Any]]) -> tuple[bool, list[str]]:
                 and cond.get("reason") == "Unschedulable"
             ):
                 unschedulable = True
-                messages.append(f"pod {name} unschedulable: {cond.get('message', '')}".strip())
+                text = f"pod {name} unschedulable: {cond.get('message', '')}".strip()
+                messages.append(text)
+                stuck.append(text)
         for cs in status.get("containerStatuses") or []:
             waiting = (cs.get("state") or {}).get("waiting")
             if waiting and waiting.get("reason") not in (None, "ContainerCreating"):
@@ -46,7 +73,17 @@ def pod_messages(pods: Sequence[dict[str, Any]]) -> tuple[bool, list[str]]:
                 if waiting.get("message"):
                     text += f": {waiting['message']}"
                 messages.append(text)
-    return unschedulable, messages
+                if waiting["reason"] in STUCK_REASONS:
+                    stuck.append(text)
+            for key in ("state", "lastState"):
+                terminated = (cs.get(key) or {}).get("terminated") or {}
+                if terminated.get("reason") == "OOMKilled":
+                    messages.append(
+                        f"pod {name}: container {cs.get('name', '')} OOMKilled (exit code"
+                        f" {terminated.get('exitCode', 137)}): it needs more memory than its limit"
+                    )
+                    break
+    return PodProblems(unschedulable, messages, stuck)
 
 
 def restarts(pods: Sequence[dict[str, Any]]) -> int:
@@ -75,7 +112,8 @@ def compute_replicated_status(
     updated = int(st.get("updatedReplicas") or 0)
     observed = int(st.get("observedGeneration") or 0) >= int(obj["metadata"].get("generation", 0))
     live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
-    unschedulable, messages = pod_messages(live)
+    problems = pod_messages(live)
+    unschedulable, messages = problems.unschedulable, problems.messages
     if observed and ready >= spec_replicas and updated >= spec_replicas:
         phase = WorkloadPhase.READY
     elif unschedulable or not any(p.get("status", {}).get("phase") == "Running" for p in live):
@@ -89,6 +127,7 @@ def compute_replicated_status(
         ready_replicas=ready,
         restarts=restarts(live),
         message="; ".join(messages),
+        stuck="; ".join(problems.stuck) if phase == WorkloadPhase.PENDING else "",
     )
 
 
@@ -110,7 +149,8 @@ def compute_job_status(workload: str, obj: dict[str, Any], pods: Sequence[dict[s
     failed = int(st.get("failed") or 0)
     ready = int(st.get("ready") or 0)
     live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
-    unschedulable, messages = pod_messages(live)
+    problems = pod_messages(live)
+    unschedulable, messages = problems.unschedulable, problems.messages
 
     latest: dict[int, dict[str, Any]] = {}
     for pod in pods:
@@ -145,4 +185,5 @@ def compute_job_status(workload: str, obj: dict[str, Any], pods: Sequence[dict[s
         restarts=restarts(pods),
         message="; ".join(m for m in messages if m.strip(": ")),
         exit_codes=exit_codes,
+        stuck="; ".join(problems.stuck) if phase == WorkloadPhase.PENDING else "",
     )
