@@ -9,7 +9,10 @@ every materialization, only reclaims memory. Materialization replaces whole rows
 transactions of `batch_size` entities, so a reader never sees half of a row.
 
 `OnlineTable.get_online_features` reads any number of entities and features in one round
-trip and returns each value with its status: present, expired or missing.
+trip and returns each value with its status: present, expired or missing. Every read counts
+its values by status (``gyre_online_store_reads_total``) and times its round trip
+(``gyre_online_store_read_seconds``), labelled with the FeatureJob the key prefix names, in
+the reading process's default registry (a model server's ``/metrics``).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from urllib.parse import urlsplit
 
 import redis
 from gyre.pipelines.features.config import key_prefix
+from prometheus_client import Counter, Histogram
 
 __all__ = [
     "EntityFeatures",
@@ -41,6 +45,24 @@ TTL_FIELD = "_ttl"
 _OWN = (TS_FIELD, AT_FIELD, TTL_FIELD)
 
 ValueStatus = Literal["present", "expired", "missing"]
+
+READS = Counter(
+    "gyre_online_store_reads_total",
+    "Feature values read from a FeatureJob's online store, by status (present, expired, missing).",
+    ["featurejob", "status"],
+)
+READ_SECONDS = Histogram(
+    "gyre_online_store_read_seconds",
+    "One round trip to a FeatureJob's online store (any number of entities).",
+    ["featurejob"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
+)
+
+
+def feature_job_of(prefix: str) -> str:
+    """The FeatureJob a key prefix (`key_prefix`: ``gyre:<namespace>:<featurejob>:``) names."""
+    parts = prefix.split(":")
+    return parts[2] if len(parts) == 4 and parts[0] == "gyre" else prefix
 
 
 def redis_address(url: str) -> str:
@@ -135,7 +157,10 @@ class OnlineTable:
         pipe = self.client.pipeline(transaction=False)
         for entity in entities:
             pipe.hmget(self.prefix + str(entity), [*features, *_OWN])
-        return decode_rows(entities, features, pipe.execute(), now_ms)
+        job = feature_job_of(self.prefix)
+        with READ_SECONDS.labels(job).time():
+            replies = pipe.execute()
+        return _counted(job, decode_rows(entities, features, replies, now_ms))
 
 
 async def read_online_features(
@@ -146,7 +171,21 @@ async def read_online_features(
     pipe = client.pipeline(transaction=False)
     for entity in entities:
         pipe.hmget(prefix + str(entity), [*features, *_OWN])
-    return decode_rows(entities, features, await pipe.execute(), now_ms)
+    job = feature_job_of(prefix)
+    started = time.perf_counter()
+    replies = await pipe.execute()
+    READ_SECONDS.labels(job).observe(time.perf_counter() - started)
+    return _counted(job, decode_rows(entities, features, replies, now_ms))
+
+
+def _counted(job: str, rows: list[EntityFeatures]) -> list[EntityFeatures]:
+    counts: dict[str, int] = {}
+    for row in rows:
+        for value in row.values.values():
+            counts[value.status] = counts.get(value.status, 0) + 1
+    for status, n in counts.items():
+        READS.labels(job, status).inc(n)
+    return rows
 
 
 def decode_rows(

@@ -3,8 +3,9 @@
 A running system on the local runtime: the operator, a Stream (broker, collector, lake sink)
 receiving valid and invalid events all along, a two-worker TrainingJob, and an InferenceService
 (model server and router, with drift monitoring) serving a shorter TrainingJob's model and
-answering prediction requests all along, a FeatureJob (Spark) over the Stream's lake with an
-online store (whose figures the operator exports), a one-trial search Experiment, and an A/A
+answering prediction requests all along (half of them leave a feature to the online store), a
+FeatureJob (Spark) over the Stream's lake with an online store (whose figures the operator
+exports, and whose reads the model server counts), a one-trial search Experiment, and an A/A
 online Experiment over the InferenceService (its router and analysis; requests through it and
 their outcomes on the Stream all along). A Prometheus
 (Debian's package) scrapes the operator and every workload's metrics port each second; each
@@ -138,14 +139,16 @@ def post_events(url: str) -> Callable[[int], None]:
 
 def predict(url: str) -> Callable[[int], None]:
     """Eight prediction requests a call, concurrently (so batches form), some unanswerable in
-    time (the fallback)."""
+    time (the fallback); every other one leaves a feature to the online store."""
 
     def one(i: int) -> None:
-        row = {
+        row: dict[str, Any] = {
+            "user_id": f"u{i % 40}",
             "plan": ["free", "pro", "team"][i % 3],
             "page_views": i % 17,
-            "session_seconds": 30.0 + i % 500,
         }
+        if i % 2:
+            row["session_seconds"] = 30.0 + i % 500
         req = urllib.request.Request(
             f"{url}/v1/models/{SERVED}:predict",
             data=json.dumps({"instances": [row]}).encode(),
@@ -212,7 +215,7 @@ def through_experiment(url: str, collector: str) -> Callable[[int], None]:
     def send(n: int) -> None:
         users = [f"aa-{4 * n + k}" for k in range(4)]
         for i, user in enumerate(users):
-            row = {"plan": "free", "page_views": (n + i) % 17, "session_seconds": 60.0}
+            row = {"user_id": user, "plan": "free", "page_views": (n + i) % 17, "session_seconds": 60.0}
             req = urllib.request.Request(
                 f"{url}/v1/models/{SERVED}:predict",
                 data=json.dumps({"instances": [row]}).encode(),
@@ -253,6 +256,7 @@ kind: InferenceService
 metadata: {{name: {SERVED}}}
 spec:
   model: {{trainingJob: {model_job}}}
+  features: {{featureJob: clicks-features, entityKey: user_id}}
   batching: {{enabled: true, maxBatchSize: 8, maxLatencyMs: 5}}
   fallback: {{deadlineMs: 2000, defaultResponse: {{churn_probability: 0.1}}}}
   monitoring:

@@ -81,3 +81,31 @@ def test_expiry_in_real_time(redis_url: str) -> None:  # noqa: F811
         assert table.get_online_features(["u1"], ["sessions_7d"])[0].values["sessions_7d"].status != "present"
 
     eventually(gone, timeout=5, interval=0.1)
+
+
+def test_reads_are_counted_by_status_and_timed_per_feature_job(redis_url: str) -> None:  # noqa: F811
+    from gyre.pipelines.features.online import READ_SECONDS, READS
+    from prometheus_client import REGISTRY
+
+    client = connect(redis_url)
+    client.flushdb()
+    materialize(client, PREFIX, rows(4), ttl_s=3600)
+    materialize(client, PREFIX, [OnlineRow("old", 1, {"sessions_7d": 9})], ttl_s=1, now_ms=1)
+
+    def count(status: str) -> float:
+        return (
+            REGISTRY.get_sample_value(READS._name + "_total", {"featurejob": "fj", "status": status}) or 0.0
+        )
+
+    def timed() -> float:
+        return REGISTRY.get_sample_value(READ_SECONDS._name + "_count", {"featurejob": "fj"}) or 0.0
+
+    before = {s: count(s) for s in ("present", "expired", "missing")}
+    reads = timed()
+    # u1: both present; u2: sessions present, plan missing (null: not stored); old: sessions
+    # expired, plan missing (never written); ghost: both missing.
+    get_online_features(OnlineTable(client, PREFIX), ["u1", "u2", "old", "ghost"], ["sessions_7d", "plan"])
+    assert count("present") - before["present"] == 3
+    assert count("missing") - before["missing"] == 4
+    assert count("expired") - before["expired"] == 1
+    assert timed() - reads == 1, "one round trip, timed once"

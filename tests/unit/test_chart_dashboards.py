@@ -84,11 +84,13 @@ def exported_metrics() -> dict[str, set[str]]:
     }
     if importlib.util.find_spec("kserve") is not None:
         importlib.import_module("gyre.pipelines.modelserver.model")  # the serve extra
+    if importlib.util.find_spec("redis") is not None:
+        importlib.import_module("gyre.pipelines.features.online")  # the features extra
     from gyre.pipelines.trainer.progress import Metrics
 
     # The operator, collector, sink, router, analysis and model server use the default registry.
     default = series_names(REGISTRY)
-    workloads = ("gyre_collector_", "gyre_lakesink_", "gyre_router_", "gyre_model_")
+    workloads = ("gyre_collector_", "gyre_lakesink_", "gyre_router_", "gyre_model_", "gyre_online_store_")
     return {
         "operator": {n for n in default if not n.startswith(workloads) and n not in analysis},
         "analysis": analysis,
@@ -96,6 +98,8 @@ def exported_metrics() -> dict[str, set[str]]:
         "lakesink": {n for n in default if n.startswith("gyre_lakesink_")},
         "router": {n for n in default if n.startswith("gyre_router_")},
         "modelserver": {n for n in default if n.startswith("gyre_model_")},
+        # The online store's read library, in the processes that read it (model servers).
+        "online_reader": {n for n in default if n.startswith("gyre_online_store_")},
         "trainer": series_names(Metrics("job", 0, None).registry),
     }
 
@@ -157,6 +161,11 @@ def test_should_chart_reconciles_errors_and_latency_per_kind() -> None:
         ),
         ("gyre-streams.json", "lakesink", {"gyre_lakesink_consumer_lag"}),
         (
+            "gyre-featurejobs.json",
+            "online_reader",
+            {"gyre_online_store_reads_total", "gyre_online_store_read_seconds_bucket"},
+        ),
+        (
             "gyre-trainingjobs.json",
             "trainer",
             {
@@ -170,8 +179,9 @@ def test_should_chart_reconciles_errors_and_latency_per_kind() -> None:
     ],
 )
 def test_should_chart_the_data_plane(name: str, process: str, wanted: set[str]) -> None:
-    """Streams: accepted, rejected, dead-lettered, produce latency and sink lag; TrainingJobs:
-    throughput, step time, allreduce time and progress — each exported by its workload."""
+    """Streams: accepted, rejected, dead-lettered, produce latency and sink lag; FeatureJobs:
+    online reads and their latency; TrainingJobs: throughput, step time, allreduce time and
+    progress — each exported by its workload (or the online store's readers)."""
     assert wanted <= exported_metrics()[process]
     used = {m for e in GENERATOR.queries(dict(all_dashboards())[name]) for m in METRIC_NAME.findall(e)}
     assert wanted <= used, f"{name} lacks {sorted(wanted - used)}"

@@ -85,6 +85,9 @@ FEATURE_KEYS = "gyre_featurejob_online_keys"
 FEATURE_NEWEST = "gyre_featurejob_online_newest_feature_timestamp_seconds"
 FEATURE_VIOLATIONS = "gyre_featurejob_validation_failures"
 FEATURE_DRIFT = "gyre_featurejob_drift_score"
+# Exported by the processes that read an online store (model servers), per FeatureJob.
+ONLINE_READS = "gyre_online_store_reads_total"
+ONLINE_READ_SECONDS = "gyre_online_store_read_seconds"
 
 # A model server's (`gyre.pipelines.modelserver.model`), labelled by model and variant, and
 # the router's in front of them (`gyre.pipelines.router.server`), labelled by backend.
@@ -474,6 +477,22 @@ def featurejobs_dashboard() -> Dashboard:
             "Rows of the last run that broke a validation expectation.",
             "short",
             Target(f"max by (featurejob) ({FEATURE_VIOLATIONS}{{{FJ}}})", "{{featurejob}}"),
+        ),
+        series(
+            "Online reads by status",
+            "Feature values read from each online store per second by its readers (model servers):"
+            " present, expired (past online.ttl) or missing.",
+            "short",
+            Target(
+                f"sum by (featurejob, status) (rate({ONLINE_READS}{{{FJ}}}[{RATE}]))",
+                "{{featurejob}} {{status}}",
+            ),
+        ),
+        series(
+            "Online read latency",
+            "One round trip of a reader to the online store, any number of entities.",
+            "s",
+            *quantiles(ONLINE_READ_SECONDS, FJ, "featurejob", "{{featurejob}}"),
         ),
         series(
             "Drift by feature",
