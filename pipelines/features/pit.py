@@ -8,12 +8,16 @@ For every observation point ``(entity, t)`` of the spine:
   horizon has elapsed, ``t + horizon <= as_of`` (the newest event time in the source); rows
   whose horizon has not elapsed carry no label and are not training rows.
 
-Aggregations over no events follow SQL: count and distinctCount are 0, the others null. Each
-group of features with the same window and filter is one range join of the spine with the
-events, grouped by observation point; the values of an empty window come from the same
-expressions over no rows, so a SQL feature or label (``count(*) = 0``) means what it says
-there too. Events are placed by their event time, whenever they arrived; events without an
-entity or a timestamp are dropped.
+Aggregations over no events follow SQL: count and distinctCount are 0, the others null.
+Features by aggregation are window frames over each entity's events and observation points
+together, ordered by time (``RANGE BETWEEN window - 1µs PRECEDING AND CURRENT ROW``, a
+filter as a condition inside the aggregate), read at the points: one sort of the events,
+however many features and windows, instead of a join of every point with every event of its
+entity. SQL features and labels, which are arbitrary aggregate expressions, are range joins
+of the spine with the events grouped by observation point (one per window and filter, or
+horizon); the values of an empty window come from the same expressions over no rows, so a
+SQL feature or label (``count(*) = 0``) means what it says there too. Events are placed by
+their event time, whenever they arrived; events without an entity or a timestamp are dropped.
 """
 
 from __future__ import annotations
@@ -190,6 +194,74 @@ def _join_group(
     return out.select(ENTITY, T_US, *values)
 
 
+def _framed(f: FeatureConfig, i: int) -> tuple[list[Column], Column, str | None]:
+    """The columns feature ``f`` (number ``i``) adds to each event for `_window_features`, its
+    aggregate over a frame of those columns (the points have none of them), and the type the
+    aggregate's value is cast to (what `aggregate` gives the same feature)."""
+    cond = F.expr(f.filter) if f.filter else F.lit(True)
+    v, k = f"__v{i}", f"__k{i}"
+    agg = f.aggregation
+    if agg == "count":
+        return [F.when(cond, F.lit(1)).alias(v)], F.count(F.col(v)), None
+    if f.field is None:
+        raise InvalidExpression(f"feature {f.name!r}: aggregation {agg} needs a field")
+    x = F.col(f.field)
+    cols = [F.when(cond, x).alias(v)]
+    if agg == "sum":
+        return cols, F.sum(F.col(v)), "double"
+    if agg == "mean":
+        return cols, F.avg(F.col(v)), "double"
+    if agg == "min":
+        return cols, F.min(F.col(v)), None
+    if agg == "max":
+        return cols, F.max(F.col(v)), None
+    if agg == "stddev":
+        return cols, F.stddev_samp(F.col(v)), "double"
+    if agg == "last":
+        key = F.when(cond & x.isNotNull(), F.struct(F.col(EV_US), x))
+        return [*cols, key.alias(k)], F.max_by(F.col(v), F.col(k)), None
+    if agg == "distinctCount":
+        return cols, F.collect_set(F.col(v)), "distinct"
+    raise InvalidExpression(f"feature {f.name!r}: unknown aggregation {agg!r}")
+
+
+def _window_features(events: DataFrame, spine: DataFrame, cfg: FeatureJobConfig) -> DataFrame:
+    """The spine with every feature by aggregation, from window frames over each entity's
+    events and points in time order (a point's frame holds the events with
+    ``t - window < ts <= t``: the frame takes the point's peers, the events at ``t``)."""
+    from pyspark.sql import Window
+
+    feats = [f for f in cfg.features if f.sql is None]
+    point = "__point"
+    columns: list[Column] = []
+    frames: list[Column] = []
+    for i, f in enumerate(feats):
+        cols, agg, cast = _framed(f, i)
+        columns += cols
+        order = Window.partitionBy(ENTITY).orderBy(T_US)
+        if f.window_s is None:
+            w = order.rangeBetween(Window.unboundedPreceding, Window.currentRow)
+        else:
+            w = order.rangeBetween(-(int(f.window_s * _MICROS) - 1), Window.currentRow)
+        value = agg.over(w)
+        if cast == "distinct":
+            value = F.size(value).cast("long")
+        elif cast is not None:
+            value = value.cast(cast)
+        frames.append(value.alias(f.name))
+    ev = events.select(
+        F.col(cfg.entity).alias(ENTITY), F.col(EV_US).alias(T_US), *columns, F.lit(False).alias(point)
+    )
+    points = spine.select(
+        ENTITY,
+        T_US,
+        *[F.lit(None).cast(ev.schema[c].dataType).alias(c) for c in ev.columns[2:-1]],
+        F.lit(True).alias(point),
+    )
+    both = ev.unionByName(points)
+    return both.select(ENTITY, T_US, point, *frames).where(F.col(point)).drop(point)
+
+
 def compute(
     spark: SparkSession, events: DataFrame, spine: DataFrame, cfg: FeatureJobConfig, as_of_us: int
 ) -> DataFrame:
@@ -198,9 +270,12 @@ def compute(
     elapsed)."""
     spine = spine.select(ENTITY, T_US).distinct()
     out = spine
+    if any(f.sql is None for f in cfg.features):
+        out = _window_features(events, spine, cfg)  # one row per point, as the spine has
     groups: dict[tuple[Any, ...], list[FeatureConfig]] = {}
     for f in cfg.features:
-        groups.setdefault((f.window_s, f.filter), []).append(f)
+        if f.sql is not None:
+            groups.setdefault((f.window_s, f.filter), []).append(f)
     tag = 0
     for (window_s, flt), feats in groups.items():
         ev = events.where(F.expr(flt)) if flt else events

@@ -73,6 +73,7 @@ class TrialWatch:
         self.seen: dict[tuple[str, str], float] = {}
         self._custom = client.CustomObjectsApi(api)
         self._watch = watch.Watch()  # type: ignore[no-untyped-call]
+        self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -80,16 +81,22 @@ class TrialWatch:
         stream = self._watch.stream(  # type: ignore[no-untyped-call]
             self._custom.list_namespaced_custom_object, "gyre.dev", "v1alpha1", NAMESPACE, "trainingjobs"
         )
-        for event in stream:
-            obj = event["object"]
-            name = obj["metadata"]["name"]
-            now = time.monotonic()
-            self.seen.setdefault((name, "Created"), now)
-            phase = (obj.get("status") or {}).get("phase")
-            if phase:
-                self.seen.setdefault((name, phase), now)
+        try:
+            for event in stream:
+                obj = event["object"]
+                name = obj["metadata"]["name"]
+                now = time.monotonic()
+                self.seen.setdefault((name, "Created"), now)
+                phase = (obj.get("status") or {}).get("phase")
+                if phase:
+                    self.seen.setdefault((name, phase), now)
+        except Exception:
+            if not self._stopped.is_set():
+                raise  # the watch broke while measuring
+            # Stopped: the watch ends when the plane goes down under it.
 
     def stop(self) -> None:
+        self._stopped.set()
         self._watch.stop()  # type: ignore[no-untyped-call]
 
 
