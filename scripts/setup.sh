@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything Gyre needs on a fresh machine, reusing caches under $GYRE_CACHE
 # (~/.cache/gyre): a Python virtual environment with pinned dependencies, the control-plane
-# binaries and the real node's kubelet (built from the Go module proxy), the real node's
+# binaries and the real node's kubelet, kube-proxy and CoreDNS (built from the Go module proxy), the real node's
 # containerd, runc and CNI plugins and the image builder's podman and debootstrap (Debian's
 # packages) with a locally built pause image, the Kafka jars (Maven Central), torch + a Horovod
 # wheel, PySpark and Redis (the features extra and Debian's redis-server). The prerequisites
@@ -138,7 +138,7 @@ else
   printf '%s\n' "$deps_key" >"$deps_stamp"
 fi
 
-step "Control-plane binaries and the kubelet (first build takes a while; cached afterwards)"
+step "Control-plane binaries and the real node's kubelet, kube-proxy and CoreDNS (first build takes a while; cached afterwards)"
 bash operators/gyre/controlplane/build-binaries.sh >/dev/null
 
 step "Real node: containerd, runc, CNI plugins, iptables, podman, debootstrap (Debian's packages), the pause image"
