@@ -31,7 +31,7 @@ from gyre.builders.featurejob import REDIS, RUN, ResolvedSource, build_featurejo
 from gyre.controllers.base import Controller, Listing, ObjectMeta, Ref, Resolved, StatusInput, StatusOutput
 from gyre.core import conditions as cnd
 from gyre.core.children import ChildKind
-from gyre.core.durations import format_time, parse_duration, parse_time
+from gyre.core.durations import format_time, parse_duration, parse_time, seconds_since
 from gyre.core.workload import Workload, WorkloadPhase
 from gyre.pipelines.features import status as run_status
 from gyre.pipelines.features.status import FeatureRunStatus
@@ -249,8 +249,8 @@ class FeatureJobController(Controller[FeatureJobSpec]):
                 source_known=facts.source is not None,
                 run_phase=run.phase if run else None,
                 run_message=(run.message if run else "") or "",
-                run_stuck=run.stuck if run and run.phase == WorkloadPhase.PENDING else "",
-                run_age_s=_age_s(plan.start_time),
+                run_stuck=run.stuck if run else "",
+                run_age_s=seconds_since(plan.start_time),
                 start_timeout_s=parse_duration(spec.spark.start_timeout),
                 doc=doc,
                 last=last if last is not None and last.run == plan.number else None,
@@ -356,11 +356,6 @@ def record_run(
         out.failure_message = None
     elif not ok:
         out.failure_message = f"{doc.reason or run_status.RUN_FAILED}: {doc.message}"
-
-
-def _age_s(start_time: str | None) -> float | None:
-    at = parse_time(start_time)
-    return None if at is None else (dt.datetime.now(dt.UTC) - at).total_seconds()
 
 
 def _expires_in(online: OnlineStatus | None) -> float | None:

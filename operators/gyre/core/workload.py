@@ -241,6 +241,7 @@ class WorkloadStatus:
     restarts: int = 0
     message: str = ""
     exit_codes: tuple[int | None, ...] = ()
-    # Why its pods cannot start and will not by themselves soon (unschedulable, an image that
-    # cannot be pulled, a container that cannot be created); empty when nothing blocks them.
+    # While it is pending: why its pods cannot start and will not by themselves soon
+    # (unschedulable, an image that cannot be pulled, a container that cannot be created);
+    # empty in any other phase and when nothing blocks them.
     stuck: str = ""
