@@ -85,10 +85,14 @@ def snapshot(uri: str, kind: str) -> SourceSnapshot:
         return str(p.parent.relative_to(root)) if root.is_dir() and p.parent != root else p.name
 
     parts = sorted({partition(p) for p in files})
+    # One stat per file: each partition's fingerprint and plain Parquet's version.
     hashes = {name: hashlib.sha256() for name in parts}
+    whole = hashlib.sha256()
     for f in files:
         st = f.stat()
         hashes[partition(f)].update(f"{f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        name = f.relative_to(root) if root.is_dir() else f.name
+        whole.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     fingerprints = {name: h.hexdigest()[:16] for name, h in hashes.items()}
     if kind == "lake" and (root / LAKE_COMMITS).is_dir():
         offsets = []
@@ -98,12 +102,7 @@ def snapshot(uri: str, kind: str) -> SourceSnapshot:
                 offsets.append(f"{pdir.name}:{int(records[-1].split('.')[0])}")
         version = ",".join(offsets)
     else:
-        h = hashlib.sha256()
-        for f in files:
-            st = f.stat()
-            name = f.relative_to(root) if root.is_dir() else f.name
-            h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        version = h.hexdigest()[:16]
+        version = whole.hexdigest()[:16]
     return SourceSnapshot(tuple(parts), version, bool(files), fingerprints)
 
 
