@@ -22,7 +22,7 @@ their event time, whenever they arrived; events without an entity or a timestamp
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from gyre.pipelines.features.config import FeatureConfig, FeatureJobConfig, LabelConfig, SourceField
@@ -75,37 +75,6 @@ def prepare_events(events: DataFrame, cfg: FeatureJobConfig) -> DataFrame:
     )
 
 
-def aggregate(f: FeatureConfig) -> Column:
-    """The aggregate column of one feature, named after it, with its explicit type."""
-    if f.sql is not None:
-        return F.expr(f.sql).alias(f.name)
-    x = F.col(f.field) if f.field else None
-    agg = f.aggregation
-    if agg == "count":
-        out = F.count(F.lit(1))
-    elif x is None:
-        raise InvalidExpression(f"feature {f.name!r}: aggregation {agg} needs a field")
-    elif agg == "sum":
-        out = F.sum(x).cast("double")
-    elif agg == "mean":
-        out = F.avg(x).cast("double")
-    elif agg == "min":
-        out = F.min(x)
-    elif agg == "max":
-        out = F.max(x)
-    elif agg == "stddev":
-        out = F.stddev_samp(x).cast("double")
-    elif agg == "last":
-        # The newest non-null value; equal timestamps are ordered by the value itself, so the
-        # choice does not depend on how the rows were partitioned.
-        out = F.max_by(x, F.when(x.isNotNull(), F.struct(F.col(EV_US), x)))
-    elif agg == "distinctCount":
-        out = F.count_distinct(x)
-    else:
-        raise InvalidExpression(f"feature {f.name!r}: unknown aggregation {agg!r}")
-    return out.alias(f.name)
-
-
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip()
     return text.split("\n\n", 1)[0].strip()
@@ -119,8 +88,12 @@ def validate(spark: SparkSession, schema: T.StructType, cfg: FeatureJobConfig) -
     empty = empty.withColumn(EV_US, F.lit(0).cast("long"))
     for f in cfg.features:
         try:
-            rows = empty.where(F.expr(f.filter)) if f.filter else empty
-            rows.agg(aggregate(f)).schema  # noqa: B018  (analysis happens here)
+            if f.sql is not None:
+                rows = empty.where(F.expr(f.filter)) if f.filter else empty
+                rows.agg(F.expr(f.sql).alias(f.name)).schema  # noqa: B018  (analysis happens here)
+            else:
+                cols, agg, finish = _framed(f, 0)
+                empty.select("*", *cols).agg(finish(agg)).schema  # noqa: B018
         except PySparkException as e:
             raise InvalidExpression(f"feature {f.name!r}: {_first_line(e)}") from e
     for lab in cfg.labels:
@@ -194,34 +167,45 @@ def _join_group(
     return out.select(ENTITY, T_US, *values)
 
 
-def _framed(f: FeatureConfig, i: int) -> tuple[list[Column], Column, str | None]:
-    """The columns feature ``f`` (number ``i``) adds to each event for `_window_features`, its
-    aggregate over a frame of those columns (the points have none of them), and the type the
-    aggregate's value is cast to (what `aggregate` gives the same feature)."""
+def _framed(f: FeatureConfig, i: int) -> tuple[list[Column], Column, Callable[[Column], Column]]:
+    """Feature ``f`` (number ``i``, no SQL) as `_window_features` computes it: the columns it
+    adds to each event (its field where its filter holds; the points have none of them), its
+    aggregate over those columns, and what turns the aggregate's value (over a frame) into the
+    feature's value with its explicit type."""
     cond = F.expr(f.filter) if f.filter else F.lit(True)
     v, k = f"__v{i}", f"__k{i}"
     agg = f.aggregation
+
+    def same(c: Column) -> Column:
+        return c
+
+    def double(c: Column) -> Column:
+        return c.cast("double")
+
     if agg == "count":
-        return [F.when(cond, F.lit(1)).alias(v)], F.count(F.col(v)), None
+        return [F.when(cond, F.lit(1)).alias(v)], F.count(F.col(v)), same
     if f.field is None:
         raise InvalidExpression(f"feature {f.name!r}: aggregation {agg} needs a field")
     x = F.col(f.field)
     cols = [F.when(cond, x).alias(v)]
     if agg == "sum":
-        return cols, F.sum(F.col(v)), "double"
+        return cols, F.sum(F.col(v)), double
     if agg == "mean":
-        return cols, F.avg(F.col(v)), "double"
+        return cols, F.avg(F.col(v)), double
     if agg == "min":
-        return cols, F.min(F.col(v)), None
+        return cols, F.min(F.col(v)), same
     if agg == "max":
-        return cols, F.max(F.col(v)), None
+        return cols, F.max(F.col(v)), same
     if agg == "stddev":
-        return cols, F.stddev_samp(F.col(v)), "double"
+        return cols, F.stddev_samp(F.col(v)), double
     if agg == "last":
+        # The newest non-null value; equal timestamps are ordered by the value itself, so the
+        # choice does not depend on how the rows were partitioned.
         key = F.when(cond & x.isNotNull(), F.struct(F.col(EV_US), x))
-        return [*cols, key.alias(k)], F.max_by(F.col(v), F.col(k)), None
+        return [*cols, key.alias(k)], F.max_by(F.col(v), F.col(k)), same
     if agg == "distinctCount":
-        return cols, F.collect_set(F.col(v)), "distinct"
+        # A frame takes no DISTINCT aggregate: the size of the set of values.
+        return cols, F.collect_set(F.col(v)), lambda c: F.size(c).cast("long")
     raise InvalidExpression(f"feature {f.name!r}: unknown aggregation {agg!r}")
 
 
@@ -236,19 +220,14 @@ def _window_features(events: DataFrame, spine: DataFrame, cfg: FeatureJobConfig)
     columns: list[Column] = []
     frames: list[Column] = []
     for i, f in enumerate(feats):
-        cols, agg, cast = _framed(f, i)
+        cols, agg, finish = _framed(f, i)
         columns += cols
         order = Window.partitionBy(ENTITY).orderBy(T_US)
         if f.window_s is None:
             w = order.rangeBetween(Window.unboundedPreceding, Window.currentRow)
         else:
             w = order.rangeBetween(-(int(f.window_s * _MICROS) - 1), Window.currentRow)
-        value = agg.over(w)
-        if cast == "distinct":
-            value = F.size(value).cast("long")
-        elif cast is not None:
-            value = value.cast(cast)
-        frames.append(value.alias(f.name))
+        frames.append(finish(agg.over(w)).alias(f.name))
     ev = events.select(
         F.col(cfg.entity).alias(ENTITY), F.col(EV_US).alias(T_US), *columns, F.lit(False).alias(point)
     )
@@ -283,7 +262,14 @@ def compute(
         upper = F.col(EV_US) <= s[T_US]
         lower = F.col(EV_US) > s[T_US] - F.lit(int(window_s * _MICROS)) if window_s is not None else None
         part = _join_group(
-            s, ev, cfg.entity, lower, upper, [aggregate(f) for f in feats], [f.name for f in feats], str(tag)
+            s,
+            ev,
+            cfg.entity,
+            lower,
+            upper,
+            [F.expr(f.sql).alias(f.name) for f in feats if f.sql is not None],
+            [f.name for f in feats],
+            str(tag),
         )
         out = out.join(part, [ENTITY, T_US], "left")
         tag += 1
